@@ -1,0 +1,295 @@
+"""FlashVLM text-guided visual token selection for images (the rule of ALGORITHM.md), batched.
+
+Shapes used throughout:
+    B  images (or frames) in the batch
+    N  visual tokens per image (LLaVA-1.5: 576)
+    Dv vision-encoder width (CLIP ViT-L/14: 1024)
+    D  language-model embedding width (LLaVA-1.5-7B: 4096)
+    L  guide-text tokens
+    K  budget: visual tokens kept per image
+
+Everything here is pure torch: no Python loop over tokens or images. The only loop is over the
+rounds of the diversity partition, and every round handles the whole batch at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+# The spec's fixed denominators for min-max normalisation (not the fusion clamp, which is configurable).
+_MINMAX_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Every constant of the selection rule, with the paper's defaults."""
+
+    token_temperature: float = 0.05  # tau_tok: soft maximum over guide-text tokens
+    temperature: float = 0.01  # tau: sharpening softmax over visual tokens
+    gamma: float = 2.5  # power applied to the sharpened relevance
+    top_p: float = 0.005  # the top quantile (at 1 - p) kept undamped
+    damping: float = 0.1  # factor applied to relevance below that quantile
+    eta: float = 0.5  # fusion weight of relevance against saliency
+    eps: float = 1e-6  # clamp before the logarithm in the fusion
+    important_ratio: float = 0.5  # alpha: share of the budget given to the top-ranked tokens
+    diversity_step: int = 8  # tokens dropped per round of the diversity partition
+
+    def __post_init__(self) -> None:
+        def check(name: str, ok: bool, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"SelectionConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"SelectionConfig.{f.name} must be a number, got {value!r}")
+        check("token_temperature", self.token_temperature > 0, "> 0")
+        check("temperature", self.temperature > 0, "> 0")
+        check("gamma", self.gamma > 0, "> 0")
+        check("top_p", 0 <= self.top_p < 1, "in [0, 1)")
+        check("damping", 0 <= self.damping <= 1, "in [0, 1]")
+        check("eta", 0 <= self.eta <= 1, "in [0, 1]")
+        check("eps", self.eps > 0, "> 0")
+        check("important_ratio", 0 <= self.important_ratio <= 1, "in [0, 1]")
+        check(
+            "diversity_step",
+            isinstance(self.diversity_step, int) and self.diversity_step >= 1,
+            "an integer >= 1",
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------------
+
+
+def score_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 when any input is float64 (so the rule can be checked exactly), else float32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """ValueError if x holds NaN or Inf.
+
+    A finite sum proves every element finite (NaN and Inf propagate into it) at the cost of one read;
+    only a non-finite sum, which large finite values can also cause, pays for the exact elementwise check.
+    """
+    if x.is_floating_point() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_inputs(
+    vision: torch.Tensor,
+    projected: torch.Tensor,
+    saliency: torch.Tensor,
+    text: torch.Tensor | None,
+    budget: int,
+    text_mask: torch.Tensor | None,
+    lead: int,
+) -> None:
+    """Validate shapes shared by the image rule (lead=1: B) and the video rule (lead=2: B, T).
+
+    Every error is a ValueError that names the offending argument.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise ValueError(f"budget must be an int, got {type(budget).__name__}")
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    dims = "(B, N" if lead == 1 else "(B, T, N"
+    for name, x, ndim in (("vision", vision, lead + 2), ("projected", projected, lead + 2), ("saliency", saliency, lead + 1)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != ndim:
+            want = dims + (", Dv)" if name == "vision" else ", D)" if name == "projected" else ")")
+            raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    tokens = vision.shape[: lead + 1]
+    if projected.shape[: lead + 1] != tokens:
+        raise ValueError(f"projected leading dims {tuple(projected.shape[: lead + 1])} do not match vision {tuple(tokens)}")
+    if saliency.shape != tokens:
+        raise ValueError(f"saliency shape {tuple(saliency.shape)} does not match vision's leading dims {tuple(tokens)}")
+    if tokens[-1] < 1:
+        raise ValueError("vision has no tokens (N = 0)")
+    batch = vision.shape[0]
+    if text is not None:
+        if not isinstance(text, torch.Tensor) or text.ndim != 3 or not text.is_floating_point():
+            raise ValueError(f"text must be a floating-point tensor of shape (B, L, D) or None, got {getattr(text, 'shape', text)}")
+        if text.shape[0] != batch:
+            raise ValueError(f"text batch size {text.shape[0]} does not match vision batch size {batch}")
+        if text.shape[2] != projected.shape[-1]:
+            raise ValueError(f"text width {text.shape[2]} does not match projected width {projected.shape[-1]}")
+    if text_mask is not None:
+        if text is None:
+            raise ValueError("text_mask was given without text")
+        if not isinstance(text_mask, torch.Tensor) or text_mask.dtype != torch.bool:
+            raise ValueError(f"text_mask must be a bool tensor, got {getattr(text_mask, 'dtype', type(text_mask).__name__)}")
+        if text_mask.shape != text.shape[:2]:
+            raise ValueError(f"text_mask shape {tuple(text_mask.shape)} does not match text's (B, L) {tuple(text.shape[:2])}")
+    for name, x in (("vision", vision), ("projected", projected), ("saliency", saliency), ("text", text)):
+        if x is not None:
+            check_finite(name, x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------------
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise along the last dim, denominator + 1e-6 as the spec says."""
+    lo = x.amin(dim=-1, keepdim=True)
+    hi = x.amax(dim=-1, keepdim=True)
+    return (x - lo) / (hi - lo + _MINMAX_EPS)
+
+
+def relevance(
+    projected: torch.Tensor, text: torch.Tensor | None, text_mask: torch.Tensor | None, config: SelectionConfig
+) -> torch.Tensor:
+    """Sharpened text relevance of every visual token (steps 1-2). projected (B, N, D) -> (B, N).
+
+    Rows without guide text (text None, or an all-False mask) get zero relevance, so the fusion's clamp
+    at eps leaves them ranked by saliency alone.
+    """
+    B, N, _ = projected.shape
+    if text is None:
+        return projected.new_zeros(B, N)
+    E = F.normalize(text.to(projected.dtype), dim=-1)  # (B, L, D)
+    # Divide by the row norms of P instead of normalising P: P is the largest input (B x 576 x 4096).
+    P_norm = torch.linalg.vector_norm(projected, dim=-1).clamp_min(1e-12)  # (B, N)
+    S = (projected @ E.transpose(1, 2)) / P_norm[:, :, None]  # (B, N, L) cosine similarities
+    logits = S / config.token_temperature
+    has_text = torch.ones(B, dtype=torch.bool, device=projected.device)
+    if text_mask is not None:
+        logits = logits.masked_fill(~text_mask[:, None, :], float("-inf"))
+        has_text = text_mask.any(dim=1)  # (B,)
+        # An all-masked row would softmax to NaN; give it a harmless mask and zero it below.
+        logits = torch.where(has_text[:, None, None], logits, torch.zeros_like(logits))
+    r = (S * logits.softmax(dim=-1)).sum(dim=-1)  # (B, N) soft maximum over text tokens
+
+    # softmax(r / tau) ** gamma, in the log domain so that float32 underflows later and more gracefully.
+    r = torch.exp(config.gamma * torch.log_softmax(r / config.temperature, dim=-1))
+    r = minmax(r)
+    if config.top_p > 0:
+        q = torch.quantile(r, 1 - config.top_p, dim=-1, keepdim=True, interpolation="linear")  # (B, 1)
+        r = torch.where(r >= q, r, r * config.damping)
+    else:
+        r = r * config.damping  # no quantile above 1: everything is damped, and min-max undoes it
+    r = minmax(r)
+    return torch.where(has_text[:, None], r, torch.zeros_like(r))
+
+
+def fused_scores(
+    projected: torch.Tensor,
+    saliency: torch.Tensor,
+    text: torch.Tensor | None,
+    text_mask: torch.Tensor | None = None,
+    config: SelectionConfig | None = None,
+) -> torch.Tensor:
+    """The importance score of every visual token (steps 1-4): (B, N) in [0, 1], in the score dtype.
+
+    Inputs are assumed validated and already cast to the score dtype.
+    """
+    config = config or SelectionConfig()
+    r = relevance(projected, text, text_mask, config)  # (B, N)
+    a = minmax(saliency)  # (B, N)
+    eps = config.eps
+    log_s = (1 - config.eta) * torch.log(a.clamp_min(eps)) + config.eta * torch.log(r.clamp_min(eps))
+    return minmax(torch.exp(log_s))
+
+
+# --------------------------------------------------------------------------------------------------
+# Diversity-preserving partition (step 6)
+# --------------------------------------------------------------------------------------------------
+
+
+def diversity_partition(features: torch.Tensor, residual: torch.Tensor, keep: int, step: int) -> torch.Tensor:
+    """Shrink each row's residual list to `keep` tokens that stay visually diverse.
+
+    features: (B, M, Dv) features of the residual tokens, in residual order (normalised here).
+    residual: (B, M) token indices, in descending score order.
+    Returns (B, keep) token indices (not sorted).
+
+    The cosine matrix of the residual tokens is computed once per row and only indexed afterwards.
+    Every row has the same M, so every round has the same shapes across the batch.
+    """
+    B, M = residual.shape
+    if keep >= M:
+        return residual
+    if keep == 0:
+        return residual[:, :0]
+    norm = torch.linalg.vector_norm(features, dim=-1).clamp_min(1e-12)  # (B, M)
+    sim = (features @ features.transpose(1, 2)) / (norm[:, :, None] * norm[:, None, :])  # (B, M, M) cosine
+    sim = sim.reshape(B, M * M)  # flat, so that each round is one gather
+    R = torch.arange(M, device=residual.device).expand(B, M)  # positions into the residual list
+    while R.shape[1] > keep:
+        n = R.shape[1]
+        m = min(step, n - keep)
+        A, Bo = R[:, 0::2], R[:, 1::2]  # even and odd positions of the current list
+        if A.shape[1] == 0 or Bo.shape[1] == 0:
+            break
+        # For each token of A, its highest similarity to any token of B: (B, |A|)
+        pairs = (A[:, :, None] * M + Bo[:, None, :]).reshape(B, -1)  # (B, |A| * |B|) flat (a, b) indices
+        best = sim.gather(1, pairs).view(B, A.shape[1], Bo.shape[1]).amax(dim=-1)
+        order = torch.sort(best, dim=1, descending=True, stable=True).indices  # most redundant first
+        kept_A = A.gather(1, order[:, m:])
+        R = torch.cat([kept_A, Bo], dim=1)
+    R = R[:, :keep]  # only reached past `keep` when keep == 0 stops on an empty B
+    return residual.gather(1, R)
+
+
+# --------------------------------------------------------------------------------------------------
+# The rule
+# --------------------------------------------------------------------------------------------------
+
+
+def split_budget(budget: int, config: SelectionConfig) -> tuple[int, int]:
+    """(important, diverse) token counts for a budget: K_imp = floor(K * alpha), K_div = K - K_imp."""
+    important = int(budget * config.important_ratio)
+    return important, budget - important
+
+
+def select_tokens(
+    vision: torch.Tensor,
+    projected: torch.Tensor,
+    saliency: torch.Tensor,
+    text: torch.Tensor | None,
+    budget: int,
+    *,
+    text_mask: torch.Tensor | None = None,
+    config: SelectionConfig | None = None,
+) -> torch.Tensor:
+    """Indices of the visual tokens FlashVLM keeps for each image.
+
+    Args:
+        vision: (B, N, Dv) vision-encoder features at the layer the projector reads.
+        projected: (B, N, D) the same tokens after the projector (language-model input space).
+        saliency: (B, N) intrinsic saliency, e.g. [CLS] attention averaged over heads.
+        text: (B, L, D) input embeddings of the guide text, or None to rank by saliency alone.
+        budget: tokens kept per image; budget >= N keeps all of them.
+        text_mask: (B, L) bool, True for real tokens, for guide texts of different lengths.
+        config: the rule's constants; the paper's defaults when None.
+
+    Returns:
+        (B, min(budget, N)) int64 indices, distinct and ascending in every row.
+    """
+    config = config or SelectionConfig()
+    check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1)
+    B, N, _ = vision.shape
+    if budget >= N:
+        return torch.arange(N, device=vision.device).expand(B, N).clone()
+
+    dtype = score_dtype(vision, projected, saliency, text)
+    score = fused_scores(
+        projected.to(dtype), saliency.to(dtype), None if text is None else text.to(dtype), text_mask, config
+    )  # (B, N)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices  # (B, N), ties by position
+    k_imp, k_div = split_budget(budget, config)
+    important, residual = order[:, :k_imp], order[:, k_imp:]  # (B, K_imp), (B, N - K_imp)
+
+    features = vision.gather(1, residual[:, :, None].expand(-1, -1, vision.shape[-1])).to(dtype)  # (B, M, Dv)
+    diverse = diversity_partition(features, residual, k_div, config.diversity_step)  # (B, K_div)
+    return torch.cat([important, diverse], dim=1).sort(dim=1).values
