@@ -261,7 +261,8 @@ def select_tokens(
     *,
     text_mask: torch.Tensor | None = None,
     config: SelectionConfig | None = None,
-) -> torch.Tensor:
+    return_important: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Indices of the visual tokens FlashVLM keeps for each image.
 
     Args:
@@ -272,15 +273,19 @@ def select_tokens(
         budget: tokens kept per image; budget >= N keeps all of them.
         text_mask: (B, L) bool, True for real tokens, for guide texts of different lengths.
         config: the rule's constants; the paper's defaults when None.
+        return_important: also return which kept tokens were chosen as important (the rest are the
+            diverse background), e.g. to draw them in two colours.
 
     Returns:
-        (B, min(budget, N)) int64 indices, distinct and ascending in every row.
+        (B, min(budget, N)) int64 indices, distinct and ascending in every row; with return_important,
+        also a bool tensor of the same shape, True where the kept token is an important one.
     """
     config = config or SelectionConfig()
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1)
     B, N, _ = vision.shape
     if budget >= N:
-        return torch.arange(N, device=vision.device).expand(B, N).clone()
+        kept = torch.arange(N, device=vision.device).expand(B, N).clone()
+        return (kept, torch.ones_like(kept, dtype=torch.bool)) if return_important else kept
 
     dtype = score_dtype(vision, projected, saliency, text)
     score = fused_scores(
@@ -292,4 +297,7 @@ def select_tokens(
 
     features = vision.gather(1, residual[:, :, None].expand(-1, -1, vision.shape[-1])).to(dtype)  # (B, M, Dv)
     diverse = diversity_partition(features, residual, k_div, config.diversity_step)  # (B, K_div)
-    return torch.cat([important, diverse], dim=1).sort(dim=1).values
+    kept, position = torch.cat([important, diverse], dim=1).sort(dim=1)  # (B, K) ascending
+    if return_important:
+        return kept, position < k_imp  # the first K_imp entries before sorting were the important ones
+    return kept

@@ -1,0 +1,265 @@
+"""The image selection rule: properties of ALGORITHM.md, a hand-worked case, and equivalences."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flashvlm import SelectionConfig, select_tokens
+from flashvlm.reference import reference_select_tokens
+from flashvlm.selection import fused_scores
+
+
+def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    vision = torch.randn(B, N, Dv, generator=g, dtype=dtype)
+    projected = torch.randn(B, N, D, generator=g, dtype=dtype)
+    saliency = torch.rand(B, N, generator=g, dtype=dtype)
+    text = torch.randn(B, L, D, generator=g, dtype=dtype)
+    return vision, projected, saliency, text
+
+
+shapes = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**31 - 1),
+        "B": st.integers(1, 3),
+        "N": st.integers(1, 48),
+        "Dv": st.integers(1, 8),
+        "D": st.integers(1, 8),
+        "L": st.integers(1, 5),
+    }
+)
+configs = st.builds(
+    SelectionConfig,
+    important_ratio=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+    diversity_step=st.integers(1, 9),
+    top_p=st.sampled_from([0.0, 0.005, 0.2]),
+    eta=st.sampled_from([0.0, 0.5, 1.0]),
+)
+
+
+# ---------------------------------------------------------------- the spec's properties
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(1, 60), configs, st.booleans())
+def test_exactly_min_k_n_distinct_ascending_indices(s, budget, config, with_text):
+    vision, projected, saliency, text = make_inputs(**s)
+    kept = select_tokens(vision, projected, saliency, text if with_text else None, budget, config=config)
+    assert kept.dtype == torch.long
+    assert kept.shape == (s["B"], min(budget, s["N"]))
+    assert (kept >= 0).all() and (kept < s["N"]).all()
+    if kept.shape[1] > 1:
+        assert (kept[:, 1:] > kept[:, :-1]).all(), "indices must be strictly ascending (hence distinct)"
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(1, 60), configs, st.booleans())
+def test_matches_straightforward_rule_exactly_in_float64(s, budget, config, with_text):
+    vision, projected, saliency, text = make_inputs(**s)
+    text = text if with_text else None
+    kept = select_tokens(vision, projected, saliency, text, budget, config=config)
+    expected = reference_select_tokens(vision, projected, saliency, text, budget, config=config)
+    assert torch.equal(kept, expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.integers(1, 60))
+def test_deterministic(s, budget):
+    inputs = make_inputs(**s, dtype=torch.float32)
+    assert torch.equal(select_tokens(*inputs, budget), select_tokens(*inputs, budget))
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.integers(0, 20))
+def test_budget_at_least_n_keeps_everything_in_order(s, extra):
+    vision, projected, saliency, text = make_inputs(**s)
+    kept = select_tokens(vision, projected, saliency, text, s["N"] + extra)
+    assert torch.equal(kept, torch.arange(s["N"]).expand(s["B"], -1))
+
+
+@pytest.mark.parametrize("name", ["vision", "projected", "saliency", "text"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_inf_is_an_error_naming_the_input(name, bad):
+    inputs = dict(zip(["vision", "projected", "saliency", "text"], make_inputs(0, 2, 10, 4, 6, 3)))
+    inputs[name].view(-1)[7] = bad
+    with pytest.raises(ValueError, match=name):
+        select_tokens(**inputs, budget=4)
+    # Also when nothing would be pruned: bad input is never passed through silently.
+    with pytest.raises(ValueError, match=name):
+        select_tokens(**inputs, budget=100)
+
+
+def test_large_finite_values_are_not_mistaken_for_inf():
+    vision, projected, saliency, text = make_inputs(0, 2, 10, 4, 6, 3, dtype=torch.float32)
+    projected = projected * 1e37  # sums overflow float32, every element is finite
+    kept = select_tokens(vision, projected, saliency, text, 4)
+    assert kept.shape == (2, 4)
+
+
+# ---------------------------------------------------------------- a case worked out by hand
+
+
+def hand_case():
+    # Four tokens, D = Dv = 2, one text token pointing along x.
+    projected = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]]], dtype=torch.float64)
+    text = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    saliency = torch.tensor([[0.2, 1.0, 0.6, 0.0]], dtype=torch.float64)
+    # Token 1 looks like token 2; tokens 0 and 3 look like nothing else.
+    vision = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.05], [-1.0, -1.0]]], dtype=torch.float64)
+    return vision, projected, saliency, text
+
+
+def test_hand_worked_case():
+    vision, projected, saliency, text = hand_case()
+    # Relevance: cosines to the text are [1, 0, 0.707, -1]; with one text token the soft maximum is the
+    # cosine itself. softmax(r / 0.01) ** 2.5 leaves token 0 alone near 1 (token 2 is e^-73 below it);
+    # the top quantile (linear, at 0.995 of 4 values: 0.985) keeps only token 0 undamped. So r ~ [1, 0, 0, 0].
+    # Saliency min-max: [0.2, 1, 0.6, 0]. Fusion with eta = 0.5 is a geometric mean, r clamped at 1e-6:
+    #   s ~ [sqrt(0.2 * 1), sqrt(1 * 1e-6), sqrt(0.6 * 1e-6), sqrt(1e-6 * 1e-6)] = [0.447, 1e-3, 7.7e-4, 1e-6]
+    # and after min-max: [1, 2.23e-3, 1.73e-3, 0].
+    s = fused_scores(projected, saliency, text)
+    expected = (torch.tensor([math.sqrt(0.2), 1e-3, math.sqrt(0.6e-6), 1e-6], dtype=torch.float64) - 1e-6)
+    expected = expected / (expected.max() + 1e-6)
+    torch.testing.assert_close(s[0], expected, rtol=1e-3, atol=1e-6)
+
+    # Budget 3: K_imp = 1 (token 0), K_div = 2 from the residual [1, 2, 3] (descending score).
+    # One round, m = 1: A = [1, 3], B = [2]; token 1's best cosine to B is 0.999, token 3's is -0.74,
+    # so token 1 is dropped although its score is higher than 2's and 3's: R = [3, 2].
+    assert select_tokens(vision, projected, saliency, text, 3).tolist() == [[0, 2, 3]]
+    # Budget 2: K_imp = 1, K_div = 1: m = 2 drops both of A = [1, 3], keeping B = [2].
+    assert select_tokens(vision, projected, saliency, text, 2).tolist() == [[0, 2]]
+    # Budget 1: K_imp = 0 (floor of 0.5), K_div = 1; R = [0, 1, 2, 3]. Round 1, m = 3: A = [0, 2], B = [1, 3];
+    # both A are dropped (0 has cosine 0 to 1 and -0.71 to 3; 2 has 0.999 to 1): R = [1, 3]. Round 2, m = 1:
+    # A = [1], B = [3]: 1 is dropped, 3 is kept.
+    assert select_tokens(vision, projected, saliency, text, 1).tolist() == [[3]]
+
+
+def test_hand_case_without_text_ranks_by_saliency():
+    vision, projected, saliency, _ = hand_case()
+    # Saliency order: 1, 2, 0, 3. Budget 3: important [1]; residual [2, 0, 3], m = 1, A = [2, 3], B = [0]:
+    # token 3's cosine to token 0 (-0.71) is below token 2's (0.05), so token 2 is dropped: R = [3, 0].
+    assert select_tokens(vision, projected, saliency, None, 3).tolist() == [[0, 1, 3]]
+    kept, important = select_tokens(vision, projected, saliency, None, 3, return_important=True)
+    assert important.tolist() == [[False, True, False]]
+
+
+# ---------------------------------------------------------------- equivalences
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.integers(1, 60), st.booleans())
+def test_batched_equals_one_by_one(s, budget, with_text):
+    vision, projected, saliency, text = make_inputs(**s, dtype=torch.float32)
+    text = text if with_text else None
+    batched = select_tokens(vision, projected, saliency, text, budget)
+    for b in range(s["B"]):
+        one = select_tokens(
+            vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], None if text is None else text[b : b + 1], budget
+        )
+        assert torch.equal(batched[b : b + 1], one)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.integers(1, 60), st.integers(1, 4))
+def test_padded_text_with_mask_equals_unpadded(s, budget, pad):
+    vision, projected, saliency, text = make_inputs(**s)
+    B, L, D = text.shape
+    g = torch.Generator().manual_seed(s["seed"] + 1)
+    # Row b keeps its first `lengths[b]` text tokens; the rest is padding with arbitrary values.
+    lengths = torch.randint(1, L + 1, (B,), generator=g)
+    padded = torch.cat([text, torch.randn(B, pad, D, generator=g, dtype=text.dtype) * 5], dim=1)
+    mask = torch.arange(L + pad)[None, :] < lengths[:, None]
+    kept = select_tokens(vision, projected, saliency, padded, budget, text_mask=mask)
+    for b in range(B):
+        one = select_tokens(
+            vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1, : lengths[b]], budget
+        )
+        assert torch.equal(kept[b : b + 1], one)
+
+
+def test_all_false_mask_row_ranks_by_saliency_alone():
+    vision, projected, saliency, text = make_inputs(3, 2, 30, 4, 6, 5)
+    mask = torch.tensor([[True] * 5, [False] * 5])
+    kept = select_tokens(vision, projected, saliency, text, 8, text_mask=mask)
+    no_text = select_tokens(vision, projected, saliency, None, 8)
+    with_text = select_tokens(vision, projected, saliency, text, 8)
+    assert torch.equal(kept[1], no_text[1])
+    assert torch.equal(kept[0], with_text[0])
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+@settings(max_examples=15, deadline=None)
+@given(s=shapes, budget=st.integers(1, 60))
+def test_half_precision_equals_its_float32_upcast(half, s, budget):
+    inputs = [x.to(half) for x in make_inputs(**s, dtype=torch.float32)]
+    upcast = [x.float() for x in inputs]
+    assert torch.equal(select_tokens(*inputs, budget), select_tokens(*upcast, budget))
+
+
+def test_text_changes_the_selection():
+    vision, projected, saliency, text = make_inputs(5, 1, 200, 16, 16, 4)
+    # Make token 17 match the text exactly: it must be kept as important, whatever its saliency.
+    projected[0, 17] = text[0, 2]
+    saliency[0, 17] = 0.0
+    kept, important = select_tokens(vision, projected, saliency, text, 16, return_important=True)
+    assert 17 in kept[important].tolist()
+    # Without text it has the lowest score: it can survive only as a diverse (background) token.
+    kept, important = select_tokens(vision, projected, saliency, None, 16, return_important=True)
+    assert 17 not in kept[important].tolist()
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(budget=0), "budget"),
+        (dict(budget=2.5), "budget"),
+        (dict(vision=torch.randn(2, 10)), "vision"),
+        (dict(projected=torch.randn(2, 9, 6)), "projected"),
+        (dict(saliency=torch.rand(3, 10)), "saliency"),
+        (dict(text=torch.randn(3, 3, 6)), "text"),
+        (dict(text=torch.randn(2, 3, 5)), "text"),
+        (dict(text_mask=torch.ones(2, 4, dtype=torch.bool)), "text_mask"),
+        (dict(text_mask=torch.ones(2, 3)), "text_mask"),
+        (dict(text=None, text_mask=torch.ones(2, 3, dtype=torch.bool)), "text_mask"),
+        (dict(vision=torch.randint(0, 5, (2, 10, 4))), "vision"),
+    ],
+)
+def test_bad_input_is_a_value_error_naming_it(change, match):
+    inputs = dict(zip(["vision", "projected", "saliency", "text"], make_inputs(0, 2, 10, 4, 6, 3)))
+    inputs["budget"] = 4
+    inputs.update(change)
+    with pytest.raises(ValueError, match=match):
+        select_tokens(**inputs)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("token_temperature", 0), ("temperature", -1), ("gamma", 0), ("top_p", 1.0), ("damping", 1.5),
+     ("eta", -0.1), ("eps", 0), ("important_ratio", 1.1), ("diversity_step", 0), ("diversity_step", 2.5)],
+)
+def test_config_is_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        SelectionConfig(**{field: value})
+
+
+# ---------------------------------------------------------------- devices
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_cpu(dtype):
+    inputs = [x.to(dtype) for x in make_inputs(11, 4, 576, 64, 96, 12, dtype=torch.float32)]
+    cpu = select_tokens(*inputs, 64)
+    gpu = select_tokens(*[x.cuda() for x in inputs], 64)
+    assert gpu.device.type == "cuda"
+    # Rounding differs between devices, so near-ties may flip; nearly all kept tokens must agree.
+    overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(cpu, gpu.cpu())) / cpu.numel()
+    assert overlap > 0.9
+    assert torch.equal(gpu, select_tokens(*[x.cuda() for x in inputs], 64)), "deterministic on CUDA"
