@@ -6,4 +6,179 @@ that callers load it through the same `flashvlm.load` / `from_pretrained` path a
 
 # ==== LLaVA section (owned by the LLaVA adapter) ====
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Names `flashvlm.load` resolves to a tiny checkpoint built here on first use (see `tiny_model_path`).
+TINY_LLAVA = "flashvlm-tiny/llava"
+TINY_QWEN2_5_VL = "flashvlm-tiny/qwen2_5_vl"
+
+# A few sentences are enough for the BPE to learn the chat words and common English pieces, so that
+# prompts and questions tokenize into a handful of tokens each.
+_TINY_CORPUS = [
+    "USER: ASSISTANT: What is in the image? What is the man holding? Describe the scene.",
+    "What colour is the car? How many people are there? Where is the dog? Is it raining?",
+    "The man is holding a red umbrella. A dog runs across the green park near the river.",
+    "There are two people sitting at a table with cups of coffee and a laptop.",
+    "A cat sleeps on the sofa while the sun sets behind the city buildings.",
+    "What happens in the video? What is the person doing? Which object moves first?",
+]
+_LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+
+def _tiny_bpe_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk: str | None):
+    """A byte-level BPE trained in-process on `_TINY_CORPUS`, wrapped for transformers (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    if bos is not None:  # Llama-style: every encoded text starts with BOS
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        padding_side="left",  # decoder-only generation pads on the left
+    )
+
+
+def build_tiny_llava(path: str | os.PathLike) -> str:
+    """Build a tiny, randomly initialised LLaVA-1.5 with the real image geometry and save it to `path`.
+
+    Real where the selection depends on it: CLIP vision tower at 336 px with patch 14 (N = 576 patches +
+    [CLS]), features from layer -2 with [CLS] dropped ("default" strategy), a two-layer GELU projector, a
+    Llama text model, and the processor that expands each <image> into 576 placeholder tokens. Narrow
+    everywhere else, so that a generate call takes well under a second on CPU. Deterministic (fixed seed).
+    Returns the path, for `flashvlm.load`.
+    """
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    path = Path(path)
+    tokenizer = _tiny_bpe_tokenizer(_LLAVA_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
+    # Register <image> as a special token so that it is never merged with neighbouring text.
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+
+    vision = CLIPVisionConfig(
+        image_size=336,
+        patch_size=14,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        projection_dim=32,
+        # A wider init than CLIP's 0.02 gives attention rows and features with clear winners, so
+        # rankings have no near-ties and batched vs one-by-one comparisons are meaningful.
+        initializer_range=0.2,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.2,  # well-separated logits: greedy decoding has no near-ties
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the [CLS] token, dropped by the "default" strategy
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+_TINY_BUILDERS = {
+    TINY_LLAVA: "build_tiny_llava",
+    TINY_QWEN2_5_VL: "build_tiny_qwen2_5_vl",  # defined in the Qwen2.5-VL section below
+}
+
+
+def tiny_cache_dir(name: str) -> Path:
+    """Where the tiny checkpoint `name` lives: $FLASHVLM_CACHE/<name> or ~/.cache/flashvlm/<name>."""
+    root = os.environ.get("FLASHVLM_CACHE") or Path.home() / ".cache" / "flashvlm"
+    return Path(root) / name
+
+
+def is_tiny_model(name: object) -> bool:
+    return isinstance(name, str) and name in _TINY_BUILDERS
+
+
+def tiny_model_path(name: str) -> str:
+    """The local directory of the tiny checkpoint `name`, built on first use.
+
+    The build happens in a temporary sibling directory that is renamed into place at the end: a rename is
+    atomic, so concurrent processes (Ray actors loading the model at once) either see no directory or a
+    complete one. A process that loses the race discards its own copy; the builds are deterministic, so
+    both copies are identical anyway.
+    """
+    if not is_tiny_model(name):
+        raise ValueError(f"name must be one of {sorted(_TINY_BUILDERS)}, got {name!r}")
+    target = tiny_cache_dir(name)
+    if (target / "config.json").is_file():
+        return str(target)
+    builder = globals().get(_TINY_BUILDERS[name])
+    if builder is None:
+        raise ValueError(f"no builder for {name!r} yet ({_TINY_BUILDERS[name]} is not defined in flashvlm.testing)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        builder(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
 # ==== Qwen2.5-VL section (owned by the Qwen2.5-VL adapter) ====

@@ -1,0 +1,105 @@
+"""Load a VLM and wrap it with FlashVLM token selection.
+
+    model, processor = flashvlm.load("llava-hf/llava-1.5-7b-hf", dtype="float16", device="cuda")
+    vlm = flashvlm.wrap(model, budget=64)
+    out = vlm.generate(**processor(images=..., text=..., return_tensors="pt"), guide_text=[...], max_new_tokens=32)
+
+One adapter per model family, found by the model's class name and imported on first use, so that a
+family's module (and its model internals) is only imported when such a model is wrapped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import torch
+
+from flashvlm.models.base import TokenSelectionAdapter, VideoAnswer
+from flashvlm.selection import SelectionConfig
+
+# Model class name -> "module:adapter class".
+ADAPTERS = {
+    "LlavaForConditionalGeneration": "flashvlm.models.llava:LlavaAdapter",
+    "Qwen2_5_VLForConditionalGeneration": "flashvlm.models.qwen2_5_vl:Qwen2_5_VLAdapter",
+}
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+__all__ = ["ADAPTERS", "TokenSelectionAdapter", "VideoAnswer", "load", "wrap"]
+
+
+def _resolve_dtype(dtype: object) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """(model, processor) from a hub id or a local checkpoint directory, model in eval mode.
+
+    "flashvlm-tiny/llava" and "flashvlm-tiny/qwen2_5_vl" name tiny random checkpoints built offline on
+    first use (see flashvlm.testing) and then loaded through the same from_pretrained path.
+    dtype: a torch.dtype, "float32", "bfloat16", "float16" or "auto"; None keeps from_pretrained's default.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from flashvlm import testing
+
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
+        raise ValueError(f"name_or_path must be a hub id or a directory, got {name_or_path!r}")
+    if not isinstance(trust_remote_code, bool):
+        raise ValueError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
+    path = testing.tiny_model_path(name_or_path) if testing.is_tiny_model(name_or_path) else str(name_or_path)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    resolved = _resolve_dtype(dtype)
+    if resolved is not None:
+        kwargs["dtype"] = resolved
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be a torch.device or a device string, got {device!r}") from err
+        model = model.to(device)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return model.eval(), processor
+
+
+def wrap(
+    model: Any,
+    budget: int | None = None,
+    *,
+    config: SelectionConfig | None = None,
+    guide: str = "question",
+    processor: Any = None,
+) -> TokenSelectionAdapter:
+    """FlashVLM around `model`: `budget` visual tokens per image reach its language model (None: all).
+
+    guide: "question" (the `guide_text` given to generate, else the prompt text) or "prompt" (every
+    non-image prompt token, as in the authors' release). processor: the model's processor, needed for
+    guide_text and answer_video; loaded from the model's own directory when not given.
+    """
+    name = type(model).__name__
+    if name not in ADAPTERS:
+        raise ValueError(f"model must be one of {sorted(ADAPTERS)}, got {name}")
+    module_name, class_name = ADAPTERS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise ValueError(f"model {name} is not supported yet ({module_name} is missing)") from err
+    adapter = getattr(module, class_name)
+    return adapter(model, budget, config=config, guide=guide, processor=processor)

@@ -1,0 +1,357 @@
+"""What every FlashVLM model adapter shares, whatever the model family.
+
+A family file (llava.py, qwen2_5_vl.py) knows where its vision features, saliency and placeholder tokens
+come from. Everything after that is the same for every decoder-only VLM and lives here:
+
+- the guide text: the user's question (`guide_text`) or every non-image prompt token, embedded with the
+  language model's own `embed_tokens` (`guide_embeddings`);
+- the pruned sequence: drop the placeholder positions of unkept visual tokens, left-pad the rows again,
+  and fill the kept placeholders with the kept rows of the one projection (`prune_sequences`);
+- generation on the pruned sequence, returning ids laid out as `model.generate` lays them out for the
+  unpruned prompt (`generate_pruned`);
+- the per-video answer record (`VideoAnswer`) and the adapter's common state (`TokenSelectionAdapter`).
+
+Shapes: B prompts (rows), S prompt length, M images in the batch, N visual tokens per image, D the
+language model's width, L guide-text tokens, K kept tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from flashvlm.selection import SelectionConfig
+
+GUIDES = ("question", "prompt")
+
+
+@dataclass
+class VideoAnswer:
+    """One answer about one video, with what the language model saw to give it.
+
+    kept: for every frame, the kept token positions within that frame's token grid (ascending).
+    tokens_kept / tokens_total: visual tokens the language model saw / would have seen unpruned.
+    """
+
+    text: str
+    kept: list[list[int]]
+    tokens_kept: int
+    tokens_total: int
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks
+# --------------------------------------------------------------------------------------------------
+
+
+def check_budget(budget: object) -> int | None:
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be None or an int >= 1, got {budget!r}")
+    return budget
+
+
+def check_guide(guide: object) -> str:
+    if guide not in GUIDES:
+        raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
+    return guide  # type: ignore[return-value]
+
+
+def check_config(config: object) -> SelectionConfig:
+    if config is None:
+        return SelectionConfig()
+    if not isinstance(config, SelectionConfig):
+        raise ValueError(f"config must be a flashvlm.SelectionConfig or None, got {type(config).__name__}")
+    return config
+
+
+def check_guide_text(guide_text: object, rows: int) -> list[str] | None:
+    """guide_text: None, one str for every row, or a list of one str per row."""
+    if guide_text is None:
+        return None
+    if isinstance(guide_text, str):
+        return [guide_text] * rows
+    if not isinstance(guide_text, (list, tuple)) or not all(isinstance(t, str) for t in guide_text):
+        raise ValueError(f"guide_text must be None, a str or a list of str, got {type(guide_text).__name__}")
+    if len(guide_text) != rows:
+        raise ValueError(f"guide_text has {len(guide_text)} entries but the batch has {rows} prompts")
+    return list(guide_text)
+
+
+def check_prompt(input_ids: object, attention_mask: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids (B, S) integer tensor; attention_mask (B, S) or None (all ones). Returns both."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+        raise ValueError(f"input_ids must be an integer tensor of shape (B, S), got {getattr(input_ids, 'shape', input_ids)!r}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty (S = 0)")
+    if attention_mask is None:
+        return input_ids, torch.ones_like(input_ids)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, "
+            f"got {getattr(attention_mask, 'shape', attention_mask)!r}"
+        )
+    return input_ids, attention_mask
+
+
+def check_frames(frames: object) -> np.ndarray:
+    """frames: uint8 array or tensor of shape (T, H, W, 3), T >= 1. Returns a numpy array."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"frames must be a uint8 numpy array or tensor (T, H, W, 3), got {type(frames).__name__}")
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be uint8 of shape (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def check_questions(questions: object) -> list[str]:
+    if isinstance(questions, str) or not isinstance(questions, (list, tuple)):
+        raise ValueError(f"questions must be a list of str, got {type(questions).__name__}")
+    if not questions or not all(isinstance(q, str) for q in questions):
+        raise ValueError("questions must be a non-empty list of str")
+    return list(questions)
+
+
+def check_max_new_tokens(max_new_tokens: object) -> int:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    return max_new_tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# Guide text
+# --------------------------------------------------------------------------------------------------
+
+
+def left_align(values: torch.Tensor, keep: torch.Tensor, fill: Any = 0) -> torch.Tensor:
+    """Move the kept entries of each row to the right end of a shorter row, left-padded with `fill`.
+
+    values: (B, S, ...) any dtype; keep: (B, S) bool. Returns (B, S', ...) with S' = max kept per row,
+    the kept entries of each row in their original order. (Left padding, as decoder-only generation needs.)
+    """
+    B, S = keep.shape
+    lengths = keep.sum(dim=1)  # (B,)
+    width = int(lengths.max()) if B else 0
+    # Destination column of every kept entry: after the row's padding, in order.
+    dest = (width - lengths)[:, None] + keep.long().cumsum(dim=1) - 1  # (B, S), valid where keep
+    rows = torch.arange(B, device=keep.device)[:, None].expand(B, S)
+    out = values.new_full((B, width, *values.shape[2:]), fill)
+    out[rows[keep], dest[keep]] = values[keep]
+    return out
+
+
+def embed_texts(texts: Sequence[str], tokenizer: Any, embed_tokens: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input embeddings of guide texts: (B, L, D) and their (B, L) bool mask (False = padding).
+
+    No special tokens (BOS/EOS): they carry no meaning to match visual tokens against. An empty text gives
+    an all-False row, which the selection ranks by saliency alone.
+    """
+    device = embed_tokens.weight.device
+    encoded = tokenizer(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")
+    ids = encoded["input_ids"].to(device)  # (B, L)
+    mask = encoded["attention_mask"].to(device).bool()  # (B, L)
+    if ids.shape[1] == 0:  # every text empty
+        ids, mask = ids.new_zeros(len(texts), 1), mask.new_zeros(len(texts), 1)
+    return embed_tokens(ids), mask
+
+
+def embed_prompt_text(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, embed_tokens: nn.Module, skip_ids: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input embeddings of every real, non-visual prompt token (the authors' release): (B, L, D), (B, L).
+
+    skip_ids: visual placeholders and special tokens (BOS, padding), which are not text to match against.
+    Only those tokens are embedded (not the whole prompt with its hundreds of placeholders).
+    """
+    skip = torch.tensor(sorted(set(skip_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    is_text = attention_mask.bool() & ~torch.isin(input_ids, skip)  # (B, S)
+    if not bool(is_text.any()):
+        B = input_ids.shape[0]
+        return embed_tokens(input_ids.new_zeros(B, 1)), is_text.new_zeros(B, 1)
+    ids = left_align(input_ids, is_text, fill=0)  # (B, L)
+    mask = left_align(is_text, is_text, fill=False)  # (B, L)
+    return embed_tokens(ids), mask
+
+
+# --------------------------------------------------------------------------------------------------
+# Kept-index bookkeeping and the pruned sequence
+# --------------------------------------------------------------------------------------------------
+
+
+def kept_mask(kept: torch.Tensor, n: int) -> torch.Tensor:
+    """(M, K) kept indices into n tokens -> (M, n) bool, True where kept."""
+    mask = torch.zeros(kept.shape[0], n, dtype=torch.bool, device=kept.device)
+    return mask.scatter_(1, kept, True)
+
+
+def visual_placeholders(input_ids: torch.Tensor, token_id: int, tokens_per_image: int, images: int) -> torch.Tensor:
+    """(B, S) bool mask of the visual placeholder tokens, checked against the images given.
+
+    The model fills placeholders with image features in row-major order (image 0's N tokens first), so
+    every row must hold whole images and the total must match the images passed.
+    """
+    is_visual = input_ids == token_id  # (B, S)
+    per_row = is_visual.sum(dim=1)  # (B,)
+    if int(per_row.sum()) != images * tokens_per_image or bool((per_row % tokens_per_image).any()):
+        raise ValueError(
+            f"input_ids holds {per_row.tolist()} image placeholder tokens per prompt, but pixel_values has "
+            f"{images} images of {tokens_per_image} tokens each (use the model's processor to build the prompt)"
+        )
+    return is_visual
+
+
+@dataclass
+class PrunedPrompt:
+    """A batch of prompts with the unkept visual placeholders removed, left-padded again."""
+
+    input_ids: torch.Tensor  # (B, S') the kept tokens, placeholders included
+    attention_mask: torch.Tensor  # (B, S')
+    inputs_embeds: torch.Tensor  # (B, S', D) text embeddings, kept placeholders filled with kept visual rows
+    keep: torch.Tensor  # (B, S) bool: which original positions survive (padding never does)
+
+
+def prune_sequences(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    is_visual: torch.Tensor,
+    keep_visual: torch.Tensor,
+    visual_rows: torch.Tensor,
+    embed_tokens: nn.Module,
+    pad_token_id: int,
+) -> PrunedPrompt:
+    """Build the language model's input with only the kept visual tokens.
+
+    input_ids, attention_mask, is_visual: (B, S).
+    keep_visual: (V,) bool, one per visual placeholder in row-major order (V = is_visual.sum()).
+    visual_rows: (V', D) the kept visual embeddings, V' = keep_visual.sum(), in the same row-major order.
+
+    Padding positions are dropped too and every row is left-padded afresh, so rows that lost different
+    numbers of tokens still end at the same column. With nothing pruned and a left-padded input, the
+    result is the input itself, embedded exactly as the model embeds it (placeholders replaced in order).
+    """
+    keep = ~is_visual  # (B, S) text tokens stay ...
+    keep[is_visual] = keep_visual  # ... and the kept visual tokens, in the order the model fills them
+    keep &= attention_mask.bool()  # padding is rebuilt below
+    ids = left_align(input_ids, keep, fill=pad_token_id)  # (B, S')
+    mask = left_align(torch.ones_like(attention_mask), keep, fill=0)  # (B, S')
+    visual = left_align(is_visual, keep, fill=False)  # (B, S') kept placeholders
+    embeds = embed_tokens(ids)  # (B, S', D)
+    embeds[visual] = visual_rows.to(embeds.dtype)
+    return PrunedPrompt(input_ids=ids, attention_mask=mask, inputs_embeds=embeds, keep=keep)
+
+
+def generate_pruned(model: Any, original_ids: torch.Tensor, pruned: PrunedPrompt, **generate_kwargs: Any) -> Any:
+    """model.generate on the pruned prompt; the result reads as if the original prompt had been used.
+
+    The pruned ids go in beside the embeddings so that generation's logits processors (repetition
+    penalty, ...) see the prompt tokens; the returned sequences start with the ORIGINAL prompt, so that
+    `out[:, input_ids.shape[1]:]` is the answer exactly as with `model.generate(**inputs)`.
+    """
+    out = model.generate(
+        input_ids=pruned.input_ids,
+        attention_mask=pruned.attention_mask,
+        inputs_embeds=pruned.inputs_embeds,
+        **generate_kwargs,
+    )
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    new_tokens = sequences[:, pruned.input_ids.shape[1] :]  # (B * returns, new)
+    prompt = original_ids.to(new_tokens.device)
+    if new_tokens.shape[0] != prompt.shape[0]:  # num_return_sequences / beams: rows repeat per prompt
+        prompt = prompt.repeat_interleave(new_tokens.shape[0] // prompt.shape[0], dim=0)
+    sequences = torch.cat([prompt, new_tokens], dim=1)
+    if isinstance(out, torch.Tensor):
+        return sequences
+    out.sequences = sequences
+    return out
+
+
+def split_by_frame(kept: torch.Tensor, frames: int, tokens_per_frame: int) -> list[list[torch.Tensor]]:
+    """(Q, K) flat frame-major clip indices -> for each row, T LongTensors of positions within the frame."""
+    kept = kept.cpu()
+    frame, position = kept // tokens_per_frame, kept % tokens_per_frame  # (Q, K) each
+    return [[position[q][frame[q] == t] for t in range(frames)] for q in range(kept.shape[0])]
+
+
+def video_answers(texts: Sequence[str], per_frame: list[list[torch.Tensor]], tokens_total: int) -> list[VideoAnswer]:
+    """One VideoAnswer per question from its decoded text and its kept positions per frame."""
+    return [
+        VideoAnswer(
+            text=text.strip(),
+            kept=[k.tolist() for k in frames_kept],
+            tokens_kept=sum(len(k) for k in frames_kept),
+            tokens_total=tokens_total,
+        )
+        for text, frames_kept in zip(texts, per_frame)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The adapter's common state
+# --------------------------------------------------------------------------------------------------
+
+
+class TokenSelectionAdapter:
+    """A VLM with FlashVLM token selection in front of its language model.
+
+    Subclasses (one per model family) implement `generate` and `answer_video`; this class holds the
+    budget, the rule's constants, the guide mode, the processor, and the guide-text embedding.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        budget: int | None = None,
+        *,
+        config: SelectionConfig | None = None,
+        guide: str = "question",
+        processor: Any = None,
+    ) -> None:
+        self.model = model
+        self.budget = check_budget(budget)
+        self.config = check_config(config)
+        self.guide = check_guide(guide)
+        self._processor = processor
+        self.last_kept: list[torch.Tensor] = []  # per image (or frame) of the last call: kept indices
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__}, budget={self.budget}, guide={self.guide!r})"
+
+    @property
+    def processor(self) -> Any:
+        """The model's processor: the one given to `wrap`, else loaded from the model's own directory."""
+        if self._processor is None:
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self.model.name_or_path)
+        return self._processor
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def guide_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        guide_text: list[str] | None,
+        skip_ids: Sequence[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) guide embeddings and (B, L) mask, one row per prompt.
+
+        guide="question" with guide_text: the question of each prompt. Otherwise (guide="prompt", or no
+        guide_text given): every real non-visual token of the prompt.
+        """
+        if self.guide == "question" and guide_text is not None:
+            return embed_texts(guide_text, self.tokenizer, self.embed_tokens)
+        specials = [t for t in (self.tokenizer.bos_token_id, self.tokenizer.pad_token_id) if t is not None]
+        return embed_prompt_text(input_ids, attention_mask, self.embed_tokens, [*skip_ids, *specials])
