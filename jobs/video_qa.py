@@ -1,0 +1,285 @@
+#!/usr/bin/env python
+"""Answer questions about videos with a FlashVLM-pruned VLM, as one streaming Ray Data job.
+
+    python jobs/video_qa.py                                   # configs/demo.yaml: local Ray, tiny model
+    python jobs/video_qa.py --config configs/llava15_7b.yaml --set selection.budget=32
+    ray job submit --working-dir . -- python jobs/video_qa.py --config configs/llava15_7b.yaml
+
+list (driver) -> decode (CPU actor pool) -> answer (model actor pool) -> write (Parquet) -> run record.
+Ray: `ray.address` from the config, else RAY_ADDRESS (set by `ray job submit`), else a new local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python jobs/video_qa.py` puts jobs/ first on the path, not the repo
+    sys.path.insert(0, str(ROOT))
+
+import pyarrow as pa  # noqa: E402
+
+from pipeline.config import ConfigError, JobConfig, load_config  # noqa: E402
+from pipeline.storage import filesystem, is_local, join  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
+_VERSIONED = ("flashvlm", "ray", "pyarrow", "torch", "transformers", "decord", "av", "s3fs", "fsspec")
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/demo.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set selection.budget=32 (repeatable; values are YAML)",
+    )
+    return parser.parse_args(argv)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def init_ray(cfg: JobConfig) -> None:
+    """Connect to ray.address / RAY_ADDRESS, or start a local Ray; reuse one this process already has."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    # Local workers inherit this environment: make the checkout importable even without `pip install -e`.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.dashboard)
+
+
+def resolve_input(cfg: JobConfig) -> str:
+    """input.uri, or (demo) a folder of generated clips when that local path does not exist."""
+    uri = cfg.input.uri
+    if cfg.input.generate_if_missing and is_local(uri) and not filesystem(uri)[0].exists(filesystem(uri)[1]):
+        from pipeline.synthetic import make_clips
+
+        folder = Path(tempfile.gettempdir()) / "flashvlm-demo-clips"
+        make_clips(folder, cfg.input.generate_if_missing)
+        print(f"{uri} not found: using {cfg.input.generate_if_missing} generated clips in {folder}", flush=True)
+        return str(folder)
+    return uri
+
+
+def model_gpus(cfg: JobConfig) -> float:
+    """GPUs per model actor: the config's, else 1 when the cluster has a GPU and the model may use it."""
+    import ray
+
+    if cfg.ray.num_gpus is not None:
+        return cfg.ray.num_gpus
+    wants_cpu = (cfg.model.device or "").split(":")[0] == "cpu"
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 and not wants_cpu else 0.0
+
+
+def pool(size: Any):
+    import ray
+
+    lo, hi = (size, size) if isinstance(size, int) else size
+    return ray.data.ActorPoolStrategy(size=lo) if lo == hi else ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
+    """The videos to process, with their questions (LISTED), and how many listed videos had none."""
+    from pipeline.listing import list_videos
+    from pipeline.questions import attach_questions, questions_by_video, read_questions_file
+
+    listed = list_videos(input_uri, cfg.input.extensions, cfg.storage_options)
+    per_video = None
+    if cfg.questions_file:
+        per_video = questions_by_video(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
+    return attach_questions(listed, cfg.questions, per_video)
+
+
+def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
+    """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows."""
+    import ray
+
+    from pipeline.answer import AnswerQuestions
+    from pipeline.decode import DecodeVideos
+    from pipeline.write import WriteTables
+
+    per_block = cfg.ray.decode_batch_size  # small blocks, so every decode actor gets work early
+    blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        DecodeVideos,
+        fn_constructor_kwargs=dict(
+            **cfg.sampling.model_dump(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s
+        ),
+        batch_size=cfg.ray.decode_batch_size,
+        batch_format="pyarrow",
+        compute=pool(cfg.ray.decode_actors),
+        num_cpus=cfg.ray.decode_num_cpus,
+    )
+    ds = ds.map_batches(
+        AnswerQuestions,
+        fn_constructor_kwargs=dict(
+            model=cfg.model.model_dump(),
+            selection=cfg.selection.model_dump(),
+            selection_options=cfg.selection.library_options(),
+            frame_size=cfg.sampling.size,
+            run_id=run_id,
+            settings_id=cfg.settings_id(),
+        ),
+        batch_size=cfg.ray.model_batch_size,
+        batch_format="pyarrow",
+        compute=pool(cfg.ray.model_actors),
+        num_cpus=cfg.ray.model_num_cpus,
+        num_gpus=model_gpus(cfg),
+    )
+    return ds.map_batches(
+        WriteTables,
+        fn_constructor_kwargs=dict(
+            output_uri=cfg.output.uri, storage_options=cfg.storage_options, run_id=run_id, run_date=run_date
+        ),
+        batch_size=cfg.ray.write_batch_size,
+        batch_format="pyarrow",
+        compute=pool(1),
+        num_cpus=cfg.ray.write_num_cpus,
+    )
+
+
+def run(cfg: JobConfig) -> dict[str, Any]:
+    """Run the whole job; returns the run record (also written to runs/). Raises if the pipeline fails."""
+    from pipeline.write import write_run_record
+
+    started = datetime.now(timezone.utc)
+    run_id = cfg.run_id or f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    run_date = f"{started:%Y-%m-%d}"
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {
+        "run_id": run_id, "status": "failed", "started_at": started, "input_uri": cfg.input.uri,
+        "output_uri": cfg.output.uri, "model": cfg.model.name, "settings_id": cfg.settings_id(),
+        "config": json.dumps(cfg.public_dict(), sort_keys=True), "versions": json.dumps(versions(), sort_keys=True),
+        "videos_listed": 0, "videos_ok": 0, "videos_failed": 0, "videos_skipped": 0, "answers": 0,
+        "frames_decoded": 0, "tokens_kept": 0, "tokens_total": 0,
+    }
+    summaries: list[dict[str, Any]] = []
+    try:
+        listed, skipped = list_inputs(cfg, resolve_input(cfg))
+        record.update(videos_listed=listed.num_rows + skipped, videos_skipped=skipped)
+        record["listing_s"] = time.perf_counter() - t0
+        print(f"run {run_id}: {listed.num_rows} videos to answer ({skipped} without questions skipped)", flush=True)
+        t1 = time.perf_counter()
+        if listed.num_rows:
+            init_ray(cfg)
+            summaries = build_dataset(cfg, listed, run_id, run_date).take_all()
+        record["pipeline_s"] = time.perf_counter() - t1
+        record["status"] = "succeeded"
+    except BaseException as exc:
+        record["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:2000]}"
+        raise
+    finally:
+        for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total"):
+            record[key] = sum(int(s[key]) for s in summaries)
+        record["decode_s"] = sum(s["decode_ms"] for s in summaries) / 1000.0
+        record["answer_s"] = sum(s["answer_ms"] for s in summaries) / 1000.0
+        record["finished_at"] = datetime.now(timezone.utc)
+        record["wall_s"] = time.perf_counter() - t0
+        record["files"] = [f for s in summaries for f in s["files"]]
+        record["run_date"] = run_date
+        try:
+            record["run_file"] = write_run_record(cfg.output.uri, cfg.storage_options, record, run_date)
+        except Exception as exc:  # never hide the pipeline's own error behind this one
+            print(f"could not write the run record: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------------
+
+
+def _failures(cfg: JobConfig, record: dict[str, Any], limit: int = 10) -> list[str]:
+    """One line per failed video of this run, read back from the error files it wrote."""
+    import pyarrow.parquet as pq
+
+    from pipeline.storage import arrow_filesystem
+
+    fs, _ = filesystem(cfg.output.uri, cfg.storage_options)
+    lines = []
+    for path in (f for f in record["files"] if "/errors/" in f):
+        for row in pq.read_table(path, filesystem=arrow_filesystem(fs)).to_pylist():
+            name = row["video_uri"].rsplit("/", 1)[-1]
+            lines.append(f"    {name:<32} {row['stage']:<7} {row['error_type']}: {(row['error'] or '')[:90]}")
+    return sorted(lines)[:limit] + ([f"    ... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
+    kept, total = record["tokens_kept"], record["tokens_total"]
+    share = f" ({100.0 * kept / total:.1f}%)" if total else ""
+    out = cfg.output.uri.rstrip("/")
+    answers_glob = f"{out}/answers/**/*.parquet"
+    lines = [
+        "",
+        f"run {record['run_id']} {record['status']} in {record['wall_s']:.1f} s",
+        f"  videos: {record['videos_ok']} ok, {record['videos_failed']} failed, {record['videos_skipped']} skipped"
+        f" (of {record['videos_listed']} listed); frames decoded: {record['frames_decoded']}",
+        f"  answers: {record['answers']} rows; visual tokens kept {kept} of {total}{share}",
+        f"  time: listing {record.get('listing_s', 0):.1f} s, pipeline {record.get('pipeline_s', 0):.1f} s"
+        f" (decode {record['decode_s']:.1f} s, model {record['answer_s']:.1f} s summed over actors)",
+    ]
+    if record["videos_failed"]:
+        lines += ["  failed videos:", *_failures(cfg, record)]
+    lines += [
+        "  tables (Parquet, Hive-partitioned by date):",
+        *(f"    {name:<8} {join(out, name)}/date={record['run_date']}/" for name in ("answers", "errors", "runs")),
+        "  query them with DuckDB:",
+        f"    python -c \"import duckdb; duckdb.sql(\\\"SELECT video_uri, question, answer, tokens_kept, tokens_total"
+        f" FROM read_parquet('{answers_glob}', hive_partitioning=true) WHERE run_id = '{record['run_id']}'\\\").show()\"",
+    ]
+    if not is_local(cfg.output.uri):
+        lines.append("    (S3: `INSTALL httpfs; LOAD httpfs;` first, or pipeline.tables.duckdb_connect for fsspec credentials)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"config {args.config}: model {cfg.model.name}, budget {cfg.selection.budget}, "
+          f"{cfg.sampling.frames} frames at {cfg.sampling.size}px, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
+    record = run(cfg)
+    print(summary_text(cfg, record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

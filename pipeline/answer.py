@@ -1,0 +1,117 @@
+"""Stage 3: answer each video's questions with a FlashVLM-wrapped model, on a model actor pool.
+
+The model loads once per actor, in __init__ (GPU when the pool asks for one, else CPU); batches carry
+frames and questions, never models. Each video is one `adapter.answer_video` call for all its
+questions. A video whose call fails becomes one error row (stage "answer"); the rest of the batch, and
+the run, go on. Rows that arrive with an error (listing, read, decode) pass through as error rows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Mapping, Optional
+
+import pyarrow as pa
+
+from pipeline.schema import ANSWERED, frames_of
+
+_MAX_ERROR_CHARS = 2000
+
+
+def _error_message(exc: BaseException) -> str:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return message[:_MAX_ERROR_CHARS]
+
+
+class AnswerQuestions:
+    """Callable for `Dataset.map_batches(batch_format="pyarrow")` on a model actor pool: DECODED -> ANSWERED."""
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        selection: Mapping[str, Any],
+        selection_options: Mapping[str, Any],
+        frame_size: int,
+        run_id: str,
+        settings_id: str,
+    ):
+        import flashvlm
+        import torch
+
+        self.model_name = model["name"]
+        self.max_new_tokens = int(model.get("max_new_tokens") or 32)
+        self.budget = selection.get("budget")
+        self.frame_size, self.run_id, self.settings_id = frame_size, run_id, settings_id
+        dtype = getattr(torch, model["dtype"]) if model.get("dtype") else None
+        loaded, _processor = flashvlm.load(
+            self.model_name, dtype=dtype, device=model.get("device"), trust_remote_code=bool(model.get("trust_remote_code"))
+        )
+        config = flashvlm.SelectionConfig(**selection_options) if selection_options else None
+        self.adapter = flashvlm.wrap(loaded, self.budget, config=config, guide=selection.get("guide", "question"), **self._video_options(flashvlm.wrap, selection))
+
+    @staticmethod
+    def _video_options(wrap: Any, selection: Mapping[str, Any]) -> dict[str, Any]:
+        """split / min_per_frame, passed only when set, and refused clearly if this wrap cannot take them."""
+        wanted = {k: selection[k] for k in ("split", "min_per_frame") if selection.get(k) is not None}
+        params = inspect.signature(wrap).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        refused = [k for k in wanted if k not in params and not takes_any]
+        if refused:
+            raise ValueError(f"selection.{refused[0]} is set but flashvlm.wrap does not accept {refused[0]}=")
+        return wanted
+
+    def _row(self, row: Mapping[str, Any], now: datetime, **values: Any) -> dict[str, Any]:
+        out = dict.fromkeys(ANSWERED.names)
+        for name in ("video_uri", "video_version", "video_size", "decode_ms", "decode_backend", "duration_s", "fps", "width", "height"):
+            out[name] = row.get(name)
+        out.update(model=self.model_name, budget=self.budget, frame_size=self.frame_size,
+                   settings_id=self.settings_id, run_id=self.run_id, created_at=now)
+        out.update(values)
+        return out
+
+    def answer_one(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """All rows for one DECODED row: one per question, or one error row."""
+        now = datetime.now(timezone.utc)
+        if row.get("error") is not None:
+            return [self._row(row, now, error_stage=row["error_stage"], error_type=row["error_type"], error=row["error"])]
+        questions = list(row.get("questions") or [])
+        start = time.perf_counter()
+        try:
+            frames = frames_of(row)
+            answers = self.adapter.answer_video(frames, questions, max_new_tokens=self.max_new_tokens)
+            if len(answers) != len(questions):
+                raise RuntimeError(f"answer_video returned {len(answers)} answers for {len(questions)} questions")
+        except Exception as exc:
+            # Full traceback to the actor's log for whoever debugs it; a readable line in the table.
+            traceback.print_exc()
+            return [self._row(row, now, error_stage="answer", error_type=type(exc).__name__, error=_error_message(exc))]
+        latency_ms = (time.perf_counter() - start) * 1000.0 / max(1, len(questions))
+        now = datetime.now(timezone.utc)
+        return [
+            self._row(
+                row,
+                now,
+                question_index=i,
+                question=question,
+                answer=answer.text,
+                frames=int(row["frames_shape"][0]),
+                tokens_kept=int(answer.tokens_kept),
+                tokens_total=int(answer.tokens_total),
+                kept=[[int(k) for k in frame] for frame in answer.kept],
+                latency_ms=latency_ms,
+            )
+            for i, (question, answer) in enumerate(zip(questions, answers))
+        ]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        for row in batch.to_pylist():
+            try:
+                rows.extend(self.answer_one(row))
+            except Exception as exc:  # e.g. a malformed row: still one error row, never a lost video
+                now = datetime.now(timezone.utc)
+                rows.append(self._row(row, now, error_stage="answer", error_type=type(exc).__name__, error=_error_message(exc)))
+        return pa.Table.from_pylist(rows, schema=ANSWERED)

@@ -1,0 +1,277 @@
+"""The job's configuration: pydantic models for `configs/*.yaml`, plus dotted `--set` overrides.
+
+Every model forbids unknown keys, so a typo (`selection.budgte`) is an error naming the key instead
+of a silently ignored setting. `load_config` turns pydantic's errors into one `ConfigError` whose
+message lists each offending key as a dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from pipeline.storage import redact
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names every bad key."""
+
+
+class _Strict(BaseModel):
+    # protected_namespaces=(): fields such as ray.model_actors are ours, not pydantic's.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+class InputConfig(_Strict):
+    uri: str = Field(description="a local folder, file://, s3://bucket/prefix, a glob, or a manifest file")
+    extensions: list[str] = Field(
+        default=[".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg"],
+        description="suffixes kept when listing a folder or prefix (a glob or manifest is taken as is)",
+    )
+    generate_if_missing: int = Field(
+        default=0,
+        ge=0,
+        description="demo only: when uri is a local path that does not exist, generate this many short clips instead",
+    )
+
+    @field_validator("extensions")
+    @classmethod
+    def _lower_with_dot(cls, value: list[str]) -> list[str]:
+        return [e.lower() if e.startswith(".") else "." + e.lower() for e in value]
+
+
+class ModelConfig(_Strict):
+    name: str = Field(description="hub id, local path, or flashvlm-tiny/<family> for the offline tiny models")
+    dtype: Optional[Literal["float32", "float16", "bfloat16"]] = Field(default=None, description="None: the loader's default")
+    device: Optional[str] = Field(default=None, description="cpu, cuda, cuda:N; None lets flashvlm.load choose")
+    trust_remote_code: bool = False
+    max_new_tokens: int = Field(default=32, ge=1, le=4096)
+
+
+class SamplingConfig(_Strict):
+    frames: int = Field(default=8, ge=1, le=1024, description="frames sampled uniformly per video")
+    fps: Optional[float] = Field(
+        default=None, gt=0, description="if set, at most duration*fps frames (never more than `frames`)"
+    )
+    size: int = Field(default=336, ge=8, le=4096, description="frames are resized to size x size at decode time")
+    resize: Literal["crop", "squash"] = Field(
+        default="crop",
+        description="crop: shortest side to size then centre crop (CLIP's own preprocessing); squash: ignore aspect",
+    )
+
+
+def _selection_option_fields() -> dict[str, Any]:
+    """One optional field per flashvlm.SelectionConfig field, so the two never drift apart.
+
+    None means "the library's default"; only the options a config sets are passed to the library.
+    """
+    from flashvlm.selection import SelectionConfig
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(SelectionConfig):
+        kind = type(f.default)  # int or float; pydantic rejects strings and bools for both
+        out[f.name] = (Optional[kind], Field(default=None, description=f"SelectionConfig.{f.name} (default {f.default})"))
+    return out
+
+
+_SelectionBase = create_model("_SelectionBase", __base__=_Strict, **_selection_option_fields())
+
+
+class SelectionOptions(_SelectionBase):  # type: ignore[misc, valid-type]
+    budget: Optional[int] = Field(default=64, ge=1, description="visual tokens kept per frame; null keeps all")
+    split: Optional[Literal["global", "per_frame"]] = Field(
+        default=None, description="how the clip budget is split across frames; None: the adapter's default"
+    )
+    min_per_frame: Optional[int] = Field(default=None, ge=0)
+    guide: str = Field(default="question", description="what guides the selection (flashvlm.wrap's guide=)")
+
+    @model_validator(mode="after")
+    def _check_with_library(self) -> "SelectionOptions":
+        # The library owns the ranges (e.g. top_p in [0, 1)); ask it now rather than in a model actor.
+        from flashvlm.selection import SelectionConfig
+
+        SelectionConfig(**self.library_options())
+        return self
+
+    def library_options(self) -> dict[str, Any]:
+        """The SelectionConfig fields this config sets (None fields are left to the library)."""
+        from flashvlm.selection import SelectionConfig
+
+        names = {f.name for f in dataclasses.fields(SelectionConfig)}
+        return {k: v for k, v in self.model_dump().items() if k in names and v is not None}
+
+
+class OutputConfig(_Strict):
+    uri: str = Field(description="a local folder, file://, or s3://bucket/prefix; tables go to answers/, errors/, runs/")
+
+
+class RayConfig(_Strict):
+    address: Optional[str] = Field(default=None, description="None: RAY_ADDRESS if set, else a new local Ray")
+    num_cpus: Optional[int] = Field(default=None, ge=1, description="CPUs of a new local Ray (ignored when connecting)")
+    dashboard: bool = Field(default=False, description="start the dashboard with a new local Ray")
+    decode_actors: Union[int, tuple[int, int]] = Field(default=1, description="decode pool size, or [min, max]")
+    decode_batch_size: int = Field(default=4, ge=1, description="videos per decode call")
+    decode_num_cpus: float = Field(default=1.0, gt=0)
+    decode_timeout_s: Optional[float] = Field(
+        default=120.0, gt=0, description="per video; a decoder that hangs is killed. None: no timeout, in-process"
+    )
+    model_actors: Union[int, tuple[int, int]] = Field(default=1, description="model pool size, or [min, max]")
+    model_batch_size: int = Field(default=2, ge=1, description="videos per model call")
+    model_num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: Optional[float] = Field(
+        default=None, ge=0, description="GPUs per model actor; None: 1 when the cluster has GPUs and model.device is not cpu"
+    )
+    write_batch_size: int = Field(default=512, ge=1, description="rows per output file (at most)")
+    write_num_cpus: float = Field(default=0.1, gt=0)
+
+    @field_validator("decode_actors", "model_actors")
+    @classmethod
+    def _pool(cls, value: Union[int, tuple[int, int]]) -> Union[int, tuple[int, int]]:
+        lo, hi = (value, value) if isinstance(value, int) else value
+        if lo < 1 or hi < lo:
+            raise ValueError("must be an int >= 1 or [min, max] with 1 <= min <= max")
+        return value
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole file
+# --------------------------------------------------------------------------------------------------
+
+
+class JobConfig(_Strict):
+    run_id: Optional[str] = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="None: generated; set it to make a retried run overwrite its own files",
+    )
+    input: InputConfig
+    questions: list[str] = Field(default_factory=list, description="asked of every video")
+    questions_file: Optional[str] = Field(
+        default=None, description="Parquet or JSONL with columns video_uri, question (per-video questions)"
+    )
+    model: ModelConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    selection: SelectionOptions = Field(default_factory=SelectionOptions)
+    output: OutputConfig
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="passed to fsspec/s3fs for remote URIs (e.g. endpoint_url, key, secret)"
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("questions")
+    @classmethod
+    def _non_empty_questions(cls, value: list[str]) -> list[str]:
+        if any(not q.strip() for q in value):
+            raise ValueError("questions must be non-empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _some_questions(self) -> "JobConfig":
+        if not self.questions and not self.questions_file:
+            raise ValueError("set `questions` (asked of every video) or `questions_file` (per-video), or both")
+        return self
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as plain data with credentials replaced, safe to log and to store in runs/."""
+        return redact(self.model_dump(mode="json"))
+
+    def settings_id(self) -> str:
+        """A short hash of every setting that changes an answer: model, sampling and selection.
+
+        Two runs with the same settings_id would give the same answers for the same video version, so
+        (video_uri, video_version, question, settings_id) identifies an answer across runs.
+        """
+        key = {
+            "model": self.model.model_dump(mode="json", exclude={"device", "trust_remote_code"}),
+            "sampling": self.sampling.model_dump(mode="json"),
+            "selection": self.selection.model_dump(mode="json"),
+        }
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'selection.budget=32' -> (['selection', 'budget'], 32); the value is parsed as a YAML scalar/flow."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key.path=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in a copy of data; unknown keys are left for validation to report by name."""
+    data = json.loads(json.dumps(data))  # a deep copy of plain YAML data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        msg = item["msg"]
+        library = re.search(r"SelectionConfig\.(\w+) (.*)", msg)  # a range the library checks: name its key
+        if library:
+            key, msg = f"{key}.{library.group(1)}", library.group(2)
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in item and item["type"] != "missing" and not isinstance(item["input"], dict):
+            msg = f"{msg} (got {item['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_config(data: Any, source: str = "<dict>") -> JobConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config ({source}): the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> JobConfig:
+    """Read a YAML config, apply `key.path=value` overrides, validate; ConfigError names each bad key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"invalid config ({path}): the top level must be a mapping")
+        data = apply_overrides(data, overrides)
+    return validate_config(data, source=str(path))

@@ -1,0 +1,97 @@
+"""Which questions each video gets: the config's `questions` (every video) and/or a `questions_file`.
+
+A questions file is Parquet or JSONL (CSV also works) with columns `video_uri` and `question`, one row
+per (video, question), questions kept in file order. Its video_uri may be a full URI or a path relative
+to input.uri (a folder or prefix), e.g. `clip.mp4`; both are matched against the listing in canonical form.
+
+With only a questions file, listed videos it does not mention are skipped (counted, not errors), and
+videos it names that the listing did not find become error rows (stage "list"), so nothing it asks
+about is silently lost.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Mapping, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.schema import LISTED
+from pipeline.storage import filesystem, normalize_uri
+
+
+def read_questions_file(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> pa.Table:
+    """The (video_uri, question) table of a Parquet, JSONL or CSV file, with a clear error if malformed."""
+    fs, path = filesystem(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    suffix = path.lower().rsplit(".", 1)[-1]
+    if suffix == "parquet":
+        table = pq.read_table(io.BytesIO(data))
+    elif suffix in ("jsonl", "json", "ndjson"):
+        rows = []
+        for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"questions_file {uri}: line {n} is not JSON: {exc}") from None
+        table = pa.Table.from_pylist(rows)
+    elif suffix == "csv":
+        table = pacsv.read_csv(io.BytesIO(data))
+    else:
+        raise ValueError(f"questions_file {uri}: expected .parquet, .jsonl or .csv")
+    missing = {"video_uri", "question"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"questions_file {uri}: missing column(s) {sorted(missing)}, has {table.column_names}")
+    return table.select(["video_uri", "question"])
+
+
+def _base_of(input_uri: str) -> str:
+    """Where relative video_uri entries live: input.uri itself for a folder/prefix, else its parent."""
+    last = input_uri.rstrip("/").rsplit("/", 1)[-1]
+    if any(c in input_uri for c in "*?[") or "." in last:
+        return input_uri.rstrip("/").rsplit("/", 1)[0]
+    return input_uri.rstrip("/")
+
+
+def questions_by_video(table: pa.Table, input_uri: str) -> dict[str, list[str]]:
+    """{canonical video URI: [questions in file order]} from a questions table."""
+    base = _base_of(input_uri)
+    out: dict[str, list[str]] = {}
+    for uri, question in zip(table.column("video_uri").to_pylist(), table.column("question").to_pylist()):
+        if not uri or not question or not str(question).strip():
+            continue
+        uri = str(uri)
+        full = uri if ("://" in uri or uri.startswith("/")) else f"{base}/{uri}"
+        out.setdefault(normalize_uri(full), []).append(str(question))
+    return out
+
+
+def attach_questions(
+    listed: pa.Table, common: Sequence[str], per_video: Optional[dict[str, list[str]]]
+) -> tuple[pa.Table, int]:
+    """Fill the `questions` column of a LISTED table; returns (table, videos skipped for want of questions).
+
+    Every video gets `common` first, then its own questions from the file (duplicates dropped).
+    """
+    rows = listed.to_pylist()
+    out, skipped = [], 0
+    seen: set[str] = set()
+    for row in rows:
+        key = normalize_uri(row["video_uri"])
+        seen.add(key)
+        own = (per_video or {}).get(key, [])
+        questions = list(dict.fromkeys([*common, *own]))
+        if not questions and row["error"] is None:
+            skipped += 1
+            continue
+        out.append({**row, "questions": questions})
+    for key in sorted(set(per_video or {}) - seen):
+        error = "named in questions_file but not found by the listing of input.uri"
+        out.append({**dict.fromkeys(LISTED.names), "video_uri": key, "questions": per_video[key],
+                    "error_stage": "list", "error_type": "FileNotFoundError", "error": error})
+    return pa.Table.from_pylist(out, schema=LISTED), skipped

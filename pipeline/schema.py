@@ -1,0 +1,176 @@
+"""pyarrow schemas of the rows between stages and of the three output tables.
+
+Every stage returns a table with exactly one of these schemas, so Ray never has to guess or unify
+types (a batch of only failures has the same columns as a batch of successes). Each output field
+carries a description in its metadata; `describe` prints them (the README's table is made from it).
+
+Output layout under output.uri (Hive-partitioned by the run's UTC date):
+    answers/date=YYYY-MM-DD/<run_id>-<digest>.parquet   one row per (video, question)
+    errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet    one row per failed video
+    runs/date=YYYY-MM-DD/<run_id>.parquet               one row per run
+The `date` column comes from the folder name (hive partitioning), not from the files.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"description": doc})
+
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+# Error columns carried by every intermediate row: null while the video is healthy. Only the writer
+# splits failed rows from good ones, so nothing is dropped on the way.
+_ERROR_FIELDS = [
+    _f("error_stage", pa.string(), "stage that failed: list, read, decode, answer"),
+    _f("error_type", pa.string(), "exception class name"),
+    _f("error", pa.string(), "readable message"),
+]
+
+_VIDEO_FIELDS = [
+    _f("video_uri", pa.string(), "full URI of the video (file:///..., s3://bucket/key)", nullable=False),
+    _f("video_version", pa.string(), "S3 ETag, or size:mtime for files; a changed object gets a new version"),
+    _f("video_size", pa.int64(), "bytes"),
+]
+
+# ---- between stages (internal) -------------------------------------------------------------------
+
+LISTED = pa.schema(
+    [
+        *_VIDEO_FIELDS,
+        _f("questions", pa.list_(pa.string()), "questions to ask of this video"),
+        *_ERROR_FIELDS,
+    ]
+)
+
+DECODED = pa.schema(
+    [
+        *LISTED,
+        # Raw uint8 RGB bytes of the sampled frames in C order, shape in frames_shape: plain Arrow, so
+        # no Ray tensor extension type is needed to pass them between actors.
+        _f("frames", pa.large_binary(), "sampled frames, uint8 RGB, C order"),
+        _f("frames_shape", pa.list_(pa.int32()), "(T, H, W, 3)"),
+        _f("frame_indices", pa.list_(pa.int32()), "source frame index of each sampled frame"),
+        _f("num_frames", pa.int64(), "frames in the source video"),
+        _f("duration_s", pa.float64(), "source duration in seconds"),
+        _f("fps", pa.float64(), "source average frame rate"),
+        _f("width", pa.int32(), "source width as displayed (after rotation metadata)"),
+        _f("height", pa.int32(), "source height as displayed"),
+        _f("decode_backend", pa.string(), "decord or pyav (the fallback)"),
+        _f("decode_ms", pa.float64(), "read + decode + resize time of this video"),
+    ]
+)
+
+# ---- output tables ---------------------------------------------------------------------------------
+
+ANSWERS = pa.schema(
+    [
+        *_VIDEO_FIELDS,
+        _f("question_index", pa.int16(), "position of the question in the video's question list"),
+        _f("question", pa.string(), "the question"),
+        _f("answer", pa.string(), "the model's answer"),
+        _f("model", pa.string(), "model.name from the config"),
+        _f("budget", pa.int32(), "visual tokens kept per frame (null: no pruning)"),
+        _f("frames", pa.int16(), "frames sampled from the video and shown to the model"),
+        _f("frame_size", pa.int16(), "side of the square frames given to the model (sampling.size)"),
+        _f("tokens_kept", pa.int32(), "visual tokens given to the language model, whole clip"),
+        _f("tokens_total", pa.int32(), "visual tokens before pruning, whole clip"),
+        _f("kept", pa.list_(pa.list_(pa.int16())), "kept visual-token indices, one list per frame"),
+        _f("latency_ms", pa.float64(), "model time of the video's call divided by its number of questions"),
+        _f("decode_ms", pa.float64(), "read + decode + resize time of the video"),
+        _f("decode_backend", pa.string(), "decord or pyav"),
+        _f("duration_s", pa.float64(), "source duration in seconds"),
+        _f("fps", pa.float64(), "source average frame rate"),
+        _f("width", pa.int32(), "source width as displayed"),
+        _f("height", pa.int32(), "source height as displayed"),
+        _f("settings_id", pa.string(), "hash of model, sampling and selection settings: same id, same answers"),
+        _f("run_id", pa.string(), "the run that wrote the row", nullable=False),
+        _f("created_at", TIMESTAMP, "when the answer was produced (UTC)"),
+    ]
+)
+
+ERRORS = pa.schema(
+    [
+        _VIDEO_FIELDS[0],
+        _VIDEO_FIELDS[1],
+        _f("stage", pa.string(), "stage that failed: list, read, decode, answer", nullable=False),
+        _f("error_type", pa.string(), "exception class name"),
+        _f("error", pa.string(), "readable message"),
+        _f("settings_id", pa.string(), "hash of model, sampling and selection settings"),
+        _f("run_id", pa.string(), "the run that wrote the row", nullable=False),
+        _f("created_at", TIMESTAMP, "when the failure was recorded (UTC)"),
+    ]
+)
+
+# What the answer stage emits: answer rows and error rows in one schema; the writer splits them.
+ANSWERED = pa.schema([*ANSWERS, *_ERROR_FIELDS])
+
+RUNS = pa.schema(
+    [
+        _f("run_id", pa.string(), "run identifier", nullable=False),
+        _f("status", pa.string(), "succeeded or failed"),
+        _f("started_at", TIMESTAMP, "UTC"),
+        _f("finished_at", TIMESTAMP, "UTC"),
+        _f("input_uri", pa.string(), "input.uri"),
+        _f("output_uri", pa.string(), "output.uri"),
+        _f("model", pa.string(), "model.name"),
+        _f("settings_id", pa.string(), "hash of model, sampling and selection settings"),
+        _f("config", pa.string(), "the validated config as JSON, credentials replaced by ***"),
+        _f("versions", pa.string(), "JSON: python, flashvlm, ray, pyarrow, torch, transformers, decord, av"),
+        _f("videos_listed", pa.int64(), "videos found by the listing (plus missing manifest entries)"),
+        _f("videos_ok", pa.int64(), "videos with answers"),
+        _f("videos_failed", pa.int64(), "videos with an error row"),
+        _f("videos_skipped", pa.int64(), "listed videos with no questions (only a questions_file names them)"),
+        _f("answers", pa.int64(), "rows written to answers/"),
+        _f("frames_decoded", pa.int64(), "frames sampled over the answered videos"),
+        _f("tokens_kept", pa.int64(), "sum of tokens_kept over answers"),
+        _f("tokens_total", pa.int64(), "sum of tokens_total over answers"),
+        _f("wall_s", pa.float64(), "whole run, seconds"),
+        _f("listing_s", pa.float64(), "listing and question join, seconds"),
+        _f("pipeline_s", pa.float64(), "decode + answer + write (streaming together), seconds"),
+        _f("decode_s", pa.float64(), "sum of per-video decode times (over all decode actors)"),
+        _f("answer_s", pa.float64(), "sum of per-video model times (over all model actors)"),
+        _f("error", pa.string(), "why the run failed (null when it succeeded)"),
+    ]
+)
+
+# One row per write batch: what the driver sums into the run record.
+WRITE_SUMMARY = pa.schema(
+    [
+        pa.field("answers", pa.int64()),
+        pa.field("errors", pa.int64()),
+        pa.field("videos_ok", pa.int64()),
+        pa.field("videos_failed", pa.int64()),
+        pa.field("frames_decoded", pa.int64()),
+        pa.field("tokens_kept", pa.int64()),
+        pa.field("tokens_total", pa.int64()),
+        pa.field("decode_ms", pa.float64()),
+        pa.field("answer_ms", pa.float64()),
+        pa.field("files", pa.list_(pa.string())),
+    ]
+)
+
+TABLES = {"answers": ANSWERS, "errors": ERRORS, "runs": RUNS}
+
+
+def frames_of(row) -> "numpy.ndarray":
+    """The (T, H, W, 3) uint8 frames of a DECODED row (a read-only view of its bytes)."""
+    import numpy
+
+    return numpy.frombuffer(row["frames"], dtype=numpy.uint8).reshape(row["frames_shape"])
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+def describe(schema: pa.Schema) -> str:
+    """A Markdown table of a schema's columns, types and descriptions."""
+    rows = ["| column | type | description |", "|---|---|---|"]
+    for field in schema:
+        doc = (field.metadata or {}).get(b"description", b"").decode()
+        rows.append(f"| `{field.name}` | {field.type} | {doc} |")
+    return "\n".join(rows)

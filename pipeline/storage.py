@@ -1,0 +1,73 @@
+"""One filesystem layer for every stage: fsspec for reading and listing, pyarrow's view of it for writing.
+
+Local paths, file:// and s3:// (s3fs) go through the same calls. s3fs reads the standard AWS variables
+itself (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION);
+`storage_options` from the config are passed to remote filesystems only (a local folder needs none).
+Nothing here logs an option's value: `redact` is what callers print or store.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional
+
+import fsspec
+import pyarrow.fs as pafs
+
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|key$|^key|private|auth|signature)", re.IGNORECASE)
+_REDACTED = "***"
+
+
+def redact(value: Any) -> Any:
+    """A copy of nested dicts/lists with every value under a secret-looking key replaced by '***'."""
+    if isinstance(value, Mapping):
+        return {k: (_REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "", {}) else redact(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def protocol_of(uri: str) -> str:
+    """'s3' for s3://..., 'file' for file:// and plain paths."""
+    proto = fsspec.utils.get_protocol(uri)
+    return "file" if proto in ("file", "local") else proto
+
+
+def is_local(uri: str) -> bool:
+    return protocol_of(uri) == "file"
+
+
+def filesystem(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(fsspec filesystem, path inside it) for a URI; relative local paths become absolute."""
+    options = {} if is_local(uri) else dict(storage_options or {})
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    return fs, path
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The full URI of a path in fs ('file:///abs/x.mp4', 's3://bucket/x.mp4'): what the tables store."""
+    return fs.unstrip_protocol(path)
+
+
+def normalize_uri(uri: str) -> str:
+    """A canonical spelling, so '/a/b.mp4', 'file:///a/b.mp4' and 'a/../a/b.mp4' compare equal."""
+    if is_local(uri):
+        fs, path = filesystem(uri)
+        return to_uri(fs, path)
+    proto = protocol_of(uri)
+    return f"{proto}://{fsspec.get_filesystem_class(proto)._strip_protocol(uri)}"
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    """pyarrow's view of an fsspec filesystem, so Parquet writes use the same credentials and endpoint."""
+    if protocol_of(fs.unstrip_protocol("x")) == "file":
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with '/', the separator of every filesystem fsspec serves."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out

@@ -1,0 +1,104 @@
+"""Stage 4: split answered rows into the answers and errors tables and write them as Parquet.
+
+Layout (Hive-partitioned by the run's UTC date, so `date` is a column for every reader):
+    <output.uri>/answers/date=YYYY-MM-DD/<run_id>-<digest>.parquet
+    <output.uri>/errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet
+    <output.uri>/runs/date=YYYY-MM-DD/<run_id>.parquet
+
+<digest> hashes the (video_uri, video_version, question_index) keys of the rows in the file, so a retried
+task, which writes the same rows, overwrites its own file instead of adding a duplicate. Local files are
+written under a temporary name and renamed, so a reader never sees half a file; an S3 PUT is atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any, Mapping, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.schema import ANSWERS, ERRORS, RUNS, WRITE_SUMMARY
+from pipeline.storage import arrow_filesystem, filesystem, is_local, join
+
+COMPRESSION = "zstd"
+
+
+def partition_dir(root: str, table: str, run_date: str) -> str:
+    return join(root, table, f"date={run_date}")
+
+
+def _digest(table: pa.Table) -> str:
+    keys = sorted(
+        f"{u}\x00{v}\x00{q}"
+        for u, v, q in zip(
+            table.column("video_uri").to_pylist(),
+            table.column("video_version").to_pylist(),
+            table.column("question_index").to_pylist(),
+        )
+    )
+    return hashlib.sha1("\x01".join(keys).encode()).hexdigest()[:16]
+
+
+class ParquetWriter:
+    """Writes whole tables to one filesystem; atomic on local disks (temp name + rename)."""
+
+    def __init__(self, output_uri: str, storage_options: Optional[Mapping[str, Any]] = None):
+        fs, self.root = filesystem(output_uri, storage_options)
+        self.local = is_local(output_uri)
+        self.fs = arrow_filesystem(fs)
+
+    def write(self, table: pa.Table, directory: str, name: str) -> str:
+        self.fs.create_dir(directory, recursive=True)
+        path = join(directory, name)
+        if not self.local:
+            pq.write_table(table, path, filesystem=self.fs, compression=COMPRESSION)
+            return path
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # not *.parquet: globbing readers never pick it up
+        pq.write_table(table, tmp, filesystem=self.fs, compression=COMPRESSION)
+        self.fs.move(tmp, path)
+        return path
+
+
+class WriteTables:
+    """Callable for `Dataset.map_batches(batch_format="pyarrow")`: ANSWERED rows in, one WRITE_SUMMARY row out."""
+
+    def __init__(self, output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id: str, run_date: str):
+        self.writer = ParquetWriter(output_uri, storage_options)
+        self.run_id, self.run_date = run_id, run_date
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        failed = pc.is_valid(batch.column("error"))
+        answers = batch.filter(pc.invert(failed)).select(ANSWERS.names).cast(ANSWERS)
+        failed_rows = batch.filter(failed)
+        errors = failed_rows.rename_columns({"error_stage": "stage"}).select(ERRORS.names).cast(ERRORS)
+        name = f"{self.run_id}-{_digest(batch)}.parquet"
+        files = []
+        if answers.num_rows:
+            files.append(self.writer.write(answers, partition_dir(self.writer.root, "answers", self.run_date), name))
+        if errors.num_rows:
+            files.append(self.writer.write(errors, partition_dir(self.writer.root, "errors", self.run_date), name))
+        first = answers.filter(pc.equal(answers.column("question_index"), 0))  # one row per answered video
+        summary = {
+            "answers": answers.num_rows,
+            "errors": errors.num_rows,
+            "videos_ok": first.num_rows,
+            "videos_failed": errors.num_rows,
+            "frames_decoded": int(pc.sum(first.column("frames")).as_py() or 0),
+            "tokens_kept": int(pc.sum(answers.column("tokens_kept")).as_py() or 0),
+            "tokens_total": int(pc.sum(answers.column("tokens_total")).as_py() or 0),
+            "decode_ms": float(pc.sum(first.column("decode_ms")).as_py() or 0.0)
+            + float(pc.sum(failed_rows.column("decode_ms")).as_py() or 0.0),
+            "answer_ms": float(pc.sum(answers.column("latency_ms")).as_py() or 0.0),
+            "files": files,
+        }
+        return pa.Table.from_pylist([summary], schema=WRITE_SUMMARY)
+
+
+def write_run_record(output_uri: str, storage_options: Optional[Mapping[str, Any]], record: Mapping[str, Any], run_date: str) -> str:
+    """Write the one-row runs/ table of a run (named by run id, so a rerun with that id replaces it)."""
+    writer = ParquetWriter(output_uri, storage_options)
+    table = pa.Table.from_pylist([dict(record)], schema=RUNS)
+    return writer.write(table, partition_dir(writer.root, "runs", run_date), f"{record['run_id']}.parquet")
