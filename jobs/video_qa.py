@@ -74,7 +74,8 @@ def init_ray(cfg: JobConfig) -> None:
         return
     # Local workers inherit this environment: make the checkout importable even without `pip install -e`.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.dashboard)
+    # address="local": always a new Ray, never the latest `ray start` cluster found in /tmp/ray.
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.dashboard)
 
 
 def resolve_input(cfg: JobConfig) -> str:

@@ -14,3 +14,7 @@ def shared_videos() -> Path:
     if not SHARED_VIDEOS.is_dir():
         pytest.skip(f"sample clips not found at {SHARED_VIDEOS} (set FLASHVLM_SHARED_VIDEOS)")
     return SHARED_VIDEOS
+
+
+# ---- pipeline fixtures (moto S3 server, local Ray, clips): defined in tests/pipeline_fixtures.py ----
+from pipeline_fixtures import clip_dir, moto_server, ray_local, s3_bucket, s3_env, s3_options  # noqa: E402, F401

@@ -1,0 +1,128 @@
+"""Fixtures for the pipeline tests: a real S3-compatible server (moto) on 127.0.0.1, a local Ray, clips.
+
+Imported by tests/conftest.py so that their scopes are shared by every test module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Real clips used by the pipeline tests: a mix of healthy ones, one that needs the PyAV fallback
+# (no duration in its header) and broken ones that must become error rows.
+GOOD_CLIPS = ["chaplin.mp4", "example2.mp4", "video_90.mov"]
+FALLBACK_CLIPS = ["no_duration.webm"]
+BROKEN_CLIPS = ["corrupted.mp4", "empty.webm"]
+
+S3_KEY, S3_SECRET, S3_REGION = "testing-key", "testing-secret", "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A moto S3 server in its own process on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_options(moto_server) -> dict:
+    """storage_options that point s3fs at the moto server (what a config's storage_options would hold)."""
+    return {"endpoint_url": moto_server, "key": S3_KEY, "secret": S3_SECRET, "client_kwargs": {"region_name": S3_REGION}}
+
+
+@pytest.fixture(scope="session")
+def s3_env(moto_server) -> dict:
+    """The standard AWS variables for the moto server (what s3fs reads without storage_options)."""
+    return {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": S3_REGION,
+    }
+
+
+@pytest.fixture
+def s3_bucket(s3_options) -> str:
+    """A fresh, empty bucket; yields its name."""
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    s3fs.S3FileSystem(**s3_options, skip_instance_cache=True).mkdir(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    """A folder of clips for pipeline tests: the real ones named above when ../shared/videos exists,
+    else generated clips (healthy) plus a zero-byte and a truncated file (broken)."""
+    from conftest import SHARED_VIDEOS
+
+    folder = tmp_path_factory.mktemp("clips")
+    if SHARED_VIDEOS.is_dir():
+        for name in GOOD_CLIPS + FALLBACK_CLIPS + BROKEN_CLIPS:
+            os.symlink(SHARED_VIDEOS / name, folder / name)
+        return folder
+    from pipeline.synthetic import make_clip
+
+    for i, name in enumerate(GOOD_CLIPS):
+        make_clip(folder / (Path(name).stem + ".mp4"), seed=i)
+    (folder / "empty.webm").write_bytes(b"")
+    data = (folder / "chaplin.mp4").read_bytes()
+    (folder / "corrupted.mp4").write_bytes(data[: len(data) // 3])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray (2 CPUs, own temp dir) for one test module; never connects to another's."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    temp_dir = tempfile.mkdtemp(prefix="fvr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
