@@ -182,3 +182,79 @@ def tiny_model_path(name: str) -> str:
 
 
 # ==== Qwen2.5-VL section (owned by the Qwen2.5-VL adapter) ====
+
+# Qwen's special tokens, in the order the real tokenizer numbers them (ids differ: the vocabulary is tiny).
+_QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+def build_tiny_qwen2_5_vl(path: str | os.PathLike) -> str:
+    """Build a tiny, randomly initialised Qwen2.5-VL and save it (config, weights, tokenizer, image processor).
+
+    Real where the selection depends on it: patch 14, temporal patch 2, 2x2 merge, a windowed block then
+    a full-attention last block (as the real tower ends), 3-D MRoPE in the language model
+    (`mrope_section` [2, 3, 3] sums to head_dim / 2 = 8) with video temporal ids spaced by
+    tokens_per_second. Narrow everywhere else; a 56 px window (2x2 merged tokens) so that a 112 px frame
+    already has 4 attention windows. The image processor is the PIL one (no torchvision); load the
+    processor with `flashvlm.models.qwen2_5_vl_inputs.Qwen2_5_VLFrameProcessor.from_pretrained(path)`.
+    Deterministic (fixed seed). Returns the path, for `flashvlm.load`.
+    """
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = Path(path)
+    tokenizer = _tiny_bpe_tokenizer(_QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            initializer_range=0.2,  # well-separated logits: greedy decoding has no near-ties
+            bos_token_id=None,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
+            initializer_range=0.2,  # attention with clear winners: saliency has no near-ties
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.do_sample = False
+    # Small images stay small (no upscaling to the real 56x56 floor's neighbours), at most 8x8 merged tokens.
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=224 * 224)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    image_processor.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,346 @@
+"""FlashVLM inside a tiny random Qwen2.5-VL built offline: images, video, original 3-D rotary positions."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from flashvlm.models.qwen2_5_vl import (
+    Qwen2_5_VLFlashVLM,
+    merge_window_order,
+    received_attention,
+)
+from flashvlm.models.qwen2_5_vl_inputs import (
+    IMAGE_PAD,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    Qwen2_5_VLFrameProcessor,
+    chat_prompt,
+    patchify_frames,
+)
+
+QUESTIONS = ["What is the man holding?", "What happens in the video?"]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(model, processor) of the tiny checkpoint, built once per session."""
+    from transformers import AutoModelForImageTextToText
+
+    from flashvlm.testing import build_tiny_qwen2_5_vl
+
+    path = build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    return model, Qwen2_5_VLFrameProcessor.from_pretrained(path)
+
+
+def frames(T: int, H: int = 112, W: int = 112, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+
+
+def block(pad: str) -> str:
+    return f"{VISION_START}{pad}{VISION_END}"
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    """Row 0: two images (16 and 8 tokens) and a question; row 1: a 4-frame clip (2 x 16 tokens), left-padded."""
+    _, processor = tiny
+    images = [frames(1, 112, 112, seed=1)[0], frames(1, 56, 112, seed=2)[0]]
+    texts = [chat_prompt(block(IMAGE_PAD) + block(IMAGE_PAD) + QUESTIONS[0]), chat_prompt(block(VIDEO_PAD) + QUESTIONS[1])]
+    return processor(text=texts, images=images, videos=[frames(4, seed=3)])
+
+
+class LMInputs:
+    """Records what the language model receives on every forward (prefill first, then decode steps)."""
+
+    def __init__(self, model):
+        self.calls: list[dict] = []
+        self.lm = model.model.language_model
+
+    def __enter__(self):
+        def hook(module, args, kwargs):
+            self.calls.append({k: kwargs.get(k) for k in ("inputs_embeds", "position_ids", "attention_mask")})
+
+        self.handle = self.lm.register_forward_pre_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def generate(model, inputs, **kwargs):
+    return model.generate(**inputs, max_new_tokens=6, do_sample=False, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs built without torchvision
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(4, 112, 112), (3, 100, 130)])  # on the grid; resized, odd T padded
+def test_patchify_frames_matches_image_processor_layout(tiny, shape):
+    _, processor = tiny
+    ip = processor.image_processor
+    clip = frames(*shape, seed=4)
+    pixels, grid = patchify_frames(clip, processor.geometry, min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
+    t, h, w = grid.tolist()
+    assert t == (shape[0] + 1) // 2 and pixels.shape == (t * h * w, 3 * 2 * 14 * 14)
+    padded = np.concatenate([clip, clip[-1:]]) if shape[0] % 2 else clip  # the last frame repeats
+    ours = pixels.view(t, h * w, 3, 2, 14, 14)
+    for f in range(2 * t):
+        reference = ip(images=[padded[f]], return_tensors="pt")
+        assert reference["image_grid_thw"].tolist() == [[1, h, w]]
+        # The image processor fills both temporal slots with the image; a clip has frame 2t+s in slot s.
+        expected = reference["pixel_values"].view(h * w, 3, 2, 14, 14)[:, :, 0]
+        torch.testing.assert_close(ours[f // 2, :, :, f % 2], expected, rtol=0, atol=1e-6)
+
+
+def test_video_inputs_structure(tiny):
+    model, processor = tiny
+    inputs = processor.video_question_inputs(frames(4), QUESTIONS, fps=4.0)
+    ids, mm = inputs["input_ids"], inputs["mm_token_type_ids"]
+    assert inputs["video_grid_thw"].tolist() == [[2, 8, 8]] * 2
+    torch.testing.assert_close(inputs["second_per_grid_ts"], torch.tensor([0.5, 0.5]))
+    for row in range(2):
+        valid = ids[row][inputs["attention_mask"][row].bool()]
+        start = (valid == model.config.vision_start_token_id).nonzero().item()
+        assert valid[start + 1 : start + 33].eq(model.config.video_token_id).all()  # 2 x 4 x 4 merged tokens
+        assert valid[start + 33] == model.config.vision_end_token_id
+        assert processor.decode(valid[start + 34 :]).startswith(QUESTIONS[row])
+    assert torch.equal(mm == 2, ids == model.config.video_token_id) and not (mm == 1).any()
+
+
+# ------------------------------------------------------------------------------------------------
+# Saliency
+# ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def eager_last_block_attention(model):
+    """Switch the tower to eager attention and record the last block's attention weights, per window."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    visual, recorded, state = model.model.visual, [], {"last": False}
+    original = qwen.eager_attention_forward
+
+    def recording(module, *args, **kwargs):
+        out, weights = original(module, *args, **kwargs)
+        if state["last"]:
+            recorded.append(weights)  # (1, H, n, n): this window's full attention matrix
+        return out, weights
+
+    def mark(module, args):
+        state["last"] = module is visual.blocks[-1]
+
+    handles = [b.register_forward_pre_hook(mark) for b in visual.blocks]
+    qwen.eager_attention_forward, visual.config._attn_implementation = recording, "eager"
+    try:
+        yield recorded
+    finally:
+        qwen.eager_attention_forward, visual.config._attn_implementation = original, "sdpa"
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("windowed", [False, True])  # last block full attention (as the real tower), or windowed
+def test_saliency_equals_eager_reference(tiny, windowed):
+    model, processor = tiny
+    visual = model.model.visual
+    # 3 images with partial windows (84 px: 3x3 merged tokens), and a clip: windows of several lengths.
+    inputs = processor(text=[block(IMAGE_PAD) * 2], images=[frames(1, 84, 84, 5)[0], frames(1, 112, 56, 6)[0]])
+    clip, grid = patchify_frames(frames(4, seed=7), processor.geometry)
+    pixels = torch.cat([inputs["pixel_values"], clip])
+    grid_thw = torch.cat([inputs["image_grid_thw"], grid[None]])
+    vlm = Qwen2_5_VLFlashVLM(model, budget=4, processor=processor)
+    saved = visual.fullatt_block_indexes
+    visual.fullatt_block_indexes = [] if windowed else saved
+    try:
+        encoded = vlm.encode(pixels, grid_thw)
+        with eager_last_block_attention(model) as recorded:
+            with torch.no_grad():
+                reference_out = model.model.get_image_features(pixels, grid_thw)
+    finally:
+        visual.fullatt_block_indexes = saved
+    # Attention each row receives: mean over heads and over the queries of its window, rows in tower order.
+    received = torch.cat([w[0].float().mean(dim=(0, 1)) for w in recorded])  # (P,)
+    from transformers.vision_utils import get_vision_window_index
+
+    _, cu_windows = get_vision_window_index(grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size)
+    # Full attention: one window per image or temporal patch; windowed: the tower's 2x2-merged-token windows.
+    assert len(recorded) == (len(cu_windows) - 1 if windowed else int(grid_thw[:, 0].sum()))
+    restore = torch.argsort(merge_window_order(visual, grid_thw))
+    reference = received.view(-1, 4).mean(dim=1)[restore]  # pooled over the 2x2 merge window, token order
+    ours = torch.cat([e.saliency for e in encoded])
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
+    # The tower's own outputs are untouched by the probe (up to the eager/sdpa difference).
+    torch.testing.assert_close(torch.cat([e.merged for e in encoded]), torch.cat(reference_out.pooler_output), rtol=1e-4, atol=1e-5)
+
+
+def test_received_attention_chunking_is_exact():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 40, 3, 8, generator=g).unbind(0)  # P = 40 rows, 3 heads
+    cu = torch.tensor([0, 16, 32, 36, 40], dtype=torch.int32)  # windows of 16, 16, 4, 4
+    whole = received_attention(q, k, cu, 0.35)
+    for chunk in (1, 7, 3 * 16 * 16, 3 * 16 * 16 * 2):
+        torch.testing.assert_close(received_attention(q, k, cu, 0.35, chunk_elements=chunk), whole, rtol=1e-6, atol=1e-7)
+    # Each window distributes H * n units of attention over its own rows only: the mean per row is 1 / n... summed: 1.
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        torch.testing.assert_close(whole[a:b].sum(), torch.tensor(1.0))
+
+
+# ------------------------------------------------------------------------------------------------
+# Generation
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [None, 10_000])
+def test_nothing_pruned_is_identical_to_model_generate(tiny, batch, budget):
+    model, processor = tiny
+    model.model.rope_deltas = None
+    with LMInputs(model) as seen_ref:
+        reference = generate(model, batch, output_logits=True, return_dict_in_generate=True)
+    vlm = Qwen2_5_VLFlashVLM(model, budget=budget, processor=processor)
+    with LMInputs(model) as seen:
+        ours = generate(vlm, batch, output_logits=True, return_dict_in_generate=True)
+    assert torch.equal(ours.sequences, reference.sequences)
+    for a, b in zip(ours.logits, reference.logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # Same positions on every step, prefill and decode (the model's own get_rope_index + rope_deltas).
+    for mine, theirs in zip(seen.calls, seen_ref.calls):
+        assert torch.equal(mine["position_ids"], theirs["position_ids"])
+    assert [len(k) for k in vlm.last_kept] == [16, 8, 32]
+
+
+def test_kept_tokens_keep_original_positions_and_decoding_continues_them(tiny, batch):
+    model, processor = tiny
+    full_positions, _ = model.model.get_rope_index(
+        batch["input_ids"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        image_grid_thw=batch["image_grid_thw"],
+        video_grid_thw=batch["video_grid_thw"],
+        second_per_grid_ts=batch["second_per_grid_ts"],
+        attention_mask=batch["attention_mask"],
+    )  # (3, B, S)
+    with LMInputs(model) as seen_ref:
+        generate(model, batch)
+    vlm = Qwen2_5_VLFlashVLM(model, budget=3, processor=processor)
+    with LMInputs(model) as seen:
+        generate(vlm, batch, guide_text=QUESTIONS)
+    prefill = seen.calls[0]["position_ids"]  # (4, B, S'): 1-D row, then t, h, w
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    visual = (ids == model.config.image_token_id) | (ids == model.config.video_token_id)
+    # Expected kept original columns: every real text token, and each item's kept placeholders.
+    keep_visual = torch.cat(
+        [torch.zeros(n, dtype=torch.bool).index_fill_(0, k, True) for k, n in zip(vlm.last_kept, [16, 8, 32])]
+    )
+    keep = mask & ~visual
+    keep[visual] = keep_visual  # placeholders are filled row-major: row 0's two images, then row 1's clip
+    for b in range(ids.shape[0]):
+        expected = full_positions[:, b, keep[b]]  # (3, S'_b) the unpruned ids at the kept columns
+        got = prefill[1:, b, -expected.shape[1] :]
+        assert torch.equal(got, expected)
+    # Decode steps: the next ids continue the unpruned prompt's ids (same rope offset), step after step.
+    for step in range(1, len(seen.calls)):
+        assert torch.equal(seen.calls[step]["position_ids"][1:], seen_ref.calls[step]["position_ids"][1:])
+    # And the stored offset agrees: last id + 1 == kept length + rope_deltas.
+    kept_len = seen.calls[0]["attention_mask"].sum(-1)  # the batch is left-padded: a mask is passed
+    assert torch.equal(model.model.rope_deltas[:, 0] + kept_len, full_positions.amax(dim=(0, 2)) + 1)
+
+
+@pytest.mark.parametrize("budget", [1, 3, 8])
+def test_language_model_sees_exactly_the_budget(tiny, batch, budget):
+    model, processor = tiny
+    vlm = Qwen2_5_VLFlashVLM(model, budget=budget, processor=processor)
+    with LMInputs(model) as seen:
+        out = generate(vlm, batch, guide_text=QUESTIONS)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 6  # original prompt, then the answer
+    expected = [min(budget, 16), min(budget, 8), 2 * budget]  # image, image, clip of 2 temporal patches
+    assert [len(k) for k in vlm.last_kept] == expected
+    for k in vlm.last_kept:
+        assert torch.equal(k, k.unique()) and k.dtype == torch.long  # distinct, ascending
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    text = (mask & (ids != model.config.image_token_id) & (ids != model.config.video_token_id)).sum(-1)
+    lm_mask = seen.calls[0]["attention_mask"]
+    lm_lengths = lm_mask.sum(-1) if lm_mask is not None else torch.full((2,), seen.calls[0]["inputs_embeds"].shape[1])
+    assert lm_lengths.tolist() == [text[0] + expected[0] + expected[1], text[1] + expected[2]]
+    assert seen.calls[0]["inputs_embeds"].shape[1] == int(lm_lengths.max())
+
+
+def test_batch_of_two_images_and_a_video_matches_one_by_one(tiny, batch):
+    model, processor = tiny
+    vlm = Qwen2_5_VLFlashVLM(model, budget=3, processor=processor)
+    batched = generate(vlm, batch, guide_text=QUESTIONS)[:, batch["input_ids"].shape[1] :]
+    kept_batched = [k.clone() for k in vlm.last_kept]
+    images = [frames(1, 112, 112, seed=1)[0], frames(1, 56, 112, seed=2)[0]]
+    row0 = processor(text=[chat_prompt(block(IMAGE_PAD) * 2 + QUESTIONS[0])], images=images)
+    row1 = processor(text=[chat_prompt(block(VIDEO_PAD) + QUESTIONS[1])], videos=[frames(4, seed=3)])
+    single0 = generate(vlm, row0, guide_text=QUESTIONS[:1])[:, row0["input_ids"].shape[1] :]
+    kept0 = vlm.last_kept
+    single1 = generate(vlm, row1, guide_text=QUESTIONS[1:])[:, row1["input_ids"].shape[1] :]
+    kept1 = vlm.last_kept
+    for a, b in zip(kept_batched, [*kept0, *kept1]):
+        assert torch.equal(a, b)
+    assert torch.equal(batched, torch.cat([single0, single1]))
+
+
+def test_pruning_changes_the_answer_and_guide_text_changes_the_selection(tiny, batch):
+    model, processor = tiny
+    full = generate(model, batch)
+    vlm = Qwen2_5_VLFlashVLM(model, budget=1, processor=processor)
+    pruned = generate(vlm, batch, guide_text=QUESTIONS)
+    assert not torch.equal(full, pruned)  # the tiny model is sensitive to what it sees (non-vacuous identity test)
+    kept_by_question = [k.clone() for k in vlm.last_kept]
+    generate(vlm, batch, guide_text=["cat sofa sun", "red umbrella dog"])
+    assert any(not torch.equal(a, b) for a, b in zip(kept_by_question, vlm.last_kept))
+
+
+def test_prompt_guide_uses_text_after_the_vision_block(tiny):
+    """guide="prompt" with no guide_text: the question after the clip guides the selection."""
+    model, processor = tiny
+    vlm = Qwen2_5_VLFlashVLM(model, budget=2, guide="prompt", processor=processor)
+    kept = []
+    for question in ("What is the man holding?", "Describe the cat sleeping on the sofa."):
+        generate(vlm, processor.video_question_inputs(frames(4, seed=8), question))
+        kept.append(vlm.last_kept[0])
+    assert not torch.equal(kept[0], kept[1])
+
+
+def test_answer_video_encodes_once_and_matches_generate(tiny):
+    model, processor = tiny
+    clip = frames(6, seed=9)  # 3 temporal patches of 4 x 4 merged tokens
+    vlm = Qwen2_5_VLFlashVLM(model, budget=5, processor=processor)
+    tower_calls = []
+    handle = model.model.visual.register_forward_hook(lambda *a: tower_calls.append(1))
+    try:
+        answers = vlm.answer_video(clip, QUESTIONS, max_new_tokens=5)
+    finally:
+        handle.remove()
+    assert len(tower_calls) == 1  # one pass for both questions
+    inputs = processor.video_question_inputs(clip, QUESTIONS)
+    out = vlm.generate(**inputs, guide_text=QUESTIONS, max_new_tokens=5, do_sample=False)
+    texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    for answer, text, kept in zip(answers, texts, vlm.last_kept):
+        assert answer.text == text.strip()
+        assert answer.tokens_kept == 15 and answer.tokens_total == 48 and len(answer.kept) == 3
+        flat = [t * 16 + p for t, frame in enumerate(answer.kept) for p in frame]
+        assert flat == kept.tolist()
+
+
+def test_wrap_dispatches_and_errors_are_clear(tiny, batch):
+    import flashvlm
+
+    model, processor = tiny
+    vlm = flashvlm.wrap(model, budget=4, processor=processor)
+    assert isinstance(vlm, Qwen2_5_VLFlashVLM)
+    bad = dict(batch, input_ids=batch["input_ids"][:, 1:], attention_mask=batch["attention_mask"][:, 1:])
+    bad["mm_token_type_ids"] = batch["mm_token_type_ids"][:, 1:]
+    bad["input_ids"] = bad["input_ids"].masked_fill(bad["input_ids"] == model.config.video_token_id, 0)
+    with pytest.raises(ValueError, match="video placeholder"):
+        vlm.generate(**bad, max_new_tokens=1)
+    with pytest.raises(ValueError, match="frames"):
+        vlm.answer_video(np.zeros((2, 56, 56), dtype=np.uint8), QUESTIONS)
