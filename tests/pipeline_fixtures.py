@@ -84,10 +84,14 @@ def s3_env(moto_server) -> dict:
 @pytest.fixture
 def s3_bucket(s3_options) -> str:
     """A fresh, empty bucket; yields its name."""
-    import s3fs
+    import boto3
 
     name = f"test-{uuid.uuid4().hex[:10]}"
-    s3fs.S3FileSystem(**s3_options, skip_instance_cache=True).mkdir(name)
+    client = boto3.client(
+        "s3", endpoint_url=s3_options["endpoint_url"], aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET, region_name=S3_REGION,
+    )
+    client.create_bucket(Bucket=name)  # us-east-1: no LocationConstraint (s3fs.mkdir would send one)
     return name
 
 
