@@ -195,11 +195,13 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         record.update(videos_listed=listed.num_rows + skipped, videos_skipped=skipped)
         record["listing_s"] = time.perf_counter() - t0
         print(f"run {run_id}: {listed.num_rows} videos to answer ({skipped} without questions skipped)", flush=True)
-        t1 = time.perf_counter()
         if listed.num_rows:
+            t1 = time.perf_counter()
             init_ray(cfg)
+            record["ray_init_s"] = time.perf_counter() - t1
+            t1 = time.perf_counter()
             summaries = build_dataset(cfg, listed, run_id, run_date).take_all()
-        record["pipeline_s"] = time.perf_counter() - t1
+            record["pipeline_s"] = time.perf_counter() - t1
         record["status"] = "succeeded"
     except BaseException as exc:
         record["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:2000]}"
@@ -251,7 +253,8 @@ def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
         f"  videos: {record['videos_ok']} ok, {record['videos_failed']} failed, {record['videos_skipped']} skipped"
         f" (of {record['videos_listed']} listed); frames decoded: {record['frames_decoded']}",
         f"  answers: {record['answers']} rows; visual tokens kept {kept} of {total}{share}",
-        f"  time: listing {record.get('listing_s', 0):.1f} s, pipeline {record.get('pipeline_s', 0):.1f} s"
+        f"  time: listing {record.get('listing_s') or 0:.1f} s, ray start {record.get('ray_init_s') or 0:.1f} s,"
+        f" pipeline {record.get('pipeline_s') or 0:.1f} s"
         f" (decode {record['decode_s']:.1f} s, model {record['answer_s']:.1f} s summed over actors)",
     ]
     if record["videos_failed"]:

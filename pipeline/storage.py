@@ -8,6 +8,7 @@ Nothing here logs an option's value: `redact` is what callers print or store.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Mapping, Optional
 
@@ -39,9 +40,10 @@ def is_local(uri: str) -> bool:
 
 def filesystem(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(fsspec filesystem, path inside it) for a URI; relative local paths become absolute."""
-    options = {} if is_local(uri) else dict(storage_options or {})
-    fs, path = fsspec.core.url_to_fs(uri, **options)
-    return fs, path
+    if is_local(uri):
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs, os.path.abspath(path)  # '/a/../b' -> '/b', so one file has one URI (symlinks kept)
+    return fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
