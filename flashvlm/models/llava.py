@@ -274,7 +274,7 @@ class LlavaAdapter(TokenSelectionAdapter):
         is_visual = visual_placeholders(input_ids, self.image_token_id, N, Q * T)  # (Q, S), T * N per row
 
         vision, projected, saliency = self.encode_images(pixel_values)  # (T, N, Dv), (T, N, D), (T, N): once
-        if self.budget is None or self.budget * T >= T * N:
+        if self.budget is None or self.budget >= N:  # every frame keeps all its tokens
             kept = torch.arange(T * N, device=vision.device).expand(Q, T * N)  # (Q, T*N)
         else:
             text, text_mask = self.guide_embeddings(
