@@ -129,7 +129,8 @@ def main() -> None:
     clips = sorted(p for p in videos.iterdir() if p.suffix.lower() in {".mp4", ".webm", ".mkv", ".mov", ".avi"})
     T, k = args.frames, args.per_frame
     budget = T * k
-    rows, splits_worst = [], {s: {"duplicates_ratio": 0.0, "coverage_delta": float("inf")} for s in SPLITS}
+    splits_worst = {s: {"duplicates_ratio": 0.0, "coverage_delta": float("inf")} for s in SPLITS}
+    ratios, deltas = {s: [] for s in SPLITS}, {s: [] for s in SPLITS}  # every row, for the means
     header = f"{'clip':28} {'text':6} {'rule':10} {'dup':>6} {'coverage':>8} {'dup/base':>8} {'cov-base':>8} {'ms':>7}"
     lines = [header, "-" * len(header)]
     with mp.get_context("fork").Pool(1) as pool:
@@ -159,6 +160,8 @@ def main() -> None:
                     w = splits_worst[split]
                     w["duplicates_ratio"] = max(w["duplicates_ratio"], ratio)
                     w["coverage_delta"] = min(w["coverage_delta"], delta)
+                    ratios[split].append(ratio)
+                    deltas[split].append(delta)
                     lines.append(f"{'':28} {'':6} {split:10} {dup:6.3f} {cov:8.4f} {ratio:8.3f} {delta:+8.4f} {ms:7.0f}")
     print(f"{T} frames at {SIZE}px, {k} tokens a frame (clip budget {budget}); dup = share of kept tokens "
           f"with a cosine > {DUPLICATE} twin kept in another frame; coverage = mean best cosine to a kept token")
@@ -167,7 +170,15 @@ def main() -> None:
     result = {
         "split": default,
         **{key: round(v, 4) for key, v in splits_worst[default].items()},
-        "splits": {s: {key: round(v, 4) for key, v in w.items()} for s, w in splits_worst.items()},
+        "splits": {
+            s: {
+                **{key: round(v, 4) for key, v in w.items()},
+                "mean_duplicates_ratio": round(sum(ratios[s]) / max(len(ratios[s]), 1), 4),
+                "mean_coverage_delta": round(sum(deltas[s]) / max(len(deltas[s]), 1), 4),
+            }
+            for s, w in splits_worst.items()
+        },
+        "targets_met": splits_worst[default]["duplicates_ratio"] <= 0.5 and splits_worst[default]["coverage_delta"] >= 0,
     }
     print(json.dumps(result))
 
