@@ -234,6 +234,7 @@ def _failures(cfg: JobConfig, record: dict[str, Any], limit: int = 10) -> list[s
     from pipeline.storage import arrow_filesystem
 
     fs, _ = filesystem(cfg.output.uri, cfg.storage_options)
+    fs.invalidate_cache()  # a retry rewrote these files: s3fs must not reuse an earlier ETag
     lines = []
     for path in (f for f in record["files"] if "/errors/" in f):
         for row in pq.read_table(path, filesystem=arrow_filesystem(fs)).to_pylist():

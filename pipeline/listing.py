@@ -102,6 +102,7 @@ class ListVideos:
 
     def list_one(self, uri: str) -> list[dict]:
         fs, path = filesystem(uri, self.storage_options)
+        fs.invalidate_cache()  # fsspec instances are shared per process: never list from a stale cache
         if _GLOB_CHARS & set(path):
             found = fs.glob(path, detail=True)
             return [_row(to_uri(fs, p), info) for p, info in sorted(found.items()) if info.get("type") != "directory"]

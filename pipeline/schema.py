@@ -120,7 +120,7 @@ RUNS = pa.schema(
         _f("settings_id", pa.string(), "hash of model, sampling and selection settings"),
         _f("config", pa.string(), "the validated config as JSON, credentials replaced by ***"),
         _f("versions", pa.string(), "JSON: python, flashvlm, ray, pyarrow, torch, transformers, decord, av"),
-        _f("videos_listed", pa.int64(), "videos found by the listing (plus missing manifest entries)"),
+        _f("videos_listed", pa.int64(), "inputs: videos listed plus manifest/questions-file entries not found; = ok + failed + skipped"),
         _f("videos_ok", pa.int64(), "videos with answers"),
         _f("videos_failed", pa.int64(), "videos with an error row"),
         _f("videos_skipped", pa.int64(), "listed videos with no questions (only a questions_file names them)"),

@@ -26,6 +26,7 @@ def read_table(output_uri: str, name: str, storage_options: Optional[Mapping[str
     """One output table (answers, errors or runs) across all run dates; empty (with schema) if none yet."""
     schema = TABLES[name]
     fs, root = filesystem(output_uri, storage_options)
+    fs.invalidate_cache()  # files may have been rewritten since this process last looked (s3fs caches ETags)
     path = join(root, name)
     full_schema = pa.schema([*schema, pa.field("date", pa.string())])
     if not fs.exists(path):
@@ -49,6 +50,7 @@ def duckdb_connect(output_uri: str, storage_options: Optional[Mapping[str, Any]]
 
     con = duckdb.connect()
     fs, root = filesystem(output_uri, storage_options)
+    fs.invalidate_cache()
     if not is_local(output_uri):
         con.register_filesystem(fs)
     for name in TABLES:

@@ -1,0 +1,142 @@
+"""jobs/video_qa.py end to end on a private local Ray (2 CPUs): videos in a real S3-compatible server
+(moto on 127.0.0.1) with a per-video questions file, tables written back there and read with pyarrow
+and DuckDB; and the embedded demo."""
+
+import importlib.util
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS, GOOD_CLIPS
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location("video_qa_job", ROOT / "jobs" / "video_qa.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def job():
+    return load_job()
+
+
+def upload_clips(fs, clip_dir: Path, bucket: str) -> list[str]:
+    keys = []
+    for path in sorted(clip_dir.iterdir()):
+        fs.put_file(str(path.resolve()), f"{bucket}/videos/{path.name}")
+        keys.append(f"s3://{bucket}/videos/{path.name}")
+    return keys
+
+
+def test_s3_end_to_end_with_a_questions_file(job, ray_local, clip_dir, s3_options, s3_bucket, tmp_path, capsys):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    uris = upload_clips(fs, clip_dir, s3_bucket)
+    names = [u.rsplit("/", 1)[-1] for u in uris]
+    good = [n for n in names if n not in BROKEN_CLIPS]
+    # Per-video questions: two for the first good clip (relative name), one each for the others (full URI),
+    # none for the last good clip (skipped), one for a clip that is not in the bucket (an error row).
+    asked = {good[0]: ["Who is there?", "What happens next?"], **{n: [f"Describe {n}."] for n in good[1:-1]},
+             **{n: ["Anything?"] for n in BROKEN_CLIPS}}
+    lines = [{"video_uri": good[0], "question": q} for q in asked[good[0]]]
+    lines += [{"video_uri": f"s3://{s3_bucket}/videos/{n}", "question": q} for n, qs in asked.items() if n != good[0] for q in qs]
+    lines.append({"video_uri": "ghost.mp4", "question": "Is it there?"})
+    fs.pipe(f"{s3_bucket}/questions.jsonl", "\n".join(json.dumps(r) for r in lines).encode())
+
+    config = tmp_path / "s3.yaml"
+    config.write_text(
+        f"""
+input: {{uri: "s3://{s3_bucket}/videos/"}}
+questions_file: s3://{s3_bucket}/questions.jsonl
+model: {{name: flashvlm-tiny/llava, dtype: float32, device: cpu, max_new_tokens: 4}}
+sampling: {{frames: 2, size: 336}}
+selection: {{budget: 8}}
+output: {{uri: "s3://{s3_bucket}/qa"}}
+storage_options: {json.dumps(s3_options)}
+ray: {{decode_batch_size: 2, model_batch_size: 2, decode_timeout_s: 60}}
+"""
+    )
+    started = time.perf_counter()
+    assert job.main(["--config", str(config), "--set", "run_id=s3-run-1"]) == 0
+    elapsed = time.perf_counter() - started
+    printed = capsys.readouterr().out
+    healthy = len(good) - 1  # the last good clip has no questions
+    assert f"videos: {healthy} ok, {len(BROKEN_CLIPS) + 1} failed, 1 skipped" in printed
+    assert f"s3://{s3_bucket}/qa/answers/date=" in printed and "duckdb" in printed
+    assert s3_options["secret"] not in printed and s3_options["key"] not in printed
+
+    from pipeline.tables import duckdb_connect, read_table
+
+    out = f"s3://{s3_bucket}/qa"
+    answers = read_table(out, "answers", s3_options)
+    errors = read_table(out, "errors", s3_options)
+    runs = read_table(out, "runs", s3_options)
+    expected = {f"s3://{s3_bucket}/videos/{n}": qs for n, qs in asked.items() if n not in BROKEN_CLIPS}
+    got: dict[str, list[str]] = {}
+    for row in sorted(answers.to_pylist(), key=lambda r: (r["video_uri"], r["question_index"])):
+        got.setdefault(row["video_uri"], []).append(row["question"])
+    assert got == expected
+    assert set(answers.column("run_id").to_pylist()) == {"s3-run-1"}
+    assert all(v for v in answers.column("video_version").to_pylist())  # S3 ETags
+    fallback = [r for r in answers.to_pylist() if r["video_uri"].endswith(tuple(FALLBACK_CLIPS))]
+    if fallback:
+        assert {r["decode_backend"] for r in fallback} == {"pyav"}
+
+    failed = {r["video_uri"].rsplit("/", 1)[-1]: r for r in errors.to_pylist()}
+    assert set(failed) == {*BROKEN_CLIPS, "ghost.mp4"}
+    assert failed["ghost.mp4"]["stage"] == "list" and failed["empty.webm"]["stage"] == "decode"
+
+    (run,) = runs.to_pylist()
+    assert run["status"] == "succeeded" and run["run_id"] == "s3-run-1"
+    assert run["videos_ok"] == healthy and run["videos_failed"] == len(BROKEN_CLIPS) + 1 and run["videos_skipped"] == 1
+    assert run["videos_listed"] == len(uris) + 1 == run["videos_ok"] + run["videos_failed"] + run["videos_skipped"]
+    assert run["answers"] == answers.num_rows
+    assert run["tokens_kept"] == sum(answers.column("tokens_kept").to_pylist())
+    assert s3_options["secret"] not in run["config"] and json.loads(run["config"])["storage_options"]["secret"] == "***"
+    assert json.loads(run["versions"])["ray"].startswith("2.")
+
+    con = duckdb_connect(out, s3_options)  # DuckDB reads s3:// through the registered s3fs filesystem
+    (n,) = con.sql("SELECT count(*) FROM answers WHERE run_id = 's3-run-1'").fetchall()[0]
+    assert n == answers.num_rows
+    stages = dict(con.sql("SELECT stage, count(*) FROM errors GROUP BY stage").fetchall())
+    assert stages == {"list": 1, "decode": len(BROKEN_CLIPS)}
+    print(f"s3 end to end: {elapsed:.1f} s", file=sys.stderr)
+
+    # The same run id again (a retry) overwrites its files: the tables do not grow.
+    before = sorted(fs.find(f"{s3_bucket}/qa"))
+    assert job.main(["--config", str(config), "--set", "run_id=s3-run-1"]) == 0
+    assert sorted(fs.find(f"{s3_bucket}/qa")) == before
+    assert read_table(out, "answers", s3_options).num_rows == answers.num_rows
+
+
+def test_demo_runs_on_the_sample_clips(job, ray_local, tmp_path, capsys):
+    started = time.perf_counter()
+    assert job.main(["--set", f"output.uri={tmp_path}/output"]) == 0
+    elapsed = time.perf_counter() - started
+    printed = capsys.readouterr().out
+    match = re.search(r"videos: (\d+) ok, (\d+) failed, 0 skipped \(of (\d+) listed\)", printed)
+    assert match, printed
+    ok, failed, listed = map(int, match.groups())
+    assert ok >= 1 and ok + failed == listed
+    assert re.search(r"visual tokens kept \d+ of \d+ \(\d+\.\d%\)", printed)
+    assert f"{tmp_path}/output/answers/date=" in printed
+    one_liner = re.search(r'python -c "(.*)"$', printed, re.M).group(1).replace('\\"', '"')
+    exec(one_liner)  # the printed DuckDB one-liner runs as printed
+    assert elapsed < 120, f"demo took {elapsed:.0f} s"
+    print(f"demo (Ray already up): {elapsed:.1f} s", file=sys.stderr)
+
+
+def test_config_error_exits_2_with_the_key(job, capsys):
+    assert job.main(["--set", "selection.budgte=3"]) == 2
+    assert "selection.budgte: unknown key" in capsys.readouterr().err
