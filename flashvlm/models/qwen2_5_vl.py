@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from flashvlm.models.base import (
+    PrunedPrompt,
     TokenSelectionAdapter,
     VideoAnswer,
     check_frames,
@@ -186,6 +187,14 @@ class EncodedVisual:
         return self.merged.shape[0]
 
 
+@dataclass
+class PreparedPrompt:
+    """What generate needs after selection: the pruned prompt and (4, B, S') position ids."""
+
+    pruned: PrunedPrompt
+    position_ids: torch.Tensor
+
+
 def merge_window_order(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
     """(P / merge**2,) the tower's window permutation of merge windows, as its forward computes it."""
     from transformers.vision_utils import get_vision_window_index
@@ -224,6 +233,10 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
     ) -> None:
         if not hasattr(model, "model") or not hasattr(model.model, "visual") or not hasattr(model.model, "get_rope_index"):
             raise ValueError(f"model must be a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
+        from flashvlm.video import SPLITS
+
+        if video_split not in SPLITS:
+            raise ValueError(f"video_split must be one of {SPLITS}, got {video_split!r}")
         super().__init__(model, budget, config=config, guide=guide, processor=processor)
         self.video_split = video_split
         self.min_per_frame = min_per_frame
@@ -378,8 +391,8 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         video_grid_thw: torch.Tensor | None,
         second_per_grid_ts: torch.Tensor | None,
         guide_text: list[str] | None,
-    ) -> dict[str, torch.Tensor]:
-        """Select, prune, and return generate's kwargs: input_ids, attention_mask, inputs_embeds, position_ids.
+    ) -> PreparedPrompt:
+        """Select and prune: the language model's pruned prompt and its position ids.
 
         position_ids is (4, B, S'): row 0 the plain 1-D index of each kept token in its pruned row (what
         generate builds for Qwen2.5-VL, used for the attention mask), rows 1-3 the ORIGINAL (t, h, w)
@@ -441,10 +454,7 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         # The offset a later cached forward without position_ids would add: last id + 1 - kept length,
         # the same rule as get_rope_index, now on the pruned row.
         inner.rope_deltas = (mrope.amax(dim=(0, 2)) + 1 - mask.sum(-1))[:, None]  # (B, 1)
-        return {
-            "pruned": pruned,
-            "position_ids": position_ids,
-        }
+        return PreparedPrompt(pruned=pruned, position_ids=position_ids)
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -493,9 +503,7 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
             second_per_grid_ts,
             guide_text,
         )
-        return generate_pruned(
-            self.model, input_ids, prepared["pruned"], position_ids=prepared["position_ids"], **generate_kwargs
-        )
+        return generate_pruned(self.model, input_ids, prepared.pruned, position_ids=prepared.position_ids, **generate_kwargs)
 
     def _mm_token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = self._token_ids()
@@ -545,8 +553,8 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         out = generate_pruned(
             self.model,
             input_ids,
-            prepared["pruned"],
-            position_ids=prepared["position_ids"],
+            prepared.pruned,
+            position_ids=prepared.position_ids,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=self._pad_token_id(),
