@@ -140,3 +140,25 @@ def test_demo_runs_on_the_sample_clips(job, ray_local, tmp_path, capsys):
 def test_config_error_exits_2_with_the_key(job, capsys):
     assert job.main(["--set", "selection.budgte=3"]) == 2
     assert "selection.budgte: unknown key" in capsys.readouterr().err
+
+
+def test_demo_generates_clips_when_the_sample_folder_is_absent(job, tmp_path):
+    from pipeline.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"input.uri={tmp_path}/absent/"])
+    folder = Path(job.resolve_input(cfg))
+    clips = sorted(folder.glob("clip_*.mp4"))
+    assert len(clips) >= cfg.input.generate_if_missing and all(p.stat().st_size > 0 for p in clips)
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"input.uri={tmp_path}", "input.generate_if_missing=0"])
+    assert job.resolve_input(cfg) == str(tmp_path)  # present, or generation off: used as given
+
+
+def test_an_empty_input_finishes_without_starting_ray(job, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    args = ["--set", f"input.uri={tmp_path}/in", "--set", f"output.uri={tmp_path}/out", "--set", "run_id=empty"]
+    assert job.main(args) == 0
+    assert "videos: 0 ok, 0 failed, 0 skipped (of 0 listed)" in capsys.readouterr().out
+    from pipeline.tables import read_table
+
+    (run,) = read_table(f"{tmp_path}/out", "runs").to_pylist()
+    assert run["status"] == "succeeded" and run["answers"] == 0
