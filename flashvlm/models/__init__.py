@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from flashvlm.models.base import TokenSelectionAdapter, VideoAnswer
+from flashvlm.models.base import TokenSelectionAdapter, VideoAnswer, load_processor
 from flashvlm.selection import SelectionConfig
 
 # Model class name -> "module:adapter class".
@@ -50,10 +50,12 @@ def load(
     """(model, processor) from a hub id or a local checkpoint directory, model in eval mode.
 
     "flashvlm-tiny/llava" and "flashvlm-tiny/qwen2_5_vl" name tiny random checkpoints built offline on
-    first use (see flashvlm.testing) and then loaded through the same from_pretrained path.
+    first use (see flashvlm.testing) and then loaded through the same from_pretrained path. Where the
+    AutoProcessor cannot be built without torchvision (Qwen2.5-VL's video processor), the family's
+    torchvision-free processor with the same call is returned instead.
     dtype: a torch.dtype, "float32", "bfloat16", "float16" or "auto"; None keeps from_pretrained's default.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     from flashvlm import testing
 
@@ -73,7 +75,7 @@ def load(
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"device must be a torch.device or a device string, got {device!r}") from err
         model = model.to(device)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    processor = load_processor(path, type(model).__name__, trust_remote_code=trust_remote_code)
     return model.eval(), processor
 
 

@@ -17,6 +17,7 @@ language model's width, L guide-text tokens, K kept tokens.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -292,6 +293,30 @@ def video_answers(texts: Sequence[str], per_frame: list[list[torch.Tensor]], tok
 
 
 # --------------------------------------------------------------------------------------------------
+# Processors
+# --------------------------------------------------------------------------------------------------
+
+# Model class name -> "module:class" of a processor with the same call and outputs that needs no
+# torchvision. Used only when AutoProcessor cannot be built (its video processor imports torchvision).
+FALLBACK_PROCESSORS = {
+    "Qwen2_5_VLForConditionalGeneration": "flashvlm.models.qwen2_5_vl_inputs:Qwen2_5_VLFrameProcessor",
+}
+
+
+def load_processor(path: str, model_class: str, *, trust_remote_code: bool = False) -> Any:
+    """AutoProcessor.from_pretrained(path), or the family's torchvision-free stand-in where that fails."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ImportError:
+        if model_class not in FALLBACK_PROCESSORS:
+            raise
+        module_name, class_name = FALLBACK_PROCESSORS[model_class].split(":")
+        return getattr(importlib.import_module(module_name), class_name).from_pretrained(path)
+
+
+# --------------------------------------------------------------------------------------------------
 # The adapter's common state
 # --------------------------------------------------------------------------------------------------
 
@@ -326,9 +351,7 @@ class TokenSelectionAdapter:
     def processor(self) -> Any:
         """The model's processor: the one given to `wrap`, else loaded from the model's own directory."""
         if self._processor is None:
-            from transformers import AutoProcessor
-
-            self._processor = AutoProcessor.from_pretrained(self.model.name_or_path)
+            self._processor = load_processor(self.model.name_or_path, type(self.model).__name__)
         return self._processor
 
     @property
