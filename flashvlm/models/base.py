@@ -36,12 +36,15 @@ class VideoAnswer:
 
     kept: for every frame, the kept token positions within that frame's token grid (ascending).
     tokens_kept / tokens_total: visual tokens the language model saw / would have seen unpruned.
+    important: parallel to `kept`, True where the token was kept as important (question-relevant or
+        salient) and False where it was kept as diverse background; None when nothing was pruned.
     """
 
     text: str
     kept: list[list[int]]
     tokens_kept: int
     tokens_total: int
+    important: list[list[bool]] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,23 +275,35 @@ def generate_pruned(model: Any, original_ids: torch.Tensor, pruned: PrunedPrompt
     return out
 
 
-def split_by_frame(kept: torch.Tensor, frames: int, tokens_per_frame: int) -> list[list[torch.Tensor]]:
-    """(Q, K) flat frame-major clip indices -> for each row, T LongTensors of positions within the frame."""
+def split_by_frame(
+    kept: torch.Tensor, frames: int, tokens_per_frame: int, values: torch.Tensor | None = None
+) -> list[list[torch.Tensor]]:
+    """(Q, K) flat frame-major clip indices -> for each row, T tensors of positions within the frame.
+
+    With `values` (Q, K), the same split of those values instead (e.g. the important flags).
+    """
     kept = kept.cpu()
-    frame, position = kept // tokens_per_frame, kept % tokens_per_frame  # (Q, K) each
-    return [[position[q][frame[q] == t] for t in range(frames)] for q in range(kept.shape[0])]
+    frame = kept // tokens_per_frame  # (Q, K)
+    out = kept % tokens_per_frame if values is None else values.cpu()  # (Q, K)
+    return [[out[q][frame[q] == t] for t in range(frames)] for q in range(kept.shape[0])]
 
 
-def video_answers(texts: Sequence[str], per_frame: list[list[torch.Tensor]], tokens_total: int) -> list[VideoAnswer]:
-    """One VideoAnswer per question from its decoded text and its kept positions per frame."""
+def video_answers(
+    texts: Sequence[str],
+    per_frame: list[list[torch.Tensor]],
+    tokens_total: int,
+    important: list[list[torch.Tensor]] | None = None,
+) -> list[VideoAnswer]:
+    """One VideoAnswer per question from its decoded text, its kept positions and important flags per frame."""
     return [
         VideoAnswer(
             text=text.strip(),
             kept=[k.tolist() for k in frames_kept],
             tokens_kept=sum(len(k) for k in frames_kept),
             tokens_total=tokens_total,
+            important=None if important is None else [f.tolist() for f in important[q]],
         )
-        for text, frames_kept in zip(texts, per_frame)
+        for q, (text, frames_kept) in enumerate(zip(texts, per_frame))
     ]
 
 

@@ -276,11 +276,12 @@ class LlavaAdapter(TokenSelectionAdapter):
         vision, projected, saliency = self.encode_images(pixel_values)  # (T, N, Dv), (T, N, D), (T, N): once
         if self.budget is None or self.budget >= N:  # every frame keeps all its tokens
             kept = torch.arange(T * N, device=vision.device).expand(Q, T * N)  # (Q, T*N)
+            important = None
         else:
             text, text_mask = self.guide_embeddings(
                 input_ids, attention_mask, questions if self.guide == "question" else None, self._skip_ids()
             )  # (Q, L, D)
-            kept = select_video_tokens(
+            kept, important = select_video_tokens(
                 vision[None].expand(Q, -1, -1, -1),  # (Q, T, N, Dv) views: every question sees the same clip
                 projected[None].expand(Q, -1, -1, -1),
                 saliency[None].expand(Q, -1, -1),
@@ -288,7 +289,8 @@ class LlavaAdapter(TokenSelectionAdapter):
                 budget=self.budget * T,
                 text_mask=text_mask,
                 config=self.config,
-            )  # (Q, K) frame-major ascending into T*N
+                return_important=True,
+            )  # (Q, K) frame-major ascending into T*N, and (Q, K) important flags
 
         flat_projected = projected.reshape(T * N, -1)  # (T*N, D)
         rows = flat_projected[kept.reshape(-1)]  # (Q*K, D) the kept rows, question by question
@@ -301,5 +303,6 @@ class LlavaAdapter(TokenSelectionAdapter):
 
         per_frame = split_by_frame(kept, T, N)  # Q lists of T LongTensors
         self.last_kept = [k for frames_kept in per_frame for k in frames_kept]  # question-major, frame by frame
-        return video_answers(texts, per_frame, T * N)
+        flags = None if important is None else split_by_frame(kept, T, N, important)
+        return video_answers(texts, per_frame, T * N, flags)
 

@@ -1,0 +1,59 @@
+"""Kept-token pictures: size, and brightness of kept against pruned tokens where the indices say."""
+
+import numpy as np
+from PIL import Image
+
+from flashvlm.viz import CAPTION_HEIGHT, PRUNED_BRIGHTNESS, draw_kept, main, token_grid
+
+
+def cell_mean(image: np.ndarray, frame: int, index: int, grid, size: int, columns: int) -> float:
+    """Mean brightness inside one token cell (1 px margin skips its outline)."""
+    rows, cols = grid
+    r, c = divmod(index, cols)
+    cell = size // cols
+    top = CAPTION_HEIGHT + (frame // columns) * size + r * cell
+    left = (frame % columns) * size + c * cell
+    return float(image[top + 1 : top + cell - 1, left + 1 : left + cell - 1].mean())
+
+
+def test_token_grid():
+    assert token_grid(576, 336, 336) == (24, 24)
+    assert token_grid(16 * 24, 448, 672) == (16, 24)
+
+
+def test_kept_tokens_are_bright_and_pruned_ones_dimmed():
+    frames = np.full((2, 336, 336, 3), 200, dtype=np.uint8)
+    kept = [[0, 5, 100], [575]]
+    image = np.asarray(draw_kept(frames, kept, [[True, False, True], [False]], grid=(24, 24), caption="x"))
+    assert image.shape == (CAPTION_HEIGHT + 336, 2 * 336, 3)
+    assert cell_mean(image, 0, 5, (24, 24), 336, 2) == 200
+    assert cell_mean(image, 1, 575, (24, 24), 336, 2) == 200
+    assert cell_mean(image, 0, 6, (24, 24), 336, 2) == int(200 * PRUNED_BRIGHTNESS)
+    assert cell_mean(image, 1, 0, (24, 24), 336, 2) == int(200 * PRUNED_BRIGHTNESS)
+
+
+def test_cli_draws_a_real_clip(shared_videos, tmp_path):
+    out = tmp_path / "kept.png"
+    main([str(shared_videos / "chaplin.mp4"), "--question", "What is the man holding?", "--frames", "4",
+          "--budget", "32", "--out", str(out)])
+    image = np.asarray(Image.open(out).convert("RGB")).astype(np.float64)
+    assert image.shape == (CAPTION_HEIGHT + 336, 4 * 336, 3)
+
+    # Recompute the same answer to know which tokens were kept, then compare brightness per cell.
+    import flashvlm
+    from pipeline.decode import Sampling, read_and_decode
+
+    frames, _ = read_and_decode(str(shared_videos / "chaplin.mp4"), Sampling(frames=4, size=336))
+    vlm = flashvlm.wrap(flashvlm.load("flashvlm-tiny/llava")[0], budget=32)
+    answer = vlm.answer_video(frames, ["What is the man holding?"], max_new_tokens=1)[0]
+    assert answer.tokens_kept == 4 * 32 and answer.tokens_total == 4 * 576
+    for t, kept in enumerate(answer.kept):
+        pruned = sorted(set(range(576)) - set(kept))
+        original = frames[t].astype(np.float64)
+        for index in kept[:8]:
+            r, c = divmod(index, 24)
+            assert cell_mean(image, t, index, (24, 24), 336, 4) == np.mean(original[r * 14 + 1 : r * 14 + 13, c * 14 + 1 : c * 14 + 13])
+        for index in pruned[:8]:
+            r, c = divmod(index, 24)
+            expected = np.mean((original[r * 14 + 1 : r * 14 + 13, c * 14 + 1 : c * 14 + 13] * PRUNED_BRIGHTNESS).astype(np.uint8))
+            assert abs(cell_mean(image, t, index, (24, 24), 336, 4) - expected) < 1e-9
