@@ -370,12 +370,6 @@ def test_wrap_dispatches_and_errors_are_clear(tiny, batch):
         vlm.answer_video(np.zeros((2, 56, 56), dtype=np.uint8), QUESTIONS)
 
 
-@pytest.mark.xfail(
-    raises=ImportError,
-    strict=False,
-    reason="flashvlm.load builds AutoProcessor, whose Qwen2.5-VL video processor needs torchvision; "
-    "models/__init__.py should fall back to Qwen2_5_VLFrameProcessor.from_pretrained",
-)
 def test_load_tiny_by_name_and_answer(tiny_qwen_path):
     import flashvlm
     from flashvlm.testing import TINY_QWEN2_5_VL

@@ -86,12 +86,15 @@ def wrap(
     config: SelectionConfig | None = None,
     guide: str = "question",
     processor: Any = None,
+    split: str | None = None,
+    min_per_frame: int | None = None,
 ) -> TokenSelectionAdapter:
     """FlashVLM around `model`: `budget` visual tokens per image reach its language model (None: all).
 
     guide: "question" (the `guide_text` given to generate, else the prompt text) or "prompt" (every
     non-image prompt token, as in the authors' release). processor: the model's processor, needed for
-    guide_text and answer_video; loaded from the model's own directory when not given.
+    guide_text and answer_video; loaded from the model's own directory when not given. split /
+    min_per_frame: how a video's budget spreads over its frames (`select_video_tokens`; None: its default).
     """
     name = type(model).__name__
     if name not in ADAPTERS:
@@ -104,4 +107,4 @@ def wrap(
             raise
         raise ValueError(f"model {name} is not supported yet ({module_name} is missing)") from err
     adapter = getattr(module, class_name)
-    return adapter(model, budget, config=config, guide=guide, processor=processor)
+    return adapter(model, budget, config=config, guide=guide, processor=processor, split=split, min_per_frame=min_per_frame)

@@ -351,12 +351,21 @@ class TokenSelectionAdapter:
         config: SelectionConfig | None = None,
         guide: str = "question",
         processor: Any = None,
+        split: str | None = None,
+        min_per_frame: int | None = None,
     ) -> None:
+        from flashvlm.video import SPLITS
+
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
         self.model = model
         self.budget = check_budget(budget)
         self.config = check_config(config)
         self.guide = check_guide(guide)
         self._processor = processor
+        # How a clip's budget spreads over its frames: passed to select_video_tokens when set, so its
+        # measured default applies otherwise.
+        self.video_options = {k: v for k, v in (("split", split), ("min_per_frame", min_per_frame)) if v is not None}
         self.last_kept: list[torch.Tensor] = []  # per image (or frame) of the last call: kept indices
 
     def __repr__(self) -> str:

@@ -290,6 +290,7 @@ class LlavaAdapter(TokenSelectionAdapter):
                 text_mask=text_mask,
                 config=self.config,
                 return_important=True,
+                **self.video_options,
             )  # (Q, K) frame-major ascending into T*N, and (Q, K) important flags
 
         flat_projected = projected.reshape(T * N, -1)  # (T*N, D)

@@ -217,7 +217,7 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         out = vlm.generate(**inputs, guide_text=["What is the man holding?"], max_new_tokens=32)
         vlm.last_kept  # per image, then per video: kept indices (a clip's are flat, frame-major)
 
-    video_split / min_per_frame: how a clip's budget is spread over its frames (see `select_video_tokens`).
+    split / min_per_frame: how a clip's budget is spread over its frames (see `select_video_tokens`).
     """
 
     def __init__(
@@ -228,20 +228,17 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         config: Any = None,
         guide: str = "question",
         processor: Any = None,
-        video_split: str = "global",
+        split: str | None = None,
         min_per_frame: int | None = None,
     ) -> None:
         if not hasattr(model, "model") or not hasattr(model.model, "visual") or not hasattr(model.model, "get_rope_index"):
             raise ValueError(f"model must be a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
-        from flashvlm.video import SPLITS
-
-        if video_split not in SPLITS:
-            raise ValueError(f"video_split must be one of {SPLITS}, got {video_split!r}")
-        super().__init__(model, budget, config=config, guide=guide, processor=processor)
-        self.video_split = video_split
-        self.min_per_frame = min_per_frame
+        super().__init__(
+            model, budget, config=config, guide=guide, processor=processor, split=split, min_per_frame=min_per_frame
+        )
         self.last_kept_images: list[torch.Tensor] = []
         self.last_kept_videos: list[torch.Tensor] = []
+        self.last_important: dict[bool, list[torch.Tensor]] = {}  # is_video -> important flags per item
 
     # -- model facts --------------------------------------------------------------------------------------
 
@@ -343,12 +340,14 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         Images keep `budget` tokens each; a clip keeps `budget * frames` through `select_video_tokens`.
         """
         kept: list[torch.Tensor | None] = [None] * len(items)
+        important: list[torch.Tensor | None] = [None] * len(items)  # per item: important (True) or diverse
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
             if self._needs_pruning(item, is_video):
                 groups.setdefault(item.grid, []).append(i)
             else:
                 kept[i] = torch.arange(len(item), device=item.merged.device)
+                important[i] = torch.ones(len(item), dtype=torch.bool, device=item.merged.device)
         for grid, members in groups.items():
             member_rows = torch.tensor([rows[i] for i in members], device=guide.device)
             text, mask = guide[member_rows], guide_mask[member_rows]  # (G, L, D), (G, L)
@@ -360,21 +359,24 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
 
                 T = grid[0]
                 N = vision.shape[1] // T
-                chosen = select_video_tokens(
+                chosen, flags = select_video_tokens(
                     vision.view(len(members), T, N, -1),
                     projected.view(len(members), T, N, -1),
                     saliency.view(len(members), T, N),
                     text,
                     self.budget * T,
                     text_mask=mask,
-                    split=self.video_split,
-                    min_per_frame=self.min_per_frame,
                     config=self.config,
-                )  # (G, budget * T) flat frame-major
+                    return_important=True,
+                    **self.video_options,
+                )  # (G, budget * T) flat frame-major, and important flags
             else:
-                chosen = select_tokens(vision, projected, saliency, text, self.budget, text_mask=mask, config=self.config)
+                chosen, flags = select_tokens(
+                    vision, projected, saliency, text, self.budget, text_mask=mask, config=self.config, return_important=True
+                )
             for j, i in enumerate(members):
-                kept[i] = chosen[j]
+                kept[i], important[i] = chosen[j], flags[j]
+        self.last_important[is_video] = important
         return kept  # type: ignore[return-value]
 
     # -- the pruned prompt ----------------------------------------------------------------------------------
@@ -561,7 +563,9 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         )
         texts = processor.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
         kept = torch.stack(self.last_kept_videos)  # (Q, K) flat frame-major
-        return video_answers(texts, split_by_frame(kept, T, n // T), tokens_total=n)
+        important = torch.stack(self.last_important[True])  # (Q, K)
+        flags = None if self.budget is None or bool(important.all()) else split_by_frame(kept, T, n // T, important)
+        return video_answers(texts, split_by_frame(kept, T, n // T), tokens_total=n, important=flags)
 
 
 # The name flashvlm.models.ADAPTERS uses.
