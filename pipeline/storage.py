@@ -15,7 +15,10 @@ from typing import Any, Mapping, Optional
 import fsspec
 import pyarrow.fs as pafs
 
-_SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|key$|^key|private|auth|signature)", re.IGNORECASE)
+# Whole names or _-suffixes only, so max_new_tokens or token_temperature are not taken for secrets.
+_SECRET_KEY = re.compile(
+    r"(^|_)(secret|password|passwd|token|credentials?|key|key_id|auth|authorization|signature|sas|sas_token)$", re.IGNORECASE
+)
 _REDACTED = "***"
 
 

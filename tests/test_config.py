@@ -138,3 +138,12 @@ def test_settings_id_tracks_answer_changing_settings_only():
 def test_selection_library_options_only_the_set_ones():
     cfg = validate_config(with_("selection", gamma=3.0, budget=16))
     assert cfg.selection.library_options() == {"gamma": 3.0}
+
+
+def test_redaction_keeps_token_counts_and_hides_nested_secrets():
+    cfg = validate_config(
+        {**MINIMAL, "storage_options": {"token": "t0k", "client_kwargs": {"aws_secret_access_key": "s", "region_name": "r"}}}
+    )
+    public = cfg.public_dict()
+    assert public["model"]["max_new_tokens"] == 32
+    assert public["storage_options"] == {"token": "***", "client_kwargs": {"aws_secret_access_key": "***", "region_name": "r"}}
