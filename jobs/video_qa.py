@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -204,7 +205,8 @@ def run(cfg: JobConfig) -> dict[str, Any]:
             record["pipeline_s"] = time.perf_counter() - t1
         record["status"] = "succeeded"
     except BaseException as exc:
-        record["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:2000]}"
+        message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Ray colours its errors
+        record["error"] = f"{type(exc).__name__}: {message[:2000]}"
         raise
     finally:
         for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total"):
