@@ -171,3 +171,10 @@ def test_reads_from_s3(s3_options, s3_bucket, tmp_path):
     table = list_videos(f"s3://{s3_bucket}/v/", [".mp4"], s3_options)
     row = DecodeVideos(frames=2, size=32, storage_options=s3_options, timeout_s=None)(table).to_pylist()[0]
     assert row["error"] is None and row["num_frames"] == 8 and row["decode_backend"] == "decord"
+
+
+def test_sampling_fps_caps_the_frames_by_duration(shared_videos):
+    table = listed_rows([shared_videos / "chaplin.mp4", shared_videos / "no_duration.webm"])  # 9.6 s and 4.9 s
+    rows = DecodeVideos(frames=8, fps=0.5, size=32, timeout_s=None)(table).to_pylist()
+    assert [r["frames_shape"][0] for r in rows] == [4, 2]
+    assert [r["decode_backend"] for r in rows] == ["decord", "pyav"]
