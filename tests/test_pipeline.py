@@ -162,3 +162,22 @@ def test_readme_queries_run_as_written(answered, tmp_path):
     assert {"video_uri", "stage", "error_type", "error", "date"} <= set(errors.columns)
     answers = pd.read_parquet(f"{out}/answers", columns=["video_uri", "question", "answer", "kept"])
     assert len(answers) == len(one_liner) and len(answers["kept"].iloc[0]) == 2
+
+
+def test_the_qwen_adapter_through_the_answer_stage_with_a_split(decoded):
+    cfg = validate_config(
+        {**CFG.model_dump(), "model": {**CFG.model.model_dump(), "name": "flashvlm-tiny/qwen2_5_vl"},
+         "sampling": {"frames": 2, "size": 112}, "selection": {"budget": 8, "split": "per_frame"}}
+    )
+    listed = decoded.filter(pa.compute.is_null(decoded.column("error"))).slice(0, 1).select(
+        ["video_uri", "video_version", "video_size", "questions", "error_stage", "error_type", "error"]
+    )
+    small = DecodeVideos(**cfg.sampling.model_dump(), timeout_s=None)(listed)
+    stage = AnswerQuestions(
+        model=cfg.model.model_dump(), selection=cfg.selection.model_dump(),
+        selection_options=cfg.selection.library_options(), frame_size=112, run_id="q", settings_id=cfg.settings_id(),
+    )
+    rows = stage(small).to_pylist()
+    assert len(rows) == len(QUESTIONS) and all(r["error"] is None for r in rows), rows[0]["error"]
+    for row in rows:
+        assert row["tokens_kept"] == sum(len(k) for k in row["kept"]) < row["tokens_total"]
