@@ -120,8 +120,8 @@ def draw_answer_row(row: dict, *, storage_options: dict | None = None, size: int
     from pipeline.decode import Sampling, read_and_decode
 
     frames, _ = read_and_decode(row["video_uri"], Sampling(frames=int(row["frames"]), size=size), storage_options)
-    kept = [list(map(int, k)) for k in row["kept_tokens"]]
-    important = row.get("important_tokens")
+    kept = [list(map(int, k)) for k in row["kept"]]
+    important = row.get("kept_important")
     answer = SimpleNamespace(
         kept=kept,
         important=None if important is None else [list(map(bool, f)) for f in important],

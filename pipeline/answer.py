@@ -101,6 +101,7 @@ class AnswerQuestions:
                 tokens_kept=int(answer.tokens_kept),
                 tokens_total=int(answer.tokens_total),
                 kept=[[int(k) for k in frame] for frame in answer.kept],
+                kept_important=None if answer.important is None else [[bool(f) for f in frame] for frame in answer.important],
                 latency_ms=latency_ms,
             )
             for i, (question, answer) in enumerate(zip(questions, answers))

@@ -79,6 +79,7 @@ ANSWERS = pa.schema(
         _f("tokens_kept", pa.int32(), "visual tokens given to the language model, whole clip"),
         _f("tokens_total", pa.int32(), "visual tokens before pruning, whole clip"),
         _f("kept", pa.list_(pa.list_(pa.int16())), "kept visual-token indices, one list per frame (Qwen2.5-VL: per frame pair, its temporal token group)"),
+        _f("kept_important", pa.list_(pa.list_(pa.bool_())), "parallel to kept: true = kept as important (question/saliency), false = diverse background; null when nothing was pruned"),
         _f("latency_ms", pa.float64(), "model time of the video's call divided by its number of questions"),
         _f("decode_ms", pa.float64(), "read + decode + resize time of the video"),
         _f("decode_backend", pa.string(), "decord or pyav"),
