@@ -126,18 +126,15 @@ def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
     return attach_questions(listed, cfg.questions, per_video)
 
 
-def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
-    """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows."""
+def decode_dataset(cfg: JobConfig, listed: pa.Table):
+    """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
     import ray
 
-    from pipeline.answer import AnswerQuestions
     from pipeline.decode import DecodeVideos
-    from pipeline.write import WriteTables
 
     per_block = cfg.ray.decode_batch_size  # small blocks, so every decode actor gets work early
     blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
-    ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(
+    return ray.data.from_arrow(blocks).map_batches(
         DecodeVideos,
         fn_constructor_kwargs=dict(
             **cfg.sampling.model_dump(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s
@@ -147,6 +144,14 @@ def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
         compute=pool(cfg.ray.decode_actors),
         num_cpus=cfg.ray.decode_num_cpus,
     )
+
+
+def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
+    """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows."""
+    from pipeline.answer import AnswerQuestions
+    from pipeline.write import WriteTables
+
+    ds = decode_dataset(cfg, listed)
     ds = ds.map_batches(
         AnswerQuestions,
         fn_constructor_kwargs=dict(
