@@ -6,7 +6,6 @@ per session offline, then loaded through `flashvlm.load` exactly as a hub checkp
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -22,29 +21,13 @@ PROMPT = "USER: <image>\n{q} ASSISTANT:"
 QUESTIONS = ["What is the man holding?", "Describe the scene.", "How many people are there at the table?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny model's ops are microseconds; on a shared 2-core machine, torch's thread pool then spends
-    # far longer waiting for busy cores than computing (60x slower measured). One thread avoids that.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
-def tiny_llava_cache(tmp_path_factory):
-    """FLASHVLM_CACHE pointing at a session directory, offline, with the tiny LLaVA built in it once."""
-    saved = {k: os.environ.get(k) for k in ("FLASHVLM_CACHE", "HF_HUB_OFFLINE")}
-    os.environ["FLASHVLM_CACHE"] = str(tmp_path_factory.mktemp("flashvlm-cache"))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    path = tiny_model_path(TINY_LLAVA)
-    yield path
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def tiny_llava_cache(flashvlm_cache):
+    """The tiny LLaVA, built once in the session's offline FLASHVLM_CACHE."""
+    return tiny_model_path(TINY_LLAVA)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numpy as np
 import pytest
@@ -27,30 +26,15 @@ from flashvlm.models.qwen2_5_vl_inputs import (
 QUESTIONS = ["What is the man holding?", "What happens in the video?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny model's ops take microseconds: on a shared 2-core machine a thread pool waits for busy cores
-    # far longer than it computes. One thread is both faster and steadier here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen_path(tmp_path_factory):
-    """The tiny checkpoint, built once per session in a session FLASHVLM_CACHE, offline."""
+def tiny_qwen_path(flashvlm_cache):
+    """The tiny Qwen2.5-VL, built once in the session's offline FLASHVLM_CACHE."""
     from flashvlm.testing import TINY_QWEN2_5_VL, tiny_model_path
 
-    saved = {k: os.environ.get(k) for k in ("FLASHVLM_CACHE", "HF_HUB_OFFLINE")}
-    os.environ["FLASHVLM_CACHE"] = str(tmp_path_factory.mktemp("flashvlm-cache-qwen"))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    yield tiny_model_path(TINY_QWEN2_5_VL)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    return tiny_model_path(TINY_QWEN2_5_VL)
 
 
 @pytest.fixture(scope="session")
