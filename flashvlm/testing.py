@@ -25,6 +25,17 @@ _TINY_CORPUS = [
     "A cat sleeps on the sofa while the sun sets behind the city buildings.",
     "What happens in the video? What is the person doing? Which object moves first?",
 ]
+# The language model of every tiny checkpoint: small enough for CPU tests, real attention (GQA) and RoPE.
+_TINY_DECODER = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    initializer_range=0.2,  # well-separated logits: greedy decoding has no near-ties
+)
+
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
@@ -96,13 +107,7 @@ def build_tiny_llava(path: str | os.PathLike) -> str:
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=0.2,  # well-separated logits: greedy decoding has no near-ties
+        **_TINY_DECODER,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -216,14 +221,8 @@ def build_tiny_qwen2_5_vl(path: str | os.PathLike) -> str:
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
+            **_TINY_DECODER,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            initializer_range=0.2,  # well-separated logits: greedy decoding has no near-ties
             bos_token_id=None,
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
