@@ -7,6 +7,11 @@
 
 list (driver) -> decode (CPU actor pool) -> answer (model actor pool) -> write (Parquet) -> run record.
 Ray: `ray.address` from the config, else RAY_ADDRESS (set by `ray job submit`), else a new local Ray.
+
+--incremental (or `incremental: true`): answer only the (video_uri, video_version, question) not yet
+answered under the same settings_id. A run writes under <output.uri>/_staging/<run_id>/ and commits at
+the end (pipeline/commit.py): readers never see part of a run, and the next run finishes or discards
+what a killed run left.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set selection.budget=32 (repeatable; values are YAML)",
+    )
+    parser.add_argument(
+        "--incremental", action="store_true",
+        help="skip (video, version, question) already answered with the same model/sampling/selection settings",
     )
     return parser.parse_args(argv)
 
@@ -119,11 +128,32 @@ def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
     from pipeline.listing import list_videos
     from pipeline.questions import attach_questions, questions_by_video, read_questions_file
 
-    listed = list_videos(input_uri, cfg.input.extensions, cfg.storage_options)
+    listed = list_videos(input_uri, cfg.input.extensions, cfg.storage_options, cfg.input.allowed_prefixes)
     per_video = None
     if cfg.questions_file:
         per_video = questions_by_video(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
-    return attach_questions(listed, cfg.questions, per_video)
+    return attach_questions(listed, cfg.questions, per_video, input_uri, cfg.input.allowed_prefixes)
+
+
+def drop_done(cfg: JobConfig, listed: pa.Table) -> tuple[pa.Table, int]:
+    """Incremental runs: remove the questions already answered under this settings_id (same video
+    version); returns (what is left to do, videos with nothing left). Error rows are always kept."""
+    from pipeline.schema import LISTED
+    from pipeline.tables import done_keys
+
+    answered, failed = done_keys(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
+    out, done = [], 0
+    for row in listed.to_pylist():
+        if row["error"] is not None:
+            out.append(row)
+            continue
+        uri, version = row["video_uri"], row["video_version"]
+        left = [q for q in row["questions"] or [] if (uri, version, q) not in answered]
+        if not left or (uri, version) in failed:
+            done += 1
+            continue
+        out.append({**row, "questions": left})
+    return pa.Table.from_pylist(out, schema=LISTED), done
 
 
 def decode_dataset(cfg: JobConfig, listed: pa.Table):
@@ -146,8 +176,11 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table):
     )
 
 
-def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
-    """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows."""
+def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str, staging: bool = False):
+    """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows.
+
+    staging=True (what `run` uses) writes under _staging/<run_id>/ for pipeline.commit.commit to publish.
+    """
     from pipeline.answer import AnswerQuestions
     from pipeline.write import WriteTables
 
@@ -171,7 +204,8 @@ def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
     return ds.map_batches(
         WriteTables,
         fn_constructor_kwargs=dict(
-            output_uri=cfg.output.uri, storage_options=cfg.storage_options, run_id=run_id, run_date=run_date
+            output_uri=cfg.output.uri, storage_options=cfg.storage_options, run_id=run_id, run_date=run_date,
+            staging=staging,
         ),
         batch_size=cfg.ray.write_batch_size,
         batch_format="pyarrow",
@@ -180,8 +214,22 @@ def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
     )
 
 
+def _totals(record: dict[str, Any], summaries: list[dict[str, Any]], t0: float) -> None:
+    for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total"):
+        record[key] = sum(int(s[key]) for s in summaries)
+    record["decode_s"] = sum(s["decode_ms"] for s in summaries) / 1000.0
+    record["answer_s"] = sum(s["answer_ms"] for s in summaries) / 1000.0
+    record["finished_at"] = datetime.now(timezone.utc)
+    record["wall_s"] = time.perf_counter() - t0
+
+
 def run(cfg: JobConfig) -> dict[str, Any]:
-    """Run the whole job; returns the run record (also written to runs/). Raises if the pipeline fails."""
+    """Run the whole job; returns the run record (also written to runs/). Raises if the pipeline fails.
+
+    All or nothing: the run's files are staged and committed at the end (pipeline.commit); a run that
+    raises is rolled back (its record, status failed, still goes to runs/).
+    """
+    from pipeline.commit import commit, final_path, recover, rollback, staging_uri
     from pipeline.write import write_run_record
 
     started = datetime.now(timezone.utc)
@@ -192,40 +240,49 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         "run_id": run_id, "status": "failed", "started_at": started, "input_uri": cfg.input.uri,
         "output_uri": cfg.output.uri, "model": cfg.model.name, "settings_id": cfg.settings_id(),
         "config": json.dumps(cfg.public_dict(), sort_keys=True), "versions": json.dumps(versions(), sort_keys=True),
-        "videos_listed": 0, "videos_ok": 0, "videos_failed": 0, "videos_skipped": 0, "answers": 0,
-        "frames_decoded": 0, "tokens_kept": 0, "tokens_total": 0,
+        "videos_listed": 0, "videos_ok": 0, "videos_failed": 0, "videos_skipped": 0, "videos_already_done": 0,
+        "incremental": cfg.incremental, "answers": 0, "frames_decoded": 0, "tokens_kept": 0, "tokens_total": 0,
+        "run_date": run_date, "files": [],
     }
     summaries: list[dict[str, Any]] = []
+    out_root = filesystem(cfg.output.uri, cfg.storage_options)[1]
     try:
+        recovered = recover(cfg.output.uri, cfg.storage_options, current_run_id=run_id)
+        for what in ("rolled_forward", "rolled_back"):
+            if recovered[what]:
+                print(f"earlier interrupted runs {what.replace('_', ' ')}: {', '.join(recovered[what])}", flush=True)
         listed, skipped = list_inputs(cfg, resolve_input(cfg))
-        record.update(videos_listed=listed.num_rows + skipped, videos_skipped=skipped)
+        already = 0
+        if cfg.incremental:
+            listed, already = drop_done(cfg, listed)
+        record.update(videos_listed=listed.num_rows + skipped + already, videos_skipped=skipped, videos_already_done=already)
         record["listing_s"] = time.perf_counter() - t0
-        print(f"run {run_id}: {listed.num_rows} videos to answer ({skipped} without questions skipped)", flush=True)
+        print(f"run {run_id}: {listed.num_rows} videos to answer ({skipped} without questions skipped, "
+              f"{already} already done)", flush=True)
         if listed.num_rows:
             t1 = time.perf_counter()
             init_ray(cfg)
             record["ray_init_s"] = time.perf_counter() - t1
             t1 = time.perf_counter()
-            summaries = build_dataset(cfg, listed, run_id, run_date).take_all()
+            summaries = build_dataset(cfg, listed, run_id, run_date, staging=True).take_all()
             record["pipeline_s"] = time.perf_counter() - t1
         record["status"] = "succeeded"
+        _totals(record, summaries, t0)
+        write_run_record(staging_uri(cfg.output.uri, run_id), cfg.storage_options, record, run_date)
+        committed = commit(cfg.output.uri, cfg.storage_options, run_id)  # the commit point
+        staged = [f for s in summaries for f in s["files"]]
+        record["files"] = [final_path(f, out_root, run_id) for f in staged]
+        record["run_file"] = next((p for p in committed if "/runs/" in p), None)
     except BaseException as exc:
         message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Ray colours its errors
-        record["error"] = f"{type(exc).__name__}: {message[:2000]}"
-        raise
-    finally:
-        for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total"):
-            record[key] = sum(int(s[key]) for s in summaries)
-        record["decode_s"] = sum(s["decode_ms"] for s in summaries) / 1000.0
-        record["answer_s"] = sum(s["answer_ms"] for s in summaries) / 1000.0
-        record["finished_at"] = datetime.now(timezone.utc)
-        record["wall_s"] = time.perf_counter() - t0
-        record["files"] = [f for s in summaries for f in s["files"]]
-        record["run_date"] = run_date
+        record.update(status="failed", error=f"{type(exc).__name__}: {message[:2000]}", files=[])
+        _totals(record, summaries, t0)
         try:
+            rollback(cfg.output.uri, cfg.storage_options, run_id)  # refuses once committed: recovery rolls forward
             record["run_file"] = write_run_record(cfg.output.uri, cfg.storage_options, record, run_date)
-        except Exception as exc:  # never hide the pipeline's own error behind this one
-            print(f"could not write the run record: {type(exc).__name__}: {exc}", file=sys.stderr)
+        except Exception as inner:  # never hide the pipeline's own error behind this one
+            print(f"could not write the run record: {type(inner).__name__}: {inner}", file=sys.stderr)
+        raise
     return record
 
 
@@ -258,8 +315,9 @@ def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
     lines = [
         "",
         f"run {record['run_id']} {record['status']} in {record['wall_s']:.1f} s",
-        f"  videos: {record['videos_ok']} ok, {record['videos_failed']} failed, {record['videos_skipped']} skipped"
-        f" (of {record['videos_listed']} listed); frames decoded: {record['frames_decoded']}",
+        f"  videos: {record['videos_ok']} ok, {record['videos_failed']} failed, {record['videos_skipped']} skipped,"
+        f" {record.get('videos_already_done') or 0} already done (of {record['videos_listed']} listed);"
+        f" frames decoded: {record['frames_decoded']}",
         f"  answers: {record['answers']} rows; visual tokens kept {kept} of {total}{share}",
         f"  time: listing {record.get('listing_s') or 0:.1f} s, ray start {record.get('ray_init_s') or 0:.1f} s,"
         f" pipeline {record.get('pipeline_s') or 0:.1f} s"
@@ -288,6 +346,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     print(f"config {args.config}: model {cfg.model.name}, budget {cfg.selection.budget}, "
           f"{cfg.sampling.frames} frames at {cfg.sampling.size}px, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
+    if args.incremental:
+        cfg.incremental = True
     record = run(cfg)
     print(summary_text(cfg, record), flush=True)
     return 0

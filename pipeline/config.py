@@ -40,6 +40,10 @@ class InputConfig(_Strict):
         default=[".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg"],
         description="suffixes kept when listing a folder or prefix (a glob or manifest is taken as is)",
     )
+    allowed_prefixes: list[str] = Field(
+        default_factory=list,
+        description="other locations manifest / questions_file entries may point to (besides the input location)",
+    )
     generate_if_missing: int = Field(
         default=0,
         ge=0,
@@ -157,6 +161,14 @@ class JobConfig(_Strict):
         description="None: generated; set it to make a retried run overwrite its own files",
     )
     input: InputConfig
+    incremental: bool = Field(
+        default=False,
+        description="answer only (video_uri, video_version, question) not yet answered under the same settings_id",
+    )
+    incremental_retry: Literal["transient", "all"] = Field(
+        default="transient",
+        description="incremental runs retry failed videos: transient = all but decode errors of the same version; all = every failure",
+    )
     questions: list[str] = Field(default_factory=list, description="asked of every video")
     questions_file: Optional[str] = Field(
         default=None, description="Parquet or JSONL with columns video_uri, question (per-video questions)"

@@ -9,6 +9,9 @@ An input URI is one of:
 
 The version is the S3 ETag when the store gives one, else "size:mtime"; it changes when the object does.
 A manifest entry that does not exist becomes a row with an error (stage "list"), so it is accounted for.
+A manifest entry may not leave the manifest's own folder (`../x.mp4`, an absolute path elsewhere,
+another scheme) unless it lies under one of `input.allowed_prefixes`: such an entry is never read and
+becomes an error row (stage "list", error_type PathOutsideInput) that names the entry.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.schema import LISTED
-from pipeline.storage import filesystem, to_uri
+from pipeline.storage import PathOutsideInput, filesystem, is_within, to_uri
 
 MANIFEST_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 _GLOB_CHARS = set("*?[")
@@ -89,8 +92,12 @@ class ListVideos:
     videos into even blocks for the decode pool); it works the same inside map_batches.
     """
 
-    def __init__(self, extensions: Sequence[str], storage_options: Optional[Mapping[str, Any]] = None):
+    def __init__(
+        self, extensions: Sequence[str], storage_options: Optional[Mapping[str, Any]] = None,
+        allowed_prefixes: Sequence[str] = (),
+    ):
         self.extensions = tuple(e.lower() for e in extensions)
+        self.allowed_prefixes = tuple(allowed_prefixes)
         self.storage_options = dict(storage_options or {})
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -122,6 +129,13 @@ class ListVideos:
         rows = []
         for entry in dict.fromkeys(_read_manifest(fs, path)):  # drop duplicates, keep order
             target = _resolve(entry, base)
+            if not is_within(target, (base, *self.allowed_prefixes)):
+                error = PathOutsideInput(
+                    f"manifest entry {entry!r} resolves outside the input location {base}/ "
+                    "(add its location to input.allowed_prefixes to allow it); not read"
+                )
+                rows.append(_row(target, None, error=error))
+                continue
             try:
                 entry_fs, entry_path = filesystem(target, self.storage_options)
                 rows.append(_row(to_uri(entry_fs, entry_path), entry_fs.info(entry_path)))
@@ -130,6 +144,8 @@ class ListVideos:
         return rows
 
 
-def list_videos(uri: str, extensions: Sequence[str], storage_options: Optional[Mapping[str, Any]] = None) -> pa.Table:
+def list_videos(
+    uri: str, extensions: Sequence[str], storage_options: Optional[Mapping[str, Any]] = None, allowed_prefixes: Sequence[str] = ()
+) -> pa.Table:
     """The LISTED table of one input URI (driver-side convenience around ListVideos)."""
-    return ListVideos(extensions, storage_options)(pa.table({"input_uri": [uri]}))
+    return ListVideos(extensions, storage_options, allowed_prefixes)(pa.table({"input_uri": [uri]}))

@@ -6,7 +6,9 @@ to input.uri (a folder or prefix), e.g. `clip.mp4`; both are matched against the
 
 With only a questions file, listed videos it does not mention are skipped (counted, not errors), and
 videos it names that the listing did not find become error rows (stage "list"), so nothing it asks
-about is silently lost.
+about is silently lost. An entry that resolves outside the input location (`../x.mp4`, another
+scheme, an absolute path elsewhere) and outside input.allowed_prefixes is an error row of type
+PathOutsideInput naming the entry: questions never make the job read anything the listing did not find.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.schema import LISTED
-from pipeline.storage import filesystem, normalize_uri
+from pipeline.storage import filesystem, is_within, normalize_uri
 
 
 def read_questions_file(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> pa.Table:
@@ -72,7 +74,8 @@ def questions_by_video(table: pa.Table, input_uri: str) -> dict[str, list[str]]:
 
 
 def attach_questions(
-    listed: pa.Table, common: Sequence[str], per_video: Optional[dict[str, list[str]]]
+    listed: pa.Table, common: Sequence[str], per_video: Optional[dict[str, list[str]]],
+    input_uri: Optional[str] = None, allowed_prefixes: Sequence[str] = (),
 ) -> tuple[pa.Table, int]:
     """Fill the `questions` column of a LISTED table; returns (table, videos skipped for want of questions).
 
@@ -91,7 +94,11 @@ def attach_questions(
             continue
         out.append({**row, "questions": questions})
     for key in sorted(set(per_video or {}) - seen):
-        error = "named in questions_file but not found by the listing of input.uri"
+        error_type, error = "FileNotFoundError", "named in questions_file but not found by the listing of input.uri"
+        if input_uri is not None and not is_within(key, (_base_of(input_uri), *allowed_prefixes)):
+            error_type = "PathOutsideInput"
+            error = (f"questions_file entry {key} resolves outside the input location {_base_of(input_uri)}/ "
+                     "(add its location to input.allowed_prefixes to allow it); not read")
         out.append({**dict.fromkeys(LISTED.names), "video_uri": key, "questions": per_video[key],
-                    "error_stage": "list", "error_type": "FileNotFoundError", "error": error})
+                    "error_stage": "list", "error_type": error_type, "error": error})
     return pa.Table.from_pylist(out, schema=LISTED), skipped

@@ -4,7 +4,8 @@ Every stage returns a table with exactly one of these schemas, so Ray never has 
 types (a batch of only failures has the same columns as a batch of successes). Each output field
 carries a description in its metadata; `describe` prints them (the README's table is made from it).
 
-Output layout under output.uri (Hive-partitioned by the run's UTC date):
+Output layout under output.uri (Hive-partitioned by the run's UTC date; a run's files appear only when
+it commits, see pipeline/commit.py; _staging/ holds runs in progress and is never read):
     answers/date=YYYY-MM-DD/<run_id>-<digest>.parquet   one row per (video, question)
     errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet    one row per failed video
     runs/date=YYYY-MM-DD/<run_id>.parquet               one row per run
@@ -121,10 +122,12 @@ RUNS = pa.schema(
         _f("settings_id", pa.string(), "hash of model, sampling and selection settings"),
         _f("config", pa.string(), "the validated config as JSON, credentials replaced by ***"),
         _f("versions", pa.string(), "JSON: python, flashvlm, ray, pyarrow, torch, transformers, decord, av"),
-        _f("videos_listed", pa.int64(), "inputs: videos listed plus manifest/questions-file entries not found; = ok + failed + skipped"),
+        _f("videos_listed", pa.int64(), "inputs: videos listed plus manifest/questions-file entries not found; = ok + failed + skipped + already_done"),
         _f("videos_ok", pa.int64(), "videos with answers"),
         _f("videos_failed", pa.int64(), "videos with an error row"),
         _f("videos_skipped", pa.int64(), "listed videos with no questions (only a questions_file names them)"),
+        _f("videos_already_done", pa.int64(), "incremental runs: listed videos not processed because every question was answered (or the version failed to decode) under the same settings_id before"),
+        _f("incremental", pa.bool_(), "whether the run skipped work already done"),
         _f("answers", pa.int64(), "rows written to answers/"),
         _f("frames_decoded", pa.int64(), "frames sampled over the answered videos"),
         _f("tokens_kept", pa.int64(), "sum of tokens_kept over answers"),

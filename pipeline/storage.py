@@ -9,6 +9,7 @@ Nothing here logs an option's value: `redact` is what callers print or store.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from typing import Any, Mapping, Optional
 
@@ -61,6 +62,29 @@ def normalize_uri(uri: str) -> str:
         return to_uri(fs, path)
     proto = protocol_of(uri)
     return f"{proto}://{fsspec.get_filesystem_class(proto)._strip_protocol(uri)}"
+
+
+def canonical_uri(uri: str) -> str:
+    """normalize_uri with '.' and '..' resolved for remote stores too ('s3://b/v/../x' -> 's3://b/x')."""
+    uri = normalize_uri(uri)
+    if is_local(uri):
+        return uri
+    proto, _, path = uri.partition("://")
+    return f"{proto}://{posixpath.normpath('/' + path).lstrip('/')}"
+
+
+def is_within(uri: str, roots) -> bool:
+    """Whether uri (after resolving '..') lies inside one of the root URIs (same scheme, same prefix)."""
+    target = canonical_uri(uri)
+    for root in roots:
+        base = canonical_uri(root).rstrip("/")
+        if target == base or target.startswith(base + "/"):
+            return True
+    return False
+
+
+class PathOutsideInput(PermissionError):
+    """A manifest or questions-file entry that points outside the configured input location."""
 
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:

@@ -5,6 +5,12 @@
     con = duckdb_connect("s3://bucket/qa")                        # views: answers, errors, runs
     con.sql("SELECT model, avg(tokens_kept / tokens_total) FROM answers GROUP BY model").show()
 
+Only committed runs are visible: a run writes under <output.uri>/_staging/<run_id>/ and moves its files
+into answers/, errors/ and runs/ when it commits (pipeline/commit.py), so every reader (pyarrow, the
+DuckDB/Polars/pandas globs) sees whole runs. The same (video, question) can have rows from several
+runs (a rerun without --incremental, a changed object, a retried failure): `latest_answers` and
+LATEST_ANSWERS_SQL keep the newest row per (video_uri, question, settings_id).
+
 DuckDB reads S3 here through the same fsspec/s3fs filesystem (`register_filesystem`), which works
 offline; with internet access `INSTALL httpfs; LOAD httpfs;` and DuckDB's own S3 settings work too.
 """
@@ -22,7 +28,9 @@ from pipeline.storage import arrow_filesystem, filesystem, is_local, join, to_ur
 PARTITIONING = pads.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
 
 
-def read_table(output_uri: str, name: str, storage_options: Optional[Mapping[str, Any]] = None) -> pa.Table:
+def read_table(
+    output_uri: str, name: str, storage_options: Optional[Mapping[str, Any]] = None, columns: Optional[list[str]] = None
+) -> pa.Table:
     """One output table (answers, errors or runs) across all run dates; empty (with schema) if none yet."""
     schema = TABLES[name]
     fs, root = filesystem(output_uri, storage_options)
@@ -30,12 +38,68 @@ def read_table(output_uri: str, name: str, storage_options: Optional[Mapping[str
     path = join(root, name)
     full_schema = pa.schema([*schema, pa.field("date", pa.string())])
     if not fs.exists(path):
-        return full_schema.empty_table()
+        empty = full_schema.empty_table()
+        return empty.select(columns) if columns else empty
     dataset = pads.dataset(
         path, filesystem=arrow_filesystem(fs), format="parquet", partitioning=PARTITIONING,
         schema=full_schema, exclude_invalid_files=False,
     )
-    return dataset.to_table()
+    return dataset.to_table(columns=columns)
+
+
+# Newest row per (video_uri, question, settings_id): a changed object's new answers replace the old
+# version's; add video_version to the PARTITION BY to keep one row per version instead.
+LATEST_ANSWERS_SQL = """
+SELECT * FROM answers
+QUALIFY row_number() OVER (
+    PARTITION BY video_uri, question, settings_id ORDER BY created_at DESC, run_id DESC) = 1
+"""
+
+# Decode failures that the same settings will hit again for the same object version; others (read,
+# list, answer, a timeout or a crashed decoder) may be transient and are retried by incremental runs.
+_TRANSIENT_DECODE_ERRORS = ("TimeoutError", "DecoderCrashed")
+
+
+def latest_answers(
+    output_uri: str, storage_options: Optional[Mapping[str, Any]] = None, settings_id: Optional[str] = None,
+    per_version: bool = False,
+) -> pa.Table:
+    """The answers table with only the newest row per (video_uri, question, settings_id) (also per
+    video_version when per_version), optionally for one settings_id."""
+    import duckdb
+
+    answers = read_table(output_uri, "answers", storage_options)
+    sql = LATEST_ANSWERS_SQL
+    if per_version:
+        sql = sql.replace("PARTITION BY video_uri,", "PARTITION BY video_uri, video_version,")
+    con = duckdb.connect()
+    con.register("answers", answers)
+    params = {}
+    if settings_id is not None:
+        sql, params = sql.replace("QUALIFY", "WHERE settings_id = $sid QUALIFY"), {"sid": settings_id}
+    result = con.execute(sql + " ORDER BY video_uri, question_index", params).arrow()
+    result = result.read_all() if hasattr(result, "read_all") else result  # DuckDB 2 returns a reader
+    return result.cast(answers.schema)
+
+
+def done_keys(
+    output_uri: str, settings_id: str, storage_options: Optional[Mapping[str, Any]] = None, retry: str = "transient"
+) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]]]:
+    """What an incremental run may skip: ({(video_uri, video_version, question) answered under settings_id},
+    {(video_uri, video_version) whose decode failed for good under settings_id}; empty when retry='all')."""
+    import pyarrow.compute as pc
+
+    answers = read_table(output_uri, "answers", storage_options, ["video_uri", "video_version", "question", "settings_id"])
+    answers = answers.filter(pc.equal(answers.column("settings_id"), settings_id))
+    answered = set(zip(*(answers.column(c).to_pylist() for c in ("video_uri", "video_version", "question"))))
+    failed: set[tuple[str, str]] = set()
+    if retry != "all":
+        errors = read_table(output_uri, "errors", storage_options, ["video_uri", "video_version", "stage", "error_type", "settings_id"])
+        for row in errors.to_pylist():
+            if (row["settings_id"] == settings_id and row["stage"] == "decode" and row["video_version"]
+                    and row["error_type"] not in _TRANSIENT_DECODE_ERRORS):
+                failed.add((row["video_uri"], row["video_version"]))
+    return answered, failed
 
 
 def table_glob(output_uri: str, name: str) -> str:

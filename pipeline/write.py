@@ -5,8 +5,10 @@ Layout (Hive-partitioned by the run's UTC date, so `date` is a column for every 
     <output.uri>/errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet
     <output.uri>/runs/date=YYYY-MM-DD/<run_id>.parquet
 
-<digest> hashes the (video_uri, video_version, question_index) keys of the rows in the file, so a retried
-task, which writes the same rows, overwrites its own file instead of adding a duplicate. Local files are
+<digest> hashes the (video_uri, video_version, question_index, question) keys of the rows in the file, so
+a retried task, which writes the same rows, overwrites its own file instead of adding a duplicate.
+With `staging=True` (what the job uses) the files go under `<output.uri>/_staging/<run_id>/` with the
+same layout, and `pipeline.commit` moves them into place when the run commits (see that module). Local files are
 written under a temporary name and renamed, so a reader never sees half a file; an S3 PUT is atomic.
 """
 
@@ -20,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.commit import staging_uri
 from pipeline.schema import ANSWERS, ERRORS, RUNS, WRITE_SUMMARY
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 
@@ -32,11 +35,12 @@ def partition_dir(root: str, table: str, run_date: str) -> str:
 
 def _digest(table: pa.Table) -> str:
     keys = sorted(
-        f"{u}\x00{v}\x00{q}"
-        for u, v, q in zip(
+        f"{u}\x00{v}\x00{i}\x00{q}"
+        for u, v, i, q in zip(
             table.column("video_uri").to_pylist(),
             table.column("video_version").to_pylist(),
             table.column("question_index").to_pylist(),
+            table.column("question").to_pylist(),
         )
     )
     return hashlib.sha1("\x01".join(keys).encode()).hexdigest()[:16]
@@ -65,8 +69,11 @@ class ParquetWriter:
 class WriteTables:
     """Callable for `Dataset.map_batches(batch_format="pyarrow")`: ANSWERED rows in, one WRITE_SUMMARY row out."""
 
-    def __init__(self, output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id: str, run_date: str):
-        self.writer = ParquetWriter(output_uri, storage_options)
+    def __init__(
+        self, output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id: str, run_date: str, staging: bool = False
+    ):
+        # staging: write under <output.uri>/_staging/<run_id>/ for pipeline.commit to publish at the end.
+        self.writer = ParquetWriter(staging_uri(output_uri, run_id) if staging else output_uri, storage_options)
         self.run_id, self.run_date = run_id, run_date
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -103,6 +103,10 @@ def test_s3_prefix_glob_and_manifest(s3_options, s3_bucket):
     assert names(list_videos(f"s3://{s3_bucket}/videos/**/*.webm", EXTS, s3_options)) == ["b.webm"]
 
     listed = {r["video_uri"]: r for r in list_videos(f"s3://{s3_bucket}/videos/list.txt", EXTS, s3_options).to_pylist()}
+    outside = listed[f"s3://{s3_bucket}/other/c.mp4"]  # not under the manifest's folder: refused by default
+    assert (outside["error_stage"], outside["error_type"]) == ("list", "PathOutsideInput") and "allowed_prefixes" in outside["error"]
+    listed = {r["video_uri"]: r for r in list_videos(
+        f"s3://{s3_bucket}/videos/list.txt", EXTS, s3_options, allowed_prefixes=[f"s3://{s3_bucket}/other/"]).to_pylist()}
     assert listed[f"s3://{s3_bucket}/other/c.mp4"]["error"] is None
     assert listed[f"s3://{s3_bucket}/videos/gone.mp4"]["error_type"] == "FileNotFoundError"
 

@@ -1,0 +1,158 @@
+"""All-or-nothing runs: stage every file of a run, then commit it with a manifest, roll forward on recovery.
+
+    <output.uri>/_staging/<run_id>/answers/date=D/<run_id>-<digest>.parquet   written while the run streams
+    <output.uri>/_staging/<run_id>/errors/...  and  .../runs/date=D/<run_id>.parquet
+    <output.uri>/_staging/<run_id>/_COMMIT.json                                 the commit point
+
+Readers only look under answers/, errors/ and runs/, so a run's rows are invisible until it commits.
+Commit: write `_COMMIT.json` (one atomic PUT on S3, temp name + rename on a local disk) listing every
+staged file, then move each file to the same relative path under output.uri (the run record last),
+then delete the staging folder. A process killed:
+  - before `_COMMIT.json` exists: nothing is visible; the staging folder is rolled back (deleted) by a
+    later run with the same run_id, or by any run once it is older than STALE_AFTER_S;
+  - after it: the next run (any run id) finds the manifest and finishes the moves (roll forward). Moves
+    are idempotent (same name, same bytes), so two runs recovering at once do no harm.
+A run that fails with an exception is rolled back: none of its rows are committed, its run record
+(status failed) is written directly to runs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Any, Mapping, Optional
+
+from pipeline.storage import filesystem, join
+
+STAGING = "_staging"
+MANIFEST = "_COMMIT.json"
+STALE_AFTER_S = 24 * 3600.0  # an uncommitted staging folder this old belongs to a dead run
+_ORDER = {"answers": 0, "errors": 0, "runs": 1}  # the run record moves last: runs/ lists only complete runs
+
+
+def staging_uri(output_uri: str, run_id: str) -> str:
+    """Where a run writes its tables before it commits (same layout as output.uri)."""
+    return join(output_uri, STAGING, run_id)
+
+
+def final_path(staged_path: str, output_root: str, run_id: str) -> str:
+    """The committed path of a staged file (path inside the filesystem, no scheme)."""
+    prefix = join(output_root, STAGING, run_id) + "/"
+    if not staged_path.startswith(prefix):
+        raise ValueError(f"{staged_path} is not staged under {prefix}")
+    return join(output_root, staged_path[len(prefix):])
+
+
+def _write_atomic(fs, path: str, data: bytes) -> None:
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if "file" in protocols:
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)  # one PUT: atomic on S3
+
+
+def _apply(fs, root: str, run_id: str, relpaths: list[str]) -> list[str]:
+    """Move staged files to their final names (skipping those already moved), then drop the staging folder."""
+    stage = join(root, STAGING, run_id)
+    done = []
+    for rel in sorted(relpaths, key=lambda r: (_ORDER.get(r.split("/", 1)[0], 0), r)):
+        src, dst = join(stage, rel), join(root, rel)
+        if fs.exists(src):
+            fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+            fs.mv(src, dst)
+        done.append(dst)
+    fs.rm(stage, recursive=True)
+    return done
+
+
+def commit(output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id: str, fail_after: Optional[int] = None) -> list[str]:
+    """Commit a staged run; returns the final paths (in the filesystem, no scheme).
+
+    fail_after (tests only): raise after moving that many files, as a kill in mid-commit would stop.
+    """
+    fs, root = filesystem(output_uri, storage_options)
+    fs.invalidate_cache()
+    stage = join(root, STAGING, run_id)
+    if not fs.exists(stage):
+        return []
+    staged = [p for p in fs.find(stage) if not p.endswith((MANIFEST, ".tmp"))]
+    relpaths = sorted(p[len(stage) + 1:] for p in staged)
+    manifest = {"run_id": run_id, "files": relpaths, "committed_at": time.time()}
+    _write_atomic(fs, join(stage, MANIFEST), json.dumps(manifest).encode())
+    if fail_after is not None:
+        for rel in relpaths[:fail_after]:
+            fs.mv(join(stage, rel), join(root, rel))
+        raise RuntimeError(f"simulated crash after moving {fail_after} of {len(relpaths)} files")
+    return _apply(fs, root, run_id, relpaths)
+
+
+def rollback(output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id: str) -> bool:
+    """Delete a run's staging folder (its rows were never visible). True if there was one.
+
+    Refuses (False) once the run's manifest exists: then the commit point is passed and `recover`
+    must roll it forward instead."""
+    fs, root = filesystem(output_uri, storage_options)
+    fs.invalidate_cache()
+    stage = join(root, STAGING, run_id)
+    if fs.exists(stage) and not fs.exists(join(stage, MANIFEST)):
+        fs.rm(stage, recursive=True)
+        return True
+    return False
+
+
+def _newest_mtime(fs, folder: str) -> Optional[float]:
+    newest = None
+    for info in fs.find(folder, detail=True).values():
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
+        if hasattr(mtime, "timestamp"):
+            mtime = mtime.timestamp()
+        if mtime is not None:
+            newest = max(newest or 0.0, float(mtime))
+    return newest
+
+
+def recover(
+    output_uri: str, storage_options: Optional[Mapping[str, Any]], current_run_id: Optional[str] = None,
+    stale_after_s: float = STALE_AFTER_S,
+) -> dict[str, list[str]]:
+    """Finish every committed-but-unmoved run (roll forward) and delete dead uncommitted ones (roll back).
+
+    An uncommitted staging folder is deleted when it belongs to `current_run_id` (a retry of that run)
+    or is older than stale_after_s; others may belong to a run still in progress and are left alone.
+    """
+    fs, root = filesystem(output_uri, storage_options)
+    fs.invalidate_cache()
+    base = join(root, STAGING)
+    out: dict[str, list[str]] = {"rolled_forward": [], "rolled_back": [], "in_progress": []}
+    if not fs.exists(base):
+        return out
+    for folder in sorted(fs.ls(base, detail=False)):
+        run_id = folder.rstrip("/").rsplit("/", 1)[-1]
+        manifest_path = join(folder, MANIFEST)
+        manifest = None
+        if fs.exists(manifest_path):
+            try:
+                manifest = json.loads(fs.cat_file(manifest_path))
+            except ValueError:
+                manifest = None  # a torn manifest (impossible with the atomic write): nothing was moved yet
+        if manifest is not None:
+            _apply(fs, root, run_id, list(manifest["files"]))
+            out["rolled_forward"].append(run_id)
+            continue
+        newest = _newest_mtime(fs, folder)
+        if run_id == current_run_id or newest is None or time.time() - newest > stale_after_s:
+            fs.rm(folder, recursive=True)
+            out["rolled_back"].append(run_id)
+        else:
+            out["in_progress"].append(run_id)
+    return out
+
+
+__all__ = ["STAGING", "MANIFEST", "staging_uri", "final_path", "commit", "rollback", "recover"]
