@@ -58,6 +58,11 @@ def _write_atomic(fs, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)  # one PUT: atomic on S3
 
 
+def _move(fs, src: str, dst: str) -> None:
+    fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+    fs.mv(src, dst)  # a rename on a local disk; copy + delete on S3 (a repeat is harmless: same bytes)
+
+
 def _apply(fs, root: str, run_id: str, relpaths: list[str]) -> list[str]:
     """Move staged files to their final names (skipping those already moved), then drop the staging folder."""
     stage = join(root, STAGING, run_id)
@@ -65,8 +70,7 @@ def _apply(fs, root: str, run_id: str, relpaths: list[str]) -> list[str]:
     for rel in sorted(relpaths, key=lambda r: (_ORDER.get(r.split("/", 1)[0], 0), r)):
         src, dst = join(stage, rel), join(root, rel)
         if fs.exists(src):
-            fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
-            fs.mv(src, dst)
+            _move(fs, src, dst)
         done.append(dst)
     fs.rm(stage, recursive=True)
     return done
@@ -88,7 +92,7 @@ def commit(output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id
     _write_atomic(fs, join(stage, MANIFEST), json.dumps(manifest).encode())
     if fail_after is not None:
         for rel in relpaths[:fail_after]:
-            fs.mv(join(stage, rel), join(root, rel))
+            _move(fs, join(stage, rel), join(root, rel))
         raise RuntimeError(f"simulated crash after moving {fail_after} of {len(relpaths)} files")
     return _apply(fs, root, run_id, relpaths)
 

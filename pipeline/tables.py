@@ -77,8 +77,7 @@ def latest_answers(
     params = {}
     if settings_id is not None:
         sql, params = sql.replace("QUALIFY", "WHERE settings_id = $sid QUALIFY"), {"sid": settings_id}
-    result = con.execute(sql + " ORDER BY video_uri, question_index", params).arrow()
-    result = result.read_all() if hasattr(result, "read_all") else result  # DuckDB 2 returns a reader
+    result = con.execute(sql + " ORDER BY video_uri, question_index", params).to_arrow_table()
     return result.cast(answers.schema)
 
 

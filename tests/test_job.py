@@ -125,7 +125,7 @@ def test_demo_runs_on_the_sample_clips(job, ray_local, tmp_path, capsys):
     assert job.main(["--set", f"output.uri={tmp_path}/output"]) == 0
     elapsed = time.perf_counter() - started
     printed = capsys.readouterr().out
-    match = re.search(r"videos: (\d+) ok, (\d+) failed, 0 skipped \(of (\d+) listed\)", printed)
+    match = re.search(r"videos: (\d+) ok, (\d+) failed, 0 skipped, 0 already done \(of (\d+) listed\)", printed)
     assert match, printed
     ok, failed, listed = map(int, match.groups())
     assert ok >= 1 and ok + failed == listed
@@ -169,7 +169,7 @@ def test_an_empty_input_finishes_without_starting_ray(job, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     args = ["--set", f"input.uri={tmp_path}/in", "--set", f"output.uri={tmp_path}/out", "--set", "run_id=empty"]
     assert job.main(args) == 0
-    assert "videos: 0 ok, 0 failed, 0 skipped (of 0 listed)" in capsys.readouterr().out
+    assert "videos: 0 ok, 0 failed, 0 skipped, 0 already done (of 0 listed)" in capsys.readouterr().out
     from pipeline.tables import read_table
 
     (run,) = read_table(f"{tmp_path}/out", "runs").to_pylist()

@@ -1,0 +1,205 @@
+"""Incremental runs and the commit protocol: a second run does nothing, a changed object is answered
+again (newest row wins), a killed run leaves nothing visible and the next run finishes the work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from pipeline.commit import STAGING, commit, recover, rollback, staging_uri
+from pipeline.config import validate_config
+from pipeline.schema import ERRORS
+from pipeline.synthetic import make_clip
+from pipeline.tables import done_keys, latest_answers, read_table, table_glob
+from pipeline.write import ParquetWriter, partition_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ["What is happening?", "What colour is it?"]
+
+
+def job_module():
+    from test_job import load_job
+
+    return load_job()
+
+
+def config(input_uri, output_uri, **extra):
+    data = {
+        "input": {"uri": str(input_uri)},
+        "questions": QUESTIONS,
+        "model": {"name": "flashvlm-tiny/llava", "dtype": "float32", "device": "cpu", "max_new_tokens": 4},
+        "sampling": {"frames": 2, "size": 336},
+        "selection": {"budget": 8},
+        "output": {"uri": str(output_uri)},
+        "ray": {"decode_batch_size": 2, "model_batch_size": 2, "decode_timeout_s": 30},
+    }
+    data.update(extra)
+    return validate_config(data)
+
+
+def make_inputs(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_clip(folder / f"c{i}.mp4", frames=6, seed=i)
+    (folder / "empty.mp4").write_bytes(b"")  # a permanent decode failure
+    return folder
+
+
+# ---- the commit protocol, in-process --------------------------------------------------------------------
+
+
+def stage_files(out: Path, run_id: str, n: int = 3) -> None:
+    writer = ParquetWriter(staging_uri(str(out), run_id))
+    rows = [{"video_uri": f"file:///v{i}.mp4", "video_version": "1", "stage": "decode", "error_type": "DecodeError",
+             "error": "x", "settings_id": "s", "run_id": run_id, "created_at": None} for i in range(n)]
+    for i, row in enumerate(rows):
+        writer.write(pa.Table.from_pylist([row], schema=ERRORS), partition_dir(writer.root, "errors", "2026-01-01"), f"{run_id}-{i}.parquet")
+
+
+def test_staged_rows_are_invisible_until_commit(tmp_path):
+    stage_files(tmp_path, "r1")
+    assert read_table(str(tmp_path), "errors").num_rows == 0
+    assert not list((tmp_path).glob("errors/**/*.parquet"))
+    assert commit(str(tmp_path), None, "r1") and read_table(str(tmp_path), "errors").num_rows == 3
+    assert not (tmp_path / STAGING / "r1").exists()
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{table_glob(str(tmp_path), 'errors')}', hive_partitioning=true)").fetchall()[0][0]
+    assert n == 3
+
+
+def test_a_crash_in_mid_commit_is_rolled_forward_by_the_next_run(tmp_path):
+    stage_files(tmp_path, "r2")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        commit(str(tmp_path), None, "r2", fail_after=1)
+    assert rollback(str(tmp_path), None, "r2") is False  # past the commit point: never thrown away
+    assert read_table(str(tmp_path), "errors").num_rows == 1  # the window a reader could see
+    assert recover(str(tmp_path), None, current_run_id="other")["rolled_forward"] == ["r2"]
+    assert read_table(str(tmp_path), "errors").num_rows == 3 and not (tmp_path / STAGING / "r2").exists()
+    assert recover(str(tmp_path), None)["rolled_forward"] == []  # idempotent
+
+
+def test_uncommitted_runs_are_rolled_back_only_when_dead(tmp_path):
+    stage_files(tmp_path, "live")
+    stage_files(tmp_path, "retry")
+    got = recover(str(tmp_path), None, current_run_id="retry")
+    assert got == {"rolled_forward": [], "rolled_back": ["retry"], "in_progress": ["live"]}
+    assert (tmp_path / STAGING / "live").exists() and not (tmp_path / STAGING / "retry").exists()
+    assert recover(str(tmp_path), None, stale_after_s=0.0)["rolled_back"] == ["live"]
+    assert read_table(str(tmp_path), "errors").num_rows == 0
+
+
+def test_done_keys_skip_permanent_decode_failures_and_retry_transient_ones(tmp_path):
+    writer = ParquetWriter(str(tmp_path))
+    base = {"video_version": "v1", "stage": "decode", "error": "x", "settings_id": "s", "run_id": "r", "created_at": None}
+    rows = [
+        {**base, "video_uri": "file:///bad.mp4", "error_type": "DecodeError"},
+        {**base, "video_uri": "file:///hung.mp4", "error_type": "TimeoutError"},
+        {**base, "video_uri": "file:///gone.mp4", "stage": "read", "error_type": "FileNotFoundError"},
+        {**base, "video_uri": "file:///other.mp4", "error_type": "DecodeError", "settings_id": "t"},
+    ]
+    writer.write(pa.Table.from_pylist(rows, schema=ERRORS), partition_dir(writer.root, "errors", "2026-01-01"), "e.parquet")
+    answered, failed = done_keys(str(tmp_path), "s")
+    assert answered == set() and failed == {("file:///bad.mp4", "v1")}
+    assert done_keys(str(tmp_path), "s", retry="all")[1] == set()
+
+
+def test_incremental_is_a_config_key_and_a_flag(tmp_path):
+    cfg = config(tmp_path, tmp_path / "o", incremental=True)
+    assert cfg.incremental and cfg.incremental_retry == "transient"
+    with pytest.raises(Exception, match="incremental_retry"):
+        config(tmp_path, tmp_path / "o", incremental_retry="sometimes")
+    job = job_module()
+    assert job.parse_args(["--incremental"]).incremental and not job.parse_args([]).incremental
+
+
+# ---- the job, on the session's local Ray ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_second_run_does_nothing_and_a_changed_video_is_answered_again(ray_local, flashvlm_cache, tmp_path):
+    job = job_module()
+    inputs = make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    cfg = config(inputs, out, incremental=True)
+
+    first = job.run(cfg)
+    assert (first["videos_ok"], first["videos_failed"], first["videos_already_done"]) == (3, 1, 0)
+    assert first["answers"] == 3 * len(QUESTIONS)
+    files = sorted(p for p in out.rglob("*.parquet") if "/runs/" not in str(p))
+    assert not (out / STAGING).exists() or not any((out / STAGING).iterdir())
+
+    second = job.run(cfg)
+    assert (second["videos_ok"], second["videos_failed"], second["answers"], second["frames_decoded"]) == (0, 0, 0, 0)
+    assert second["videos_already_done"] == 4 and second["videos_listed"] == 4
+    assert second.get("pipeline_s") is None  # nothing reached the pipeline: nothing decoded
+    assert sorted(p for p in out.rglob("*.parquet") if "/runs/" not in str(p)) == files
+    assert read_table(str(out), "answers").num_rows == 3 * len(QUESTIONS)
+    runs = read_table(str(out), "runs")
+    assert sorted(runs.column("videos_already_done").to_pylist()) == [0, 4]
+
+    # A changed object (new size:mtime version) and one new question: only that work is done.
+    time.sleep(0.01)
+    make_clip(inputs / "c1.mp4", frames=8, seed=9)
+    cfg2 = config(inputs, out, incremental=True, questions=[*QUESTIONS, "Is it dark?"])
+    assert cfg2.settings_id() == cfg.settings_id()  # questions are not settings
+    third = job.run(cfg2)
+    assert third["videos_ok"] == 3 and third["videos_already_done"] == 1  # the permanent failure
+    assert third["answers"] == 1 * 3 + 2 * 1  # c1 all three questions; c0, c2 only the new one
+    answers = read_table(str(out), "answers")
+    assert answers.num_rows == 3 * 2 + 5
+    latest = latest_answers(str(out), settings_id=cfg.settings_id())
+    c1 = [r for r in latest.to_pylist() if r["video_uri"].endswith("/c1.mp4")]
+    assert len(c1) == 3 and {r["run_id"] for r in c1} == {third["run_id"]}
+    assert latest.num_rows == 3 * 3  # one row per (video, question): the old c1 rows lost
+    assert latest_answers(str(out), per_version=True).num_rows == 3 * 3 + 2
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_nothing_visible_and_the_next_run_finishes(ray_local, flashvlm_cache, tmp_path):
+    inputs = make_inputs(tmp_path / "in", n=3)
+    os.mkfifo(inputs / "zz_hang.mp4")  # decodes last and blocks for decode_timeout_s: the run cannot commit
+    out = tmp_path / "out"
+    cfg_file = tmp_path / "job.yaml"
+    data = json.loads(config(inputs, out).model_dump_json())
+    data["ray"].update(decode_batch_size=1, model_batch_size=1, write_batch_size=1, decode_timeout_s=60, num_cpus=2)
+    cfg_file.write_text(json.dumps(data))  # YAML is a superset of JSON
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
+    env.pop("RAY_ADDRESS")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "video_qa.py"), "--config", str(cfg_file), "--set", "run_id=killed"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    staged = out / STAGING / "killed"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(staged.glob("answers/*/*.parquet")):
+            assert proc.poll() is None, "the job ended before it was killed"
+            time.sleep(0.1)
+        assert list(staged.glob("answers/*/*.parquet")), "no staged output within 120 s"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started (its own session)
+        proc.wait()
+    # Nothing of the killed run is visible to any reader.
+    for name in ("answers", "errors", "runs"):
+        assert read_table(str(out), name).num_rows == 0
+    assert not list(out.glob("answers/**/*.parquet"))
+
+    job = job_module()
+    cfg = config(inputs, out, run_id="killed", incremental=True)
+    cfg.ray.decode_timeout_s = 3  # ray settings are not part of settings_id
+    record = job.run(cfg)  # same run id: the dead staging folder is rolled back, then the work is redone
+    assert not staged.exists()
+    assert (record["videos_ok"], record["videos_failed"]) == (3, 2)  # empty + the hang (timed out)
+    answers = read_table(str(out), "answers")
+    keys = list(zip(answers.column("video_uri").to_pylist(), answers.column("question").to_pylist()))
+    assert len(keys) == len(set(keys)) == 3 * len(QUESTIONS)  # complete, no duplicates
+    errors = {r["video_uri"].rsplit("/", 1)[-1]: r for r in read_table(str(out), "errors").to_pylist()}
+    assert errors["zz_hang.mp4"]["error_type"] == "TimeoutError" and errors["zz_hang.mp4"]["stage"] == "decode"
+    (run,) = read_table(str(out), "runs").to_pylist()
+    assert run["status"] == "succeeded" and run["run_id"] == "killed"
