@@ -126,7 +126,7 @@ class ListVideos:
 
     def _list_manifest(self, fs, path: str) -> list[dict]:
         base = to_uri(fs, path).rsplit("/", 1)[0]
-        rows = []
+        rows, seen = [], set()
         for entry in dict.fromkeys(_read_manifest(fs, path)):  # drop duplicates, keep order
             target = _resolve(entry, base)
             if not is_within(target, (base, *self.allowed_prefixes)):
@@ -138,7 +138,10 @@ class ListVideos:
                 continue
             try:
                 entry_fs, entry_path = filesystem(target, self.storage_options)
-                rows.append(_row(to_uri(entry_fs, entry_path), entry_fs.info(entry_path)))
+                uri = to_uri(entry_fs, entry_path)
+                if uri not in seen:  # two spellings of one file (a/../b.mp4, b.mp4): one row
+                    seen.add(uri)
+                    rows.append(_row(uri, entry_fs.info(entry_path)))
             except Exception as exc:  # missing or unreadable entry: an error row, not a failed listing
                 rows.append(_row(target, None, error=exc))
         return rows
