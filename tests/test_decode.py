@@ -178,3 +178,39 @@ def test_sampling_fps_caps_the_frames_by_duration(shared_videos):
     rows = DecodeVideos(frames=8, fps=0.5, size=32, timeout_s=None)(table).to_pylist()
     assert [r["frames_shape"][0] for r in rows] == [4, 2]
     assert [r["decode_backend"] for r in rows] == ["decord", "pyav"]
+
+
+# ---- issue 8: inputs not covered above, generated here -------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_one_and_three_frame_videos_decode(tmp_path, n):
+    path = make_clip(tmp_path / f"f{n}.mp4", frames=n)
+    row = DecodeVideos(frames=4, size=32, timeout_s=None)(listed_rows([path])).to_pylist()[0]
+    assert row["error"] is None, row["error"]
+    assert row["num_frames"] == n and frames_of(row).shape == (4, 32, 32, 3)  # short clips repeat frames
+    assert max(row["frame_indices"]) == n - 1
+
+
+def test_synthetic_zero_byte_and_truncated_files_are_decode_errors(tmp_path):
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    data = make_clip(tmp_path / "whole.mp4", frames=12).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 4])
+    rows = DecodeVideos(frames=2, size=32, timeout_s=None)(listed_rows([tmp_path / "zero.mp4", tmp_path / "cut.mp4"])).to_pylist()
+    assert [(r["error_stage"], r["error_type"]) for r in rows] == [("decode", "DecodeError")] * 2
+    assert "empty file" in rows[0]["error"] and "pyav:" in rows[1]["error"]
+
+
+def test_an_object_deleted_between_listing_and_reading_is_a_read_error(s3_options, s3_bucket, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    for name in ("keep.mp4", "gone.mp4"):
+        fs.put_file(str(make_clip(tmp_path / name, frames=4)), f"{s3_bucket}/d/{name}")
+    table = list_videos(f"s3://{s3_bucket}/d/", [".mp4"], s3_options)
+    fs.rm(f"{s3_bucket}/d/gone.mp4")
+    rows = {r["video_uri"].rsplit("/", 1)[-1]: r for r in
+            DecodeVideos(frames=2, size=32, storage_options=s3_options, timeout_s=None)(table).to_pylist()}
+    assert rows["keep.mp4"]["error"] is None
+    assert (rows["gone.mp4"]["error_stage"], rows["gone.mp4"]["error_type"]) == ("read", "FileNotFoundError")
+    assert rows["gone.mp4"]["error"]
