@@ -21,6 +21,7 @@ from flashvlm.selection import (
     check_inputs,
     diversity_partition,
     fused_scores,
+    relevance,
     score_dtype,
     split_budget,
 )
@@ -150,51 +151,74 @@ def select_video_tokens(
         frame_text = text.to(dtype)[:, None].expand(B, T, L, D).reshape(B * T, L, D)
         if text_mask is not None:
             frame_mask = text_mask[:, None].expand(B, T, L).reshape(B * T, L)
+    frame_projected = projected.reshape(B * T, N, D).to(dtype)
     score = fused_scores(
-        projected.reshape(B * T, N, D).to(dtype), saliency.reshape(B * T, N).to(dtype), frame_text, frame_mask, config
+        frame_projected, saliency.reshape(B * T, N).to(dtype), frame_text, frame_mask, config
     ).view(B, T, N)  # each frame min-max normalised to [0, 1]
+    # Tokens that match the question: at or above their frame's top-p relevance quantile (the tokens step 2
+    # leaves undamped). Where they are in each frame is the answer's information, so they may repeat.
+    matched = torch.zeros(B, T, N, dtype=torch.bool, device=vision.device)
+    if text is not None:
+        r = relevance(frame_projected, frame_text, frame_mask, config)  # (B*T, N), zero without text
+        q = torch.quantile(r, 1 - config.top_p, dim=-1, keepdim=True, interpolation="linear")
+        matched = ((r >= q) & (r > 0)).view(B, T, N)
     vision = vision.to(dtype)
     static = static_tokens(vision, NEAR_IDENTICAL)  # (B, T, N)
-
-    # 5. Partition. Eligible tokens (new content) rank above static ones (scores are in [0, 1], so +-2
-    # moves a whole class); the `floor` best eligible tokens of every frame rank above everything.
-    key = torch.where(static, score - 2, score)
-    rank = torch.sort(key, dim=2, descending=True, stable=True).indices.argsort(dim=2)  # (B, T, N) rank in frame
-    forced = (rank < floor) & ~static
-    priority = torch.where(forced, score + 2, key).reshape(B, T * N)
-    order = torch.sort(priority, dim=1, descending=True, stable=True).indices  # (B, T*N), ties frame-major
-    eligible = (~static).reshape(B, T * N).sum(dim=1).tolist()  # (B,) tokens with new content
-    forced_count = forced.reshape(B, T * N).sum(dim=1).tolist()
-
     flat = vision.reshape(B, T * N, Dv)
+    unit = F.normalize(flat, dim=-1)  # for cosines; the partition gets the features as the image rule does
+    frame_of = torch.arange(T * N, device=vision.device) // N  # (T*N,)
     # The clip pool is about T frames' worth of residual: drop `step` tokens per frame per round, so the
     # partition takes as many rounds as the image rule does for one frame (same cost shape, not T x).
     step = config.diversity_step * T
     rows, flags = [], []
-    for b in range(B):  # each clip has its own number of eligible tokens, so its own pool size
-        n_imp = forced_count[b] if split == "per_frame" else min(k_imp, eligible[b])
-        important = order[b, :n_imp]
-        pool = order[b, n_imp : eligible[b]]  # eligible residual, descending score
+    for b in range(B):  # each clip has its own number of non-static tokens, so its own matrix sizes
+        # 2. Seen content: a non-static token with a near-identical non-static token in an EARLIER frame
+        # repeats content the clip already shows (first occurrence wins); question matches excepted.
+        eligible = (~static[b]).reshape(T * N).nonzero().squeeze(1)  # (E,) ascending: frame order
+        sim = unit[b, eligible] @ unit[b, eligible].T  # (E, E) cosine, computed once per clip
+        frame = frame_of[eligible]
+        seen = ((sim >= NEAR_IDENTICAL) & (frame[None, :] < frame[:, None])).any(dim=1)  # (E,)
+        new = ~seen | matched[b].reshape(T * N)[eligible]
+        # Candidates for importance and background: new content when the clip has enough of it to fill
+        # the budget; otherwise every non-static token (repeats are then unavoidable, and are better
+        # spent as each frame's own important tokens than as background).
+        candidates = eligible[new] if int(new.sum()) >= K else eligible
+        cand = torch.zeros(T * N, dtype=torch.bool, device=vision.device)
+        cand[candidates] = True
+        cand = cand.view(T, N)
+        position = torch.full((T * N,), -1, dtype=torch.long, device=vision.device)
+        position[eligible] = torch.arange(eligible.numel(), device=vision.device)  # row of sim
+
+        # 3. Partition. Candidates rank above other non-static tokens, which rank above static ones
+        # (scores are in [0, 1], so +-2 moves a whole class); each frame's `floor` best candidates first.
+        s = score[b]
+        key = torch.where(cand, s, torch.where(static[b], s - 4, s - 2))
+        rank = torch.sort(key, dim=1, descending=True, stable=True).indices.argsort(dim=1)  # (T, N) in frame
+        forced = (rank < floor) & cand
+        priority = torch.where(forced, s + 2, key).reshape(T * N)
+        order = torch.sort(priority, descending=True, stable=True).indices  # (T*N,), ties frame-major
+        n_cand = candidates.numel()
+        n_imp = int(forced.sum()) if split == "per_frame" else min(k_imp, n_cand)
+        important = order[:n_imp]
+        pool = order[n_imp:n_cand]  # residual candidates, descending score
         k_div = K - n_imp
-        # Background repeats: pool tokens that look like an important token or a better-ranked pool token
-        # of ANOTHER frame are set aside (within a frame the partition judges redundancy, as for images).
-        frame = torch.cat([important, pool]) // N
-        feats = F.normalize(flat[b, torch.cat([important, pool])], dim=-1)  # (n_imp + M, Dv)
-        sim = feats[n_imp:] @ feats.T  # (M, n_imp + M)
-        before = torch.arange(n_imp + pool.numel(), device=sim.device)[None, :] < (
+        # 4. Background repeats: pool tokens that look like an important token or a better-ranked pool
+        # token of ANOTHER frame are set aside (within a frame the partition judges redundancy).
+        both = torch.cat([important, pool])
+        sub = sim[position[pool]][:, position[both]]  # (M, n_imp + M)
+        before = torch.arange(both.numel(), device=sim.device)[None, :] < (
             n_imp + torch.arange(pool.numel(), device=sim.device)[:, None]
         )  # important tokens and pool tokens ranked above
-        repeat = ((sim >= NEAR_IDENTICAL) & before & (frame[n_imp:, None] != frame[None, :])).any(dim=1)  # (M,)
+        repeat = ((sub >= NEAR_IDENTICAL) & before & (frame_of[pool][:, None] != frame_of[both][None, :])).any(dim=1)
         fresh, repeats = pool[~repeat], pool[repeat]
         if fresh.numel() >= k_div:
             # 6. Diversity partition over the pooled residual of the whole clip.
             diverse = diversity_partition(flat[b, fresh][None], fresh[None], k_div, step)[0]
         else:
-            # Fewer fresh tokens than the budget: keep them all, then repeats, then static tokens, by score.
-            rest = torch.cat([fresh, repeats, order[b, eligible[b] :]])
-            diverse = rest[:k_div]
-        kept, position = torch.cat([important, diverse]).sort()
+            # Fewer fresh tokens than the budget: keep them all, then repeats, then the rest by class and score.
+            diverse = torch.cat([fresh, repeats, order[n_cand:]])[:k_div]
+        kept, where = torch.cat([important, diverse]).sort()
         rows.append(kept)
-        flags.append(position < n_imp)
+        flags.append(where < n_imp)
     kept = torch.stack(rows)
     return (kept, torch.stack(flags)) if return_important else kept
