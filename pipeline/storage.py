@@ -42,12 +42,29 @@ def is_local(uri: str) -> bool:
     return protocol_of(uri) == "file"
 
 
+# botocore's default ("legacy", 5 attempts) gives up after a few seconds of refused connections, failing a
+# whole Parquet write (and the run) when the S3 endpoint restarts. "standard" mode retries connection errors,
+# throttling and 5xx with capped exponential backoff (random * 2**n s, at most 20 s a wait): 10 attempts ride
+# out an outage of tens of seconds and are still bounded. A config's storage_options.config_kwargs.retries wins.
+S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
+
+
+def with_retries(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """storage_options with bounded S3 retries added unless the caller chose its own."""
+    options = dict(options)
+    if protocol in ("s3", "s3a"):
+        config_kwargs = dict(options.get("config_kwargs") or {})
+        config_kwargs.setdefault("retries", dict(S3_RETRIES))
+        options["config_kwargs"] = config_kwargs
+    return options
+
+
 def filesystem(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(fsspec filesystem, path inside it) for a URI; relative local paths become absolute."""
     if is_local(uri):
         fs, path = fsspec.core.url_to_fs(uri)
         return fs, os.path.abspath(path)  # '/a/../b' -> '/b', so one file has one URI (symlinks kept)
-    return fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    return fsspec.core.url_to_fs(uri, **with_retries(protocol_of(uri), storage_options or {}))
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:

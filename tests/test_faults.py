@@ -122,3 +122,150 @@ def test_a_killed_answer_actor_is_restarted_and_its_batch_retried(ray_local, fla
     assert seen["after"] and all(p != pid for _, p, _ in seen["after"]), "no answer actor came back"
     assert any(i == actor_id and restarts >= 1 for i, _, restarts in seen["after"]), seen  # Ray restarted that actor
     assert_every_input_once(out, None, record, n_good, 1)
+
+
+# ---- the S3-compatible server unreachable for a few seconds mid-run ------------------------------------
+
+
+class FlakyProxy:
+    """A TCP proxy on 127.0.0.1 in front of the moto server. `down()` resets every open connection and
+    refuses new ones (accepted, then reset at once), as a stopped server would; `up()` serves again.
+    moto keeps its buckets in memory, so stopping the real server would lose them: the outage is here."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.is_down = threading.Event()
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+        self.conns: set = set()
+        self.refused = 0
+        self.served = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def _reset(sock) -> None:
+        import socket
+        import struct
+
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            if self.is_down.is_set():
+                self.refused += 1
+                self._reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                self._reset(client)
+                continue
+            self.served += 1
+            with self.lock:
+                self.conns |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.conns.discard(src)
+                self.conns.discard(dst)
+            self._reset(src)
+            self._reset(dst)
+
+    def down(self) -> None:
+        self.is_down.set()
+        with self.lock:
+            conns, self.conns = list(self.conns), set()
+        for sock in conns:
+            self._reset(sock)
+
+    def up(self) -> None:
+        self.is_down.clear()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.down()
+        self.listener.close()
+
+
+@pytest.fixture
+def flaky_s3(moto_server, s3_options):
+    proxy = FlakyProxy(int(moto_server.rsplit(":", 1)[1]))
+    try:
+        yield proxy, {**s3_options, "endpoint_url": f"http://127.0.0.1:{proxy.port}"}
+    finally:
+        proxy.close()
+
+
+def test_an_s3_outage_mid_run_is_retried_and_nothing_is_lost(ray_local, flashvlm_cache, flaky_s3, s3_options, s3_bucket, tmp_path):
+    import s3fs
+
+    proxy, options = flaky_s3
+    n_good, outage_s = 8, 4.0
+    local = make_inputs(tmp_path / "in", n_good)
+    direct = s3fs.S3FileSystem(**s3_options)  # straight to moto: the test's own view, never down
+    for path in sorted(local.iterdir()):
+        direct.put_file(str(path.resolve()), f"{s3_bucket}/videos/{path.name}")
+    out = f"s3://{s3_bucket}/qa"
+    cfg = config(f"s3://{s3_bucket}/videos/", out, run_id="s3-outage", storage_options=options)
+    staged = f"{s3_bucket}/qa/{STAGING}/s3-outage/answers"
+    seen: dict = {"outage": None, "error": None}
+
+    def outage():
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                direct.invalidate_cache()
+                if direct.exists(staged) and direct.find(staged):
+                    break
+                time.sleep(0.1)
+            else:
+                return
+            written = len(direct.find(staged))
+            proxy.down()
+            started = time.monotonic()
+            time.sleep(outage_s)
+            proxy.up()
+            seen["outage"] = (written, time.monotonic() - started, proxy.refused)
+        except BaseException as exc:
+            seen["error"] = exc
+
+    thread = threading.Thread(target=outage, daemon=True)
+    thread.start()
+    record = job_module().run(cfg)
+    thread.join(timeout=30)
+    print(seen, proxy.served)
+    assert seen["error"] is None, seen["error"]
+    assert seen["outage"], "the S3 outage never happened"
+    written, lasted, refused = seen["outage"]
+    assert written < n_good, "the outage came after every answer was written"
+    assert lasted >= outage_s and refused > 0, "nothing tried S3 during the outage"
+    assert_every_input_once(out, s3_options, record, n_good, 1)
