@@ -13,6 +13,8 @@ Indices are flat and frame-major: token n of frame t is t * N + n, so ascending 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -23,15 +25,16 @@ from flashvlm.selection import (
     fused_scores,
     relevance,
     score_dtype,
+    select_tokens,
     split_budget,
 )
 
 SPLITS = ("global", "per_frame")
 
-# Two tokens are "near-identical" at this cosine of their vision features: a token that repeats the same
-# place of the previous frame is static, and a background token that looks like a kept token of another
-# frame is a repeat. 0.95 is the level the redundancy benchmark calls a near-duplicate; it is a property
-# of the feature space (measured on normalised pixel patches), not part of the paper's rule.
+# Two tokens are "near-identical" at this cosine of their vision features, and a token near-identical to a
+# kept token of ANOTHER frame is a repeat. 0.95 is the level the redundancy benchmark calls a
+# near-duplicate; it is a property of the feature space (measured on normalised pixel patches), not part
+# of the paper's rule.
 NEAR_IDENTICAL = 0.95
 
 
@@ -62,12 +65,56 @@ def _check_split(split: str, min_per_frame: int | None, budget: int, T: int, N: 
 
 def static_tokens(vision: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B, T, N, Dv) -> (B, T, N) bool: True where a token repeats the same place of the previous frame."""
-    prev, cur = vision[:, :-1], vision[:, 1:]
-    cos = (prev * cur).sum(-1) / (
-        torch.linalg.vector_norm(prev, dim=-1) * torch.linalg.vector_norm(cur, dim=-1)
-    ).clamp_min(1e-12)  # (B, T-1, N)
-    first = torch.zeros_like(vision[:, :1, :, 0], dtype=torch.bool)  # frame 0 repeats nothing
+    cos = F.cosine_similarity(vision[:, 1:], vision[:, :-1], dim=-1)  # (B, T-1, N)
+    first = torch.zeros_like(cos[:, :1], dtype=torch.bool)  # frame 0 repeats nothing
     return torch.cat([first, cos >= threshold], dim=1)
+
+
+def repeats(unit: torch.Tensor, frame_of: torch.Tensor, kept: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
+    """(R,) bool: True where a token of `ranked` (R,) repeats a token of ANOTHER frame, taking `ranked`
+    greedily in its order: a token repeats when it is near-identical to a token of `kept` or to an earlier
+    token of `ranked` that does not repeat. Within a frame, the partition judges redundancy.
+
+    unit: (T*N, Dv) unit features of one clip; frame_of: (T*N,) each token's frame.
+    """
+    R = ranked.numel()
+    other = frame_of[ranked][:, None] != frame_of[kept][None, :]
+    of_kept = ((unit[ranked] @ unit[kept].T >= NEAR_IDENTICAL) & other).any(dim=1)  # (R,)
+    earlier = torch.ones(R, R, dtype=torch.bool, device=unit.device).tril(-1)
+    near = (unit[ranked] @ unit[ranked].T >= NEAR_IDENTICAL) & earlier & (frame_of[ranked][:, None] != frame_of[ranked][None, :])
+    # Greedy in order, solved as a fixed point: each pass settles at least one more leading token, and
+    # chains of near-identical tokens are short, so this takes a few passes of (R, R) boolean work.
+    taken = ~of_kept
+    while True:
+        now = ~of_kept & ~(near & taken[None, :]).any(dim=1)
+        if torch.equal(now, taken):
+            return ~taken
+        taken = now
+
+
+def best_cosine(unit: torch.Tensor, tokens: torch.Tensor, kept: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """(len(tokens),) each token's highest cosine to a token of `kept` (-1 when nothing is kept), in chunks."""
+    if kept.numel() == 0:
+        return torch.full(tokens.shape, -1.0, dtype=unit.dtype, device=unit.device)
+    return torch.cat([(unit[part] @ unit[kept].T).amax(dim=1) for part in tokens.split(chunk)])
+
+
+def take_fresh(
+    unit: torch.Tensor, frame_of: torch.Tensor, kept: torch.Tensor, ranked: torch.Tensor, need: int, chunk: int = 1024
+) -> torch.Tensor:
+    """The first `need` tokens of `ranked` that repeat nothing: no near-identical token of another frame
+    among `kept` or the tokens taken before them. Reads `ranked` in chunks and stops once it has `need`,
+    so a long clip never builds its whole (T*N, T*N) cosine matrix."""
+    taken: list[torch.Tensor] = []
+    count = 0
+    for start in range(0, ranked.numel(), chunk):
+        part = ranked[start : start + chunk]
+        fresh = part[~repeats(unit, frame_of, torch.cat([kept, *taken]), part)][: need - count]
+        taken.append(fresh)
+        count += fresh.numel()
+        if count >= need:
+            break
+    return torch.cat(taken) if taken else ranked[:0]
 
 
 def select_video_tokens(
@@ -78,48 +125,45 @@ def select_video_tokens(
     budget: int,
     *,
     text_mask: torch.Tensor | None = None,
-    split: str = "per_frame",
+    split: str = "global",
     min_per_frame: int | None = None,
     config: SelectionConfig | None = None,
     return_important: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Indices of the visual tokens FlashVLM keeps for each clip: importance per frame, background per clip.
 
-    The rule, per clip (ALGORITHM.md, video section):
-    1. Importance (steps 1-4) of every token from its own frame: `fused_scores` on the (B*T, N) view, the
-       guide text shared by all frames. A token "matches the question" when its relevance is at or above
-       its frame's top-p quantile (the tokens step 2 leaves undamped).
-    2. Static tokens: a token whose vision feature has cosine >= NEAR_IDENTICAL to the same place of the
-       previous frame repeats what that frame already shows. Seen tokens: a non-static token with a
-       near-identical non-static token in an EARLIER frame repeats content the clip already shows (first
-       occurrence wins); question matches are exempt, since where they are in each frame is information
-       (a moving object the question asks about is kept in every frame).
-    3. Candidates: the clip's new content (non-static, not seen) when it holds at least `budget` tokens;
-       otherwise every non-static token (repeats are then unavoidable and are spent on each frame's own
-       important tokens). So a frame whose best tokens only repeat other frames leaves its importance
-       quota unused, and the budget goes to the clip-wide background.
-    4. Important tokens among the candidates, by `split`:
-       - "per_frame": every frame gets up to floor((budget // T) * important_ratio) of its best candidates;
-         everything else of the budget is background.
-       - "global": floor(budget * important_ratio) important tokens ranked across the clip, each frame
-         first getting its `min_per_frame` best candidates (default: half an equal share,
-         important // (2 T)). Frames are scored separately (each min-max normalised), so ranks compare.
-    5. Background: the remaining candidates of ALL frames form one residual list (descending score).
-       A token that looks like (cosine >= NEAR_IDENTICAL) an important token or a better-ranked residual
-       token of ANOTHER frame is a repeat and is set aside; the spec's diversity partition (step 6) then
-       runs over the rest, dropping diversity_step * T tokens a round (the image rule's rounds per frame).
-       Short of tokens, the budget is filled with repeats, then non-candidates (seen before static), by score.
+    The rule, per clip (ALGORITHM.md, video section). A token REPEATS when its vision feature has cosine
+    >= NEAR_IDENTICAL to a kept token of ANOTHER frame; it is STATIC when it has that cosine to the same
+    place of the previous frame.
+    1. Scores (steps 1-4) of every token from its own frame: `fused_scores` on the (B*T, N) view, the
+       guide text shared by all frames. A token "matches the question" when it is one of the ceil(p * N)
+       at or above its frame's top-p relevance quantile (the tokens step 2 leaves undamped) and is not
+       static: where a moving match is in each frame is the answer's information, so matches may repeat.
+    2. Important tokens, frame after frame: each frame's `floor` best tokens that are neither static nor
+       repeats of an earlier frame's important tokens (matches excepted); a frame with fewer takes fewer.
+       With split="global", the rest of floor(budget * important_ratio) important tokens are then the
+       clip's best-scoring tokens that repeat nothing kept (frames are min-max normalised, so scores
+       compare). With split="per_frame", floor = floor((budget // T) * important_ratio).
+    3. Background, per frame first: the spec's diversity partition (step 6) of each frame's tokens after
+       its important ones, batched over all frames, exactly as the image rule runs it with a per-frame
+       background of (budget - important) // T: each frame's SHARE; the same rounds, stopped earlier,
+       give a RESERVE of about twice that, which contains the share.
+    4. Across the clip: the shares, in descending score, less the tokens that repeat an important token or
+       an earlier share token. A background shown in several frames is kept once.
+    5. The slots those repeats freed: the reserve tokens of every frame that repeat nothing kept, thinned
+       to the free slots by the spec's partition over that pooled residual of the whole clip. Short of
+       them (a nearly static clip), tokens that repeat nothing kept, least covered by the kept ones first
+       (best cosine to a kept token, static tokens last); only then repeats.
     6. Kept indices ascending: (frame, position) order.
-    With T = 1 there is nothing static or seen and nothing to repeat, and both splits return exactly
-    `select_tokens(...)` of that frame with the same budget.
+    With T = 1 a clip is an image: both splits return exactly `select_tokens(...)` of that frame.
 
-    Default split: "per_frame". On the sample clips (benchmarks/video_redundancy.py, 8 frames, 64 tokens
-    a frame, 11 clips x 2 guide texts) against the image rule frame by frame, worst row: "per_frame"
-    duplicate ratio 0.98, coverage -0.011; "global" 0.98, -0.017 (both worst ratios on transparent.webm
-    with the centre query, where question-matched flat patches repeat; without text every clip keeps
-    no cross-frame duplicate at all). "per_frame" has the better worst coverage and the lower duplicate
-    ratio on the changing clips (fire2 0.15 vs 0.54, pancake 0.14 vs 0.34 with the centre query), and it
-    guarantees every frame its share of question-relevant tokens, which temporal questions need.
+    Default split: "global". On the sample clips (benchmarks/video_redundancy.py: 8 frames, 64 tokens a
+    frame, 11 clips x 2 guide texts) against the image rule frame by frame with the same budget, worst
+    row: "global" duplicate ratio 0.165, coverage -0.0002; "per_frame" 0.233, -0.0002 (the only
+    negative row for both is transparent.webm, a nearly blank clip whose every token the frame-by-frame
+    rule already covers at cosine 1.0: any gain there needs a twin of its blank background in a second
+    frame). Means: global 0.018 / +0.029, per_frame 0.028 / +0.030. "global" repeats less and still
+    gives every frame its floor of important tokens; it spends the rest where the question's matches are.
 
     Args:
         vision: (B, T, N, Dv) vision-encoder features of every frame.
@@ -138,8 +182,9 @@ def select_video_tokens(
         (B, min(budget, T * N)) int64 flat frame-major indices (t * N + n), distinct and ascending; with
         return_important also a bool tensor of that shape, True for important tokens.
 
-    Only steps 2-5 loop, over clips (each clip has its own number of non-static tokens); one cosine matrix
-    of a clip's non-static tokens serves the seen and repeat checks. Nothing loops over frames or tokens.
+    Loops: step 2 over frames (each frame depends on the earlier ones' picks; every step is batched over
+    clips and tokens), steps 4-5 over clips (each has its own count of important and repeating tokens).
+    Step 3, the bulk of the work, is one batched partition over every frame. Nothing loops over tokens.
     """
     config = config or SelectionConfig()
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=2)
@@ -149,9 +194,14 @@ def select_video_tokens(
     if budget >= T * N:
         kept = torch.arange(T * N, device=vision.device).expand(B, T * N).clone()
         return (kept, torch.ones_like(kept, dtype=torch.bool)) if return_important else kept
-    K = budget
+    if T == 1:  # one frame is an image: nothing can repeat another frame
+        return select_tokens(
+            vision[:, 0], projected[:, 0], saliency[:, 0], text, budget,
+            text_mask=text_mask, config=config, return_important=return_important,
+        )
+    K, step, device = budget, config.diversity_step, vision.device
 
-    # 1-4. Importance of every token from its own frame: frames folded into the batch, text shared.
+    # 1. Importance of every token from its own frame (steps 1-4): frames folded into the batch, text shared.
     dtype = score_dtype(vision, projected, saliency, text)
     frame_text = frame_mask = None
     if text is not None:
@@ -162,70 +212,109 @@ def select_video_tokens(
     frame_projected = projected.reshape(B * T, N, D).to(dtype)
     score = fused_scores(
         frame_projected, saliency.reshape(B * T, N).to(dtype), frame_text, frame_mask, config
-    ).view(B, T, N)  # each frame min-max normalised to [0, 1]
-    # Tokens that match the question: at or above their frame's top-p relevance quantile (the tokens step 2
-    # leaves undamped). Where they are in each frame is the answer's information, so they may repeat.
-    matched = torch.zeros(B, T, N, dtype=torch.bool, device=vision.device)
+    ).view(B, T, N)  # each frame min-max normalised to [0, 1], so scores compare across frames
+    # Tokens that match the question: the few at or above their frame's top-p relevance quantile (the
+    # tokens step 2 leaves undamped). Where they are in each frame is the answer's information, so they
+    # may repeat other frames.
+    static = static_tokens(vision, NEAR_IDENTICAL)  # (B, T, N) repeats the same place of the previous frame
+    matched = torch.zeros(B, T, N, dtype=torch.bool, device=device)
     if text is not None:
         r = relevance(frame_projected, frame_text, frame_mask, config)  # (B*T, N), zero without text
         q = torch.quantile(r, 1 - config.top_p, dim=-1, keepdim=True, interpolation="linear")
-        matched = ((r >= q) & (r > 0)).view(B, T, N)
-    vision = vision.to(dtype)
-    static = static_tokens(vision, NEAR_IDENTICAL)  # (B, T, N)
-    flat = vision.reshape(B, T * N, Dv)
-    unit = F.normalize(flat, dim=-1)  # for cosines; the partition gets the features as the image rule does
-    frame_of = torch.arange(T * N, device=vision.device) // N  # (T*N,)
-    # The clip pool is about T frames' worth of residual: drop `step` tokens per frame per round, so the
-    # partition takes as many rounds as the image rule does for one frame (same cost shape, not T x).
-    step = config.diversity_step * T
-    rows, flags = [], []
-    for b in range(B):  # each clip has its own number of non-static tokens, so its own matrix sizes
-        # 2. Seen content: a non-static token with a near-identical non-static token in an EARLIER frame
-        # repeats content the clip already shows (first occurrence wins); question matches excepted.
-        eligible = (~static[b]).reshape(T * N).nonzero().squeeze(1)  # (E,) ascending: frame order
-        sim = unit[b, eligible] @ unit[b, eligible].T  # (E, E) cosine, computed once per clip
-        frame = frame_of[eligible]
-        seen = ((sim >= NEAR_IDENTICAL) & (frame[None, :] < frame[:, None])).any(dim=1)  # (E,)
-        new = ~seen | matched[b].reshape(T * N)[eligible]
-        # Candidates for importance and background: new content when the clip has enough of it to fill
-        # the budget; otherwise every non-static token (repeats are then unavoidable, and are better
-        # spent as each frame's own important tokens than as background).
-        candidates = eligible[new] if int(new.sum()) >= K else eligible
-        cand = torch.zeros(T * N, dtype=torch.bool, device=vision.device)
-        cand[candidates] = True
-        cand = cand.view(T, N)
-        position = torch.full((T * N,), -1, dtype=torch.long, device=vision.device)
-        position[eligible] = torch.arange(eligible.numel(), device=vision.device)  # row of sim
+        # At most the count the quantile leaves above it when values are distinct: on a flat frame every
+        # token ties at the quantile, and "matching" all of them would let the whole frame repeat.
+        top = torch.zeros_like(r, dtype=torch.bool)
+        top.scatter_(1, torch.sort(r, dim=-1, descending=True, stable=True).indices[:, : math.ceil(config.top_p * N)], True)
+        matched = ((r >= q) & (r > 0) & top).view(B, T, N)
+        # ...and only where the frame changed: a match that repeats the same place of the previous frame
+        # says nothing new about where the answer is.
+        matched &= ~static
+    flat = vision.to(dtype).reshape(B, T * N, Dv)
+    unit = F.normalize(flat, dim=-1)  # (B, T*N, Dv) for cosines; the partitions get `flat`, as the image rule does
+    frame_of = torch.arange(T * N, device=device) // N  # (T*N,)
 
-        # 3. Partition. Candidates rank above other non-static tokens, which rank above static ones
-        # (scores are in [0, 1], so +-2 moves a whole class); each frame's `floor` best candidates first.
-        s = score[b]
-        key = torch.where(cand, s, torch.where(static[b], s - 4, s - 2))
-        rank = torch.sort(key, dim=1, descending=True, stable=True).indices.argsort(dim=1)  # (T, N) in frame
-        forced = (rank < floor) & cand
-        priority = torch.where(forced, s + 2, key).reshape(T * N)
-        order = torch.sort(priority, descending=True, stable=True).indices  # (T*N,), ties frame-major
-        n_cand = candidates.numel()
-        n_imp = int(forced.sum()) if split == "per_frame" else min(k_imp, n_cand)
-        important = order[:n_imp]
-        pool = order[n_imp:n_cand]  # residual candidates, descending score
+    # 2. Each frame's `floor` important tokens, frame after frame: its best tokens that repeat no important
+    # token of an earlier frame (question matches excepted). A frame with fewer such tokens takes fewer,
+    # and the budget they leave goes to the background. (The loop is over frames; each step is batched.)
+    important = torch.zeros(B, T, N, dtype=torch.bool, device=device)
+    picked = torch.zeros(B, 0, dtype=torch.long, device=device)  # (B, t*floor) earlier frames' picks
+    valid = torch.zeros(B, 0, dtype=torch.bool, device=device)  # which of them are important
+    for t in range(T):
+        fresh = ~static[:, t]
+        if picked.shape[1]:
+            earlier = unit.gather(1, picked[:, :, None].expand(-1, -1, Dv))  # (B, t*floor, Dv)
+            cos = unit[:, t * N : (t + 1) * N] @ earlier.transpose(1, 2)  # (B, N, t*floor)
+            fresh = (fresh & ~((cos >= NEAR_IDENTICAL) & valid[:, None, :]).any(dim=-1)) | matched[:, t]
+        key = torch.where(fresh, score[:, t], score[:, t] - 2)  # scores are in [0, 1]: fresh tokens first
+        top = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :floor]  # (B, floor)
+        ok = fresh.gather(1, top)
+        important[:, t].scatter_(1, top, ok)
+        picked, valid = torch.cat([picked, top + t * N], dim=1), torch.cat([valid, ok], dim=1)
+
+    # 3. Every frame's own background, as the image rule picks it: the spec's partition (step 6) of the
+    # frame's tokens after its important ones (descending score), batched over all frames, first down to a
+    # reserve of about twice its share, then on to its share `k_frame`. The second call continues the
+    # rounds of the first, so the share is exactly the image rule's background and the reserve holds it.
+    M = N - floor
+    k_frame = min(M, (K - k_imp) // T)  # the frame-by-frame rule's background per frame
+    reserve = min(M, k_frame + (M - k_frame) % step + step * -(-k_frame // step))  # ~2 k_frame, on a round
+    frame_order = torch.sort(torch.where(important, score + 2, score), dim=2, descending=True, stable=True).indices
+    rest = (frame_order[:, :, floor:] + (torch.arange(T, device=device) * N)[None, :, None]).reshape(B, T * M)
+    features = flat.gather(1, rest[:, :, None].expand(-1, -1, Dv)).view(B * T, M, Dv)
+    reserved = diversity_partition(features, rest.view(B * T, M), reserve, step)  # (B*T, reserve), partition order
+    features = flat.gather(1, reserved.view(B, -1, 1).expand(-1, -1, Dv)).view(B * T, reserve, Dv)
+    shares = diversity_partition(features, reserved, k_frame, step).reshape(B, T * k_frame)
+    reserved = reserved.reshape(B, T * reserve)
+    by_score = torch.sort(score.view(B, T * N), dim=1, descending=True, stable=True).indices  # (B, T*N)
+
+    rows, flags = [], []
+    for b in range(B):  # clips differ in how many important and fresh tokens they have
+        chosen = important[b].reshape(T * N).clone()
+
+        def ranked(tokens: torch.Tensor) -> torch.Tensor:
+            """`tokens` not chosen yet, best score first."""
+            mask = torch.zeros(T * N, dtype=torch.bool, device=device)
+            mask[tokens] = True
+            return by_score[b][(mask & ~chosen)[by_score[b]]]
+
+        imp = by_score[b][chosen[by_score[b]]]
+        if split == "global" and imp.numel() < k_imp:
+            # Importance past the floors, ranked across the clip: the best tokens that repeat nothing kept.
+            rest_ranked = ranked(by_score[b])
+            extra = take_fresh(unit[b], frame_of, imp, rest_ranked, k_imp - imp.numel())
+            matches = rest_ranked[matched[b].reshape(T * N)[rest_ranked]]  # question matches may repeat
+            extra = ranked(torch.cat([extra, matches]))[: k_imp - imp.numel()]
+            chosen[extra] = True
+            imp = torch.cat([imp, extra])
+        n_imp = imp.numel()
         k_div = K - n_imp
-        # 4. Background repeats: pool tokens that look like an important token or a better-ranked pool
-        # token of ANOTHER frame are set aside (within a frame the partition judges redundancy).
-        both = torch.cat([important, pool])
-        sub = sim[position[pool]][:, position[both]]  # (M, n_imp + M)
-        before = torch.arange(both.numel(), device=sim.device)[None, :] < (
-            n_imp + torch.arange(pool.numel(), device=sim.device)[:, None]
-        )  # important tokens and pool tokens ranked above
-        repeat = ((sub >= NEAR_IDENTICAL) & before & (frame_of[pool][:, None] != frame_of[both][None, :])).any(dim=1)
-        fresh, repeats = pool[~repeat], pool[repeat]
-        if fresh.numel() >= k_div:
-            # 6. Diversity partition over the pooled residual of the whole clip.
-            diverse = diversity_partition(flat[b, fresh][None], fresh[None], k_div, step)[0]
+        # 4. Each frame's share, less the tokens that repeat a kept token of another frame: background
+        # shown in several frames is kept once.
+        static_b = static[b].reshape(T * N)
+        share = ranked(shares[b])
+        share = share[~repeats(unit[b], frame_of, imp, share)]
+        if share.numel() >= k_div:  # the shares alone fill the budget: the pooled partition thins them
+            diverse = diversity_partition(flat[b, share][None], share[None], k_div, step * T)[0]
         else:
-            # Fewer fresh tokens than the budget: keep them all, then repeats, then the rest by class and score.
-            diverse = torch.cat([fresh, repeats, order[n_cand:]])[:k_div]
-        kept, where = torch.cat([important, diverse]).sort()
+            # 5. The slots the repeats freed go to the clip's pooled reserve: the reserve tokens of every
+            # frame that repeat nothing kept, thinned by the spec's partition over the whole clip.
+            chosen[share] = True
+            spare = ranked(reserved[b])
+            spare = spare[~repeats(unit[b], frame_of, torch.cat([imp, share]), spare)]
+            need = k_div - share.numel()
+            if spare.numel() >= need:
+                diverse = torch.cat([share, diversity_partition(flat[b, spare][None], spare[None], need, step)[0]])
+            else:  # short of reserve tokens: any token that repeats nothing kept, least covered first, then the rest
+                chosen[spare] = True
+                kept_so_far = torch.cat([imp, share, spare])
+                rest = ranked(by_score[b])
+                # Least covered first, tokens that repeat the same place of the previous frame last.
+                covered = best_cosine(unit[b], rest, kept_so_far) + 3 * static_b[rest]
+                rest = rest[torch.sort(covered, stable=True).indices]
+                more = take_fresh(unit[b], frame_of, kept_so_far, rest, need - spare.numel())
+                chosen[more] = True
+                diverse = torch.cat([share, spare, more, rest[~chosen[rest]]])[:k_div]
+        kept, where = torch.cat([imp, diverse]).sort()
         rows.append(kept)
         flags.append(where < n_imp)
     kept = torch.stack(rows)

@@ -93,7 +93,7 @@ def test_deterministic(s, budget, split):
 @pytest.mark.parametrize("noise", [0.0, 1e-3])
 def test_identical_frames_keep_no_more_background_than_one_frame(split, noise):
     # Five (nearly) identical frames: every token of frames 1-4 repeats frame 0 at the same place, so the
-    # clip keeps each piece of content once, all of it in frame 0, as one frame would.
+    # clip keeps each piece of content once, as one frame would (in frame 0 when the frames are exact copies).
     T, N = 5, 40
     vision, projected, saliency, text = make_clip(0, 1, 1, N, 8, 8, 3)
     g = torch.Generator().manual_seed(1)
@@ -101,29 +101,29 @@ def test_identical_frames_keep_no_more_background_than_one_frame(split, noise):
     projected, saliency = projected.expand(1, T, N, 8), saliency.expand(1, T, N)
     for budget in (1, 7, 20, N):
         kept = select_video_tokens(vision, projected, saliency, text, budget, split=split)[0]
-        assert (kept < N).all(), "tokens of frames 1-4 only repeat frame 0"
         positions = (kept % N).tolist()
-        assert len(set(positions)) == len(positions) == budget
-    # More than one frame's worth: all of frame 0, then repeats only to fill the exact budget.
+        assert len(set(positions)) == len(positions) == budget, "a piece of content was kept twice"
+        if noise == 0:
+            assert (kept < N).all(), "tokens of frames 1-4 only repeat frame 0"
+    # More than one frame's worth: every piece of content, then repeats only to fill the exact budget.
     kept = select_video_tokens(vision, projected, saliency, text, N + 6, split=split)[0]
-    assert (kept[:N] == torch.arange(N)).all()
+    assert set((kept % N).tolist()) == set(range(N))
 
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_background_repeated_at_other_places_is_kept_once(split):
-    # A panning camera: frame t is frame 0 rolled by t places, so nothing is static, but every background
-    # token of a later frame repeats one of frame 0. Without text, the kept background has no two tokens
-    # with the same content, apart from tokens chosen as important (per frame, by design).
+    # A panning camera: frame t is frame 0 rolled by t places, so nothing is static, but every token of a
+    # later frame repeats one of frame 0. Without text (no question match may repeat), no content is kept
+    # twice while the clip has content not yet kept, and all of it is kept before anything repeats.
     T, N = 4, 48
     vision, projected, saliency, _ = make_clip(2, 1, 1, N, 16, 8, 1)
     vision = torch.stack([vision[0, 0].roll(t, dims=0) for t in range(T)])[None]  # (1, T, N, 16)
     projected = torch.stack([projected[0, 0].roll(t, dims=0) for t in range(T)])[None]
     saliency = torch.stack([saliency[0, 0].roll(t, dims=0) for t in range(T)])[None]
-    kept, important = select_video_tokens(vision, projected, saliency, None, 60, split=split, return_important=True)
-    content = (kept[0] % N - kept[0] // N) % N  # which token of frame 0 each kept token shows
-    background = content[~important[0]].tolist()
-    assert len(set(background)) == len(background)
-    assert not set(background) & set(content[important[0]].tolist())
+    for budget in (12, 30, N, N + 12):
+        kept = select_video_tokens(vision, projected, saliency, None, budget, split=split)[0]
+        content = ((kept % N - kept // N) % N).tolist()  # which token of frame 0 each kept token shows
+        assert len(set(content)) == min(budget, N), f"budget {budget}: content kept twice before all was kept"
 
 
 @pytest.mark.parametrize("split", SPLITS)
