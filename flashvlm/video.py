@@ -63,11 +63,14 @@ def _check_split(split: str, min_per_frame: int | None, budget: int, T: int, N: 
     return k_imp, floor
 
 
-def static_tokens(vision: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(B, T, N, Dv) -> (B, T, N) bool: True where a token repeats the same place of the previous frame."""
-    cos = F.cosine_similarity(vision[:, 1:], vision[:, :-1], dim=-1)  # (B, T-1, N)
+def static_tokens(unit: torch.Tensor, N: int) -> torch.Tensor:
+    """(B, T*N, Dv) unit features -> (B, T, N) bool: True where a token is near-identical to the same place
+    of the previous frame."""
+    B, TN, _ = unit.shape
+    frames = unit.view(B, TN // N, N, -1)
+    cos = (frames[:, 1:] * frames[:, :-1]).sum(dim=-1)  # (B, T-1, N)
     first = torch.zeros_like(cos[:, :1], dtype=torch.bool)  # frame 0 repeats nothing
-    return torch.cat([first, cos >= threshold], dim=1)
+    return torch.cat([first, cos >= NEAR_IDENTICAL], dim=1)
 
 
 def repeats(unit: torch.Tensor, frame_of: torch.Tensor, kept: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
@@ -77,11 +80,12 @@ def repeats(unit: torch.Tensor, frame_of: torch.Tensor, kept: torch.Tensor, rank
 
     unit: (T*N, Dv) unit features of one clip; frame_of: (T*N,) each token's frame.
     """
-    R = ranked.numel()
-    other = frame_of[ranked][:, None] != frame_of[kept][None, :]
-    of_kept = ((unit[ranked] @ unit[kept].T >= NEAR_IDENTICAL) & other).any(dim=1)  # (R,)
-    earlier = torch.ones(R, R, dtype=torch.bool, device=unit.device).tril(-1)
-    near = (unit[ranked] @ unit[ranked].T >= NEAR_IDENTICAL) & earlier & (frame_of[ranked][:, None] != frame_of[ranked][None, :])
+    R, K = ranked.numel(), kept.numel()
+    both = torch.cat([kept, ranked])
+    x = unit[ranked]  # (R, Dv)
+    near = (x @ unit[both].T >= NEAR_IDENTICAL) & (frame_of[ranked][:, None] != frame_of[both][None, :])  # (R, K+R)
+    of_kept = near[:, :K].any(dim=1)  # (R,)
+    near = near[:, K:] & torch.ones(R, R, dtype=torch.bool, device=unit.device).tril(-1)  # earlier tokens only
     # Greedy in order, solved as a fixed point: each pass settles at least one more leading token, and
     # chains of near-identical tokens are short, so this takes a few passes of (R, R) boolean work.
     taken = ~of_kept
@@ -99,12 +103,11 @@ def best_cosine(unit: torch.Tensor, tokens: torch.Tensor, kept: torch.Tensor, ch
     return torch.cat([(unit[part] @ unit[kept].T).amax(dim=1) for part in tokens.split(chunk)])
 
 
-def take_fresh(
-    unit: torch.Tensor, frame_of: torch.Tensor, kept: torch.Tensor, ranked: torch.Tensor, need: int, chunk: int = 1024
-) -> torch.Tensor:
+def take_fresh(unit: torch.Tensor, frame_of: torch.Tensor, kept: torch.Tensor, ranked: torch.Tensor, need: int) -> torch.Tensor:
     """The first `need` tokens of `ranked` that repeat nothing: no near-identical token of another frame
-    among `kept` or the tokens taken before them. Reads `ranked` in chunks and stops once it has `need`,
-    so a long clip never builds its whole (T*N, T*N) cosine matrix."""
+    among `kept` or the tokens taken before them. Reads `ranked` in chunks of 2 * need (most tokens repeat
+    nothing) and stops once it has `need`, so a long clip never builds its whole cosine matrix."""
+    chunk = max(2 * need, 256)
     taken: list[torch.Tensor] = []
     count = 0
     for start in range(0, ranked.numel(), chunk):
@@ -216,7 +219,9 @@ def select_video_tokens(
     # Tokens that match the question: the few at or above their frame's top-p relevance quantile (the
     # tokens step 2 leaves undamped). Where they are in each frame is the answer's information, so they
     # may repeat other frames.
-    static = static_tokens(vision, NEAR_IDENTICAL)  # (B, T, N) repeats the same place of the previous frame
+    flat = vision.to(dtype).reshape(B, T * N, Dv)
+    unit = F.normalize(flat, dim=-1)  # (B, T*N, Dv) for cosines; the partitions get `flat`, as the image rule does
+    static = static_tokens(unit, N)  # (B, T, N)
     matched = torch.zeros(B, T, N, dtype=torch.bool, device=device)
     if text is not None:
         r = relevance(frame_projected, frame_text, frame_mask, config)  # (B*T, N), zero without text
@@ -229,8 +234,6 @@ def select_video_tokens(
         # ...and only where the frame changed: a match that repeats the same place of the previous frame
         # says nothing new about where the answer is.
         matched &= ~static
-    flat = vision.to(dtype).reshape(B, T * N, Dv)
-    unit = F.normalize(flat, dim=-1)  # (B, T*N, Dv) for cosines; the partitions get `flat`, as the image rule does
     frame_of = torch.arange(T * N, device=device) // N  # (T*N,)
 
     # 2. Each frame's `floor` important tokens, frame after frame: its best tokens that repeat no important
