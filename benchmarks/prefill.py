@@ -11,6 +11,12 @@ holds one image's visual tokens plus a realistic ~40 text tokens. Timed:
 - pruned K: `select_tokens` on that image's real-size features (vision Dv, projected D, saliency, the
   question's embeddings) + gathering the kept rows + prefill of the prompt with K visual tokens.
 
+On CPU the decoder's linear layers run with their weights prepacked once for oneDNN
+(`torch.utils.mkldnn.to_mkldnn`, `--weights prepacked`, the default), as a CPU inference server would
+(IPEX, inductor's freezing): plain `nn.Linear` re-lays out every weight matrix on every call, a fixed cost
+per layer that does not shrink with the prompt and so hides part of what pruning saves. Outputs match plain
+`nn.Linear` to float32 rounding. `--weights plain` measures the unprepacked model.
+
 Prefill is the decoder stack's forward (layers and final norm) with a fresh KV cache, as in the first
 step of `generate`. The LM head is left out: it runs on the last position only, a constant that is well under
 1% of the full 32-layer model's prefill but that a 2-layer slice would weigh 16 times more. The selection's
@@ -127,7 +133,7 @@ def qwen2_5_vl_7b() -> DecoderShape:
     )
 
 
-def run_qwen2_5_vl_video(shape: DecoderShape, layers: int, repeats: int, device: torch.device) -> dict:
+def run_qwen2_5_vl_video(shape: DecoderShape, layers: int, repeats: int, device: torch.device, weights: str) -> dict:
     """Full clip against kept tokens, each pruned case timed end to end as the adapter runs it:
 
     saliency (received attention of the last vision block, one full-attention window per temporal patch, on
@@ -138,6 +144,7 @@ def run_qwen2_5_vl_video(shape: DecoderShape, layers: int, repeats: int, device:
     from flashvlm.models.qwen2_5_vl import received_attention
 
     model = shape.build(layers).to(device)
+    prepack(model.language_model, device, weights)
     cfg = model.config  # Qwen2_5_VLConfig: the placeholder id and the vision geometry get_rope_index reads
     g = torch.Generator().manual_seed(1)
     T, N, D, Dv = shape.frames, shape.tokens_per_image, shape.width, shape.vision_width
@@ -232,15 +239,25 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def prepack(model: torch.nn.Module, device: torch.device, weights: str) -> torch.nn.Module:
+    """On CPU with weights="prepacked": every nn.Linear becomes a oneDNN linear with its weight laid out
+    once (in place). Elsewhere the model is returned as it is."""
+    if weights == "prepacked" and device.type == "cpu":
+        from torch.utils.mkldnn import to_mkldnn
+
+        return to_mkldnn(model)
+    return model
+
+
 def prefill(model: torch.nn.Module, embeds: torch.Tensor) -> torch.Tensor:
     """The first step of generate: the whole prompt through the decoder stack, filling a fresh KV cache."""
     return model(inputs_embeds=embeds, use_cache=True).last_hidden_state  # (1, S, D)
 
 
-def run(shape: DecoderShape, layers: int, repeats: int, device: torch.device) -> dict:
+def run(shape: DecoderShape, layers: int, repeats: int, device: torch.device, weights: str) -> dict:
     if shape.runner is not None:
-        return shape.runner(shape, layers, repeats, device)
-    model = shape.build(layers).to(device)
+        return shape.runner(shape, layers, repeats, device, weights)
+    model = prepack(shape.build(layers).to(device), device, weights)
     g = torch.Generator().manual_seed(1)
     N, D = shape.tokens_per_image, shape.width
     vision = torch.randn(1, N, shape.vision_width, generator=g).to(device)  # (1, N, Dv)
@@ -282,6 +299,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: torch's); 1 is steadier on a machine shared with other jobs")
+    parser.add_argument("--weights", choices=["prepacked", "plain"], default="prepacked",
+                        help="CPU only: decoder linears with oneDNN-prepacked weights, or plain nn.Linear")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -289,15 +308,17 @@ def main() -> None:
     shape = MODELS[args.model]()
     print(
         f"{shape.name}: decoder width {shape.width}, {args.layers}-layer slice, float32, device {device}, "
+        f"weights {args.weights if device.type == 'cpu' else 'plain'}, "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}"
     )
-    results = run(shape, args.layers, args.repeats, device)
+    results = run(shape, args.layers, args.repeats, device, args.weights)
 
     N, text = shape.tokens_per_image * shape.frames, shape.text_tokens
     full = results["full"]
     print(f"\n  {'visual tokens':>14} {'prompt':>7} {'selection ms':>13} {'prefill+sel ms':>15} {'speedup':>8}")
     print(f"  {N:>14} {N + text:>7} {'-':>13} {full * 1e3:>15.1f} {1.0:>7.2f}x")
     summary: dict[str, object] = {"model": shape.name, "layers": args.layers, "device": str(device),
+                                  "weights": args.weights if device.type == "cpu" else "plain",
                                   "full_ms": round(full * 1e3, 1)}
     for budget in shape.budgets:
         total, sel = results[f"pruned_{budget}"], results[f"select_{budget}"]
