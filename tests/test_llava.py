@@ -332,6 +332,51 @@ def test_answer_video_unpruned_matches_model_generate(llava):
     assert answer.text == text.strip()
 
 
+def test_answer_video_inputs_equal_the_processors(llava):
+    """The fast input paths (pixel table, one <image> per frame then expanded) give the processor's tensors."""
+    model, processor = llava
+    vlm = flashvlm.wrap(model, budget=32, processor=processor)
+    rng = np.random.default_rng(3)
+    at_size = rng.integers(0, 256, (3, 336, 336, 3), dtype=np.uint8)
+    at_size.flags.writeable = False  # as the pipeline hands them over (a view of Arrow's buffer)
+    expected = processor.image_processor(images=list(at_size), return_tensors="pt")["pixel_values"]
+    assert torch.equal(vlm.pixel_values(at_size), expected)
+    assert vlm._pixel_tables[(336, 336)] is not None  # the table was used
+    other = clip(2)  # 120 x 160: not the crop size, so the processor itself runs
+    assert torch.equal(vlm.pixel_values(other), processor.image_processor(images=list(other), return_tensors="pt")["pixel_values"])
+    assert vlm._pixel_tables[(120, 160)] is None
+
+    questions = ["What happens in the video?", "Where is the dog?", ""]
+    for frames in (1, 3):
+        ids, mask = vlm.video_prompts(questions, frames)
+        prompts = [f"USER: {processor.image_token * N * frames}\n{q} ASSISTANT:" for q in questions]
+        full = processor.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+        assert torch.equal(ids, full["input_ids"]) and torch.equal(mask, full["attention_mask"])
+    assert vlm._short_prompts is True
+
+
+def test_encode_images_stops_after_the_feature_layer(llava):
+    """The layers above vision_feature_layer never run; features and projection are still the model's own."""
+    model, processor = llava
+    vlm = flashvlm.wrap(model, budget=32, processor=processor)
+    pixel_values = batch(processor, QUESTIONS[:2])["pixel_values"]
+    layers = model.model.vision_tower.encoder.layers
+    before = [len(layer._forward_hooks) for layer in layers]  # transformers may have hooks of its own there
+    ran = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(layers)]
+    try:
+        vision, projected, _ = vlm.encode_images(pixel_values)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == list(range(vlm.feature_layer + 1)) and vlm.feature_layer < len(layers) - 1
+    assert [len(layer._forward_hooks) for layer in layers] == before  # the early stop removed its hook
+    with torch.no_grad():
+        own = model.model.get_image_features(pixel_values=pixel_values)
+    assert torch.equal(vision, own.hidden_states[-2][:, 1:])
+    assert torch.equal(projected, torch.stack(list(own.pooler_output)))
+
+
 # --------------------------------------------------------------------------------------------------
 # Contracts and bad inputs
 # --------------------------------------------------------------------------------------------------

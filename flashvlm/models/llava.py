@@ -6,10 +6,16 @@ What is LLaVA-specific, and nothing else:
   (`vision_feature_layer`, -2 for LLaVA-1.5), averaged over heads. `ClsAttentionSaliency` hooks that
   layer's query and key projections and computes the one [CLS] row from their outputs, so the tower
   keeps its fused attention (sdpa) and no attention matrix is ever materialised;
-- features: one pass of `get_image_features`, which returns both the chosen layer's patch features
-  (Dv) and their projection (D); the kept rows of that one projection are what the language model sees;
+- features: one pass of the vision tower that stops after the layer the features come from (the layers
+  above it are never needed: LLaVA-1.5 reads layer -2, so the last layer is skipped), then the model's
+  own projector; the kept rows of that one projection are what the language model sees;
 - the prompt: every <image> placeholder run of N = 576 tokens is one image; video frames are T images
   in one LLaVA-1.5 prompt.
+
+`answer_video` prepares its inputs without the per-frame overheads of the generic processor call, with
+identical results: frames already at the processor's crop size go through a per-channel lookup table
+read off the image processor's own output (`PixelTable`), and prompts are tokenized with one <image>
+per frame, then expanded to N placeholders (checked once against the processor's full expansion).
 
 Shapes: B prompts, S prompt length, M images, T frames, N patches per image (576), Dv the CLIP width,
 D the language model's width, H heads, K kept tokens per image.
@@ -101,6 +107,85 @@ class ClsAttentionSaliency:
         self._cls_query = self._keys = None
 
 
+class _FeatureLayerReached(Exception):
+    """Raised by the hook of `StopAfterLayer` to end the vision tower's forward early."""
+
+
+class StopAfterLayer:
+    """Context manager that ends a forward pass right after `layer` and keeps that layer's output.
+
+    The layers above the feature layer feed nothing the adapter uses (LLaVA-1.5 reads layer -2, so
+    running the tower to the end computes a whole layer for nothing). The tower runs its own code up to
+    the layer; the exception that stops it is caught here.
+
+        with StopAfterLayer(tower.encoder.layers[i]) as stop:
+            tower(pixel_values)
+        stop.output  # (M, S, Dv), what hidden_states[i + 1] would be
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer = layer
+        self.output: torch.Tensor | None = None
+        self._handle: Any = None
+
+    def _on_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.output = output[0] if isinstance(output, (tuple, list)) else output
+        raise _FeatureLayerReached
+
+    def __enter__(self) -> "StopAfterLayer":
+        self.output = None
+        self._handle = self.layer.register_forward_hook(self._on_output)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self._handle.remove()
+        self._handle = None
+        return exc_type is _FeatureLayerReached  # the early stop is the expected way out
+
+
+class PixelTable:
+    """An image processor's exact output for frames already at its crop size, as a lookup table.
+
+    For an image of exactly the crop size, a CLIP-style processor (resize the shortest side to the crop
+    size, centre crop, rescale, normalise) maps every pixel on its own: channel c of value v always
+    becomes the same float. The table holds those 3 x 256 floats, read off the processor's own output
+    for a probe image that contains every value in every channel, so the arithmetic is the processor's;
+    `from_processor` returns None unless the processor is such a per-pixel map on that probe (the
+    adapter then calls the processor itself). Applying the table is one gather per channel instead of
+    the processor's per-frame PIL and float64 passes.
+    """
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table  # (3, 256) in the processor's output dtype
+
+    @classmethod
+    def from_processor(cls, image_processor: Any, height: int, width: int) -> "PixelTable | None":
+        if height * width < 256:
+            return None
+        probe = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        probe.reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every value, every channel
+        try:
+            out = image_processor(images=[probe], return_tensors="pt")["pixel_values"]
+        except Exception:
+            return None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 3, height, width) or not out.is_floating_point():
+            return None
+        index = torch.from_numpy(probe).permute(2, 0, 1).reshape(3, -1).long()  # (3, H*W)
+        values = out[0].reshape(3, -1)
+        table = torch.zeros(3, 256, dtype=out.dtype).scatter_(1, index, values)
+        if not torch.equal(table.gather(1, index), values):  # not a per-pixel map: no table
+            return None
+        return cls(table.numpy())
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> (T, 3, H, W) pixel values, equal to the processor's."""
+        T, H, W, _ = frames.shape
+        out = np.empty((T, 3, H, W), dtype=self.table.dtype)
+        for c in range(3):
+            np.take(self.table[c], frames[..., c], out=out[:, c])
+        return torch.from_numpy(out)
+
+
 def feature_layer_index(vision_feature_layer: int, num_layers: int) -> int:
     """Index of the encoder layer whose output is `hidden_states[vision_feature_layer]`.
 
@@ -136,10 +221,13 @@ class LlavaAdapter(TokenSelectionAdapter):
             raise ValueError(f"model's vision tower must be a CLIP vision model, got {type(tower).__name__}")
         layers = tower.encoder.layers
         self.feature_layer = feature_layer_index(config.vision_feature_layer, len(layers))
-        self.attention = layers[self.feature_layer].self_attn
+        self.feature_block = layers[self.feature_layer]
+        self.attention = self.feature_block.self_attn
         vision = config.vision_config
         self.tokens_per_image = (vision.image_size // vision.patch_size) ** 2  # N: 576 for LLaVA-1.5
         self.image_token_id = config.image_token_id
+        self._pixel_tables: dict[tuple[int, int], PixelTable | None] = {}  # per frame size
+        self._short_prompts: bool | None = None  # one <image> per frame, expanded: checked on first use
 
     # ----------------------------------------------------------------------------------------------
     # Vision side
@@ -157,10 +245,14 @@ class LlavaAdapter(TokenSelectionAdapter):
             raise ValueError(f"pixel_values must be a tensor of shape (M, 3, H, W), got {getattr(pixel_values, 'shape', pixel_values)!r}")
         tower = self.model.model.vision_tower
         pixel_values = pixel_values.to(device=tower.device, dtype=tower.dtype)
-        with ClsAttentionSaliency(self.attention) as hook:
-            out = self.model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
-        vision = out.hidden_states[self.model.config.vision_feature_layer][:, 1:]  # (M, N, Dv)
-        projected = torch.stack(list(out.pooler_output))  # (M, N, D), the model's own projection
+        # The tower runs up to the feature layer only: what get_image_features would compute, without
+        # the layers above it (whose outputs LLaVA never reads).
+        with ClsAttentionSaliency(self.attention) as hook, StopAfterLayer(self.feature_block) as stop:
+            tower(pixel_values)
+        if stop.output is None:
+            raise RuntimeError("the vision tower never reached its feature layer")
+        vision = stop.output[:, 1:]  # (M, N, Dv): hidden_states[vision_feature_layer], [CLS] dropped
+        projected = self.model.model.multi_modal_projector(vision)  # (M, N, D), the model's own projection
         if hook.saliency is None:
             raise RuntimeError("the saliency hook did not fire: the vision tower skipped its attention layer")
         return vision, projected, hook.saliency
@@ -248,6 +340,52 @@ class LlavaAdapter(TokenSelectionAdapter):
     # Video
     # ----------------------------------------------------------------------------------------------
 
+    def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, 3, H', W') pixel values of uint8 (T, H, W, 3) frames, exactly as the image processor gives them.
+
+        Frames already at the processor's crop size (the pipeline decodes them at that size) go through
+        the processor's `PixelTable`; any other size, or a processor that is not a per-pixel map there,
+        goes through the processor itself.
+        """
+        image_processor = self.processor.image_processor
+        size = (int(frames.shape[1]), int(frames.shape[2]))
+        if size not in self._pixel_tables:
+            crop = getattr(image_processor, "crop_size", None)
+            crop = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (getattr(crop, "height", None), getattr(crop, "width", None))
+            self._pixel_tables[size] = PixelTable.from_processor(image_processor, *size) if crop == size else None
+        table = self._pixel_tables[size]
+        if table is None:
+            return image_processor(images=list(frames), return_tensors="pt")["pixel_values"]
+        return table(frames)
+
+    def video_prompts(self, questions: Sequence[str], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded (Q, S) input_ids and attention_mask of one LLaVA-1.5 video prompt per question.
+
+        Tokenizing N * T placeholder strings per prompt costs more than everything else in the prompt;
+        the prompts are tokenized with one <image> per frame and each image id is then repeated N
+        times, which is the processor's own expansion whenever <image> is an atomic token. That is
+        checked on the first call against the full expansion; should it ever differ, the full
+        expansion is used from then on.
+        """
+        N = self.tokens_per_image
+        image = self.processor.image_token
+        if self._short_prompts is not False:
+            short = [VIDEO_PROMPT.format(images=image * frames, question=q) for q in questions]
+            encoded = self.tokenizer(short, padding=True, padding_side="left", return_tensors="pt")
+            ids, mask = encoded["input_ids"], encoded["attention_mask"]
+            repeats = torch.where(ids == self.image_token_id, N, 1)  # (Q, S0): every row has T images
+            input_ids = torch.stack([row.repeat_interleave(r) for row, r in zip(ids, repeats)])
+            attention_mask = torch.stack([row.repeat_interleave(r) for row, r in zip(mask, repeats)])
+            if self._short_prompts:
+                return input_ids, attention_mask
+        full = [VIDEO_PROMPT.format(images=image * N * frames, question=q) for q in questions]
+        encoded = self.tokenizer(full, padding=True, padding_side="left", return_tensors="pt")
+        if self._short_prompts is None:
+            self._short_prompts = torch.equal(input_ids, encoded["input_ids"]) and torch.equal(
+                attention_mask, encoded["attention_mask"]
+            )
+        return encoded["input_ids"], encoded["attention_mask"]
+
     @torch.no_grad()
     def answer_video(
         self, frames: np.ndarray | torch.Tensor, questions: Sequence[str], *, max_new_tokens: int = 32
@@ -265,12 +403,10 @@ class LlavaAdapter(TokenSelectionAdapter):
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         T, N, Q = frames.shape[0], self.tokens_per_image, len(questions)
 
-        pixel_values = self.processor.image_processor(images=list(frames), return_tensors="pt")["pixel_values"]
-        placeholders = self.processor.image_token * N  # the processor's own expansion of one <image>
-        prompts = [VIDEO_PROMPT.format(images=placeholders * T, question=q) for q in questions]
-        encoded = self.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+        pixel_values = self.pixel_values(frames)  # (T, 3, H, W)
+        input_ids, attention_mask = self.video_prompts(questions, T)  # (Q, S)
         device = self.model.device
-        input_ids, attention_mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)  # (Q, S)
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         is_visual = visual_placeholders(input_ids, self.image_token_id, N, Q * T)  # (Q, S), T * N per row
 
         vision, projected, saliency = self.encode_images(pixel_values)  # (T, N, Dv), (T, N, D), (T, N): once
