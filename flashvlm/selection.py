@@ -206,37 +206,61 @@ def fused_scores(
 # --------------------------------------------------------------------------------------------------
 
 
+# Each token's most similar tokens, looked up before any pair is read: in the early rounds, where B is half of
+# the list, the first of them that is in B is almost always among these few.
+NEIGHBOURS = 8
+
+
 def diversity_partition(features: torch.Tensor, residual: torch.Tensor, keep: int, step: int) -> torch.Tensor:
-    """Shrink each row's residual list to `keep` tokens that stay visually diverse.
+    """Shrink each row's residual list to `keep` tokens that stay visually diverse (step 6 of the spec).
 
     features: (B, M, Dv) features of the residual tokens, in residual order (normalised here).
     residual: (B, M) token indices, in descending score order.
-    Returns (B, keep) token indices (not sorted).
+    Returns (B, keep) token indices, in the partition's final order (not sorted).
 
-    The cosine matrix of the residual tokens is computed once per row and only indexed afterwards.
-    Every row has the same M, so every round has the same shapes across the batch.
+    The cosine matrix of the residual tokens is computed once per row and only read afterwards: a
+    round needs, for every token a of A, max over b in B of cos(a, b). Each token's NEIGHBOURS most
+    similar tokens are sorted once (topk), so that max is the cosine of the first of them that is in
+    B; rows whose neighbours are all outside B, and the late rounds where B is small, read every
+    (a, b) pair directly. Both give exactly the maximum. Every row has the same M, so every round has
+    the same shapes across the batch.
     """
     B, M = residual.shape
     if keep >= M:
         return residual
     if keep == 0:
         return residual[:, :0]
-    norm = torch.linalg.vector_norm(features, dim=-1).clamp_min(1e-12)  # (B, M)
-    sim = (features @ features.transpose(1, 2)) / (norm[:, :, None] * norm[:, None, :])  # (B, M, M) cosine
-    sim = sim.reshape(B, M * M)  # flat, so that each round is one gather
-    R = torch.arange(M, device=residual.device).expand(B, M)  # positions into the residual list
+    device = residual.device
+    unit = features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = (unit @ unit.transpose(1, 2)).reshape(B * M * M)  # (B, M, M) cosines, flat: one gather a read
+    k = min(NEIGHBOURS, M)
+    neighbours = sim.view(B * M, M).topk(k, dim=1).indices  # (B*M, k) most similar first
+    offset = torch.arange(B, device=device)[:, None] * M  # (B, 1): row b's tokens are b*M .. b*M + M-1
+    R = torch.arange(M, device=device).expand(B, M)  # positions into the residual list
     while R.shape[1] > keep:
-        n = R.shape[1]
-        m = min(step, n - keep)
+        m = min(step, R.shape[1] - keep)
         A, Bo = R[:, 0::2], R[:, 1::2]  # even and odd positions of the current list
-        if A.shape[1] == 0 or Bo.shape[1] == 0:
+        a, b = A.shape[1], Bo.shape[1]
+        if a == 0 or b == 0:
             break
-        # For each token of A, its highest similarity to any token of B: (B, |A|)
-        pairs = (A[:, :, None] * M + Bo[:, None, :]).reshape(B, -1)  # (B, |A| * |B|) flat (a, b) indices
-        best = sim.gather(1, pairs).view(B, A.shape[1], Bo.shape[1]).amax(dim=-1)
+        rows = (A + offset).reshape(B * a)  # (B*a,) row of each A token in the stacked matrix
+        if b <= 2 * k:  # a small B: read every (a, b) pair
+            pairs = (rows.view(B, a, 1) * M + Bo[:, None, :]).reshape(-1)
+            best = sim.index_select(0, pairs).view(B, a, b).amax(dim=-1)
+        else:
+            in_b = torch.zeros(B, M, dtype=torch.bool, device=device)
+            in_b.scatter_(1, Bo, True)
+            near = neighbours.index_select(0, rows)  # (B*a, k)
+            hit = in_b.gather(1, near.view(B, a * k)).view(B * a, k)
+            first = near.gather(1, hit.to(torch.uint8).argmax(dim=1, keepdim=True)).squeeze(1)  # first in B
+            best = sim.index_select(0, rows * M + first).view(B, a)
+            miss = ~hit.any(dim=1)
+            if bool(miss.any()):  # no neighbour in B: every (a, b) pair of those rows
+                idx = miss.nonzero().squeeze(1)  # (n_miss,) into B*a
+                pairs = (rows[idx, None] * M + Bo[idx // a]).reshape(-1)
+                best.view(-1)[idx] = sim.index_select(0, pairs).view(-1, b).amax(dim=1)
         order = torch.sort(best, dim=1, descending=True, stable=True).indices  # most redundant first
-        kept_A = A.gather(1, order[:, m:])
-        R = torch.cat([kept_A, Bo], dim=1)
+        R = torch.cat([A.gather(1, order[:, m:]), Bo], dim=1)
     R = R[:, :keep]  # only reached past `keep` when keep == 0 stops on an empty B
     return residual.gather(1, R)
 
