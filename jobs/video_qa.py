@@ -167,7 +167,8 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table):
     return ray.data.from_arrow(blocks).map_batches(
         DecodeVideos,
         fn_constructor_kwargs=dict(
-            **cfg.sampling.model_dump(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s
+            **cfg.sampling.model_dump(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
+            threads=cfg.ray.decode_threads,
         ),
         batch_size=cfg.ray.decode_batch_size,
         batch_format="pyarrow",

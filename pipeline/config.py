@@ -128,6 +128,10 @@ class RayConfig(_Strict):
     decode_actors: Union[int, tuple[int, int]] = Field(default=1, description="decode pool size, or [min, max]")
     decode_batch_size: int = Field(default=4, ge=1, description="videos per decode call")
     decode_num_cpus: float = Field(default=1.0, gt=0)
+    decode_threads: int = Field(
+        default=1, ge=0, description="decoder threads per decode actor (0: the decoder's choice, every core); "
+        "1 keeps each actor to the CPU Ray reserved for it: scale decoding with decode_actors"
+    )
     decode_timeout_s: Optional[float] = Field(
         default=120.0, gt=0, description="per video; a decoder that hangs is killed. None: no timeout, in-process"
     )

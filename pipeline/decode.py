@@ -43,6 +43,7 @@ class Sampling:
     fps: Optional[float] = None
     size: int = 336
     resize: str = "crop"
+    threads: int = 0  # decoder threads; 0: the decoder's choice (every core)
 
 
 class DecodeError(RuntimeError):
@@ -115,7 +116,7 @@ def _clean(message: str) -> str:
 def _decode_decord(data: bytes, s: Sampling) -> tuple[np.ndarray, dict]:
     from decord import VideoReader, cpu
 
-    reader = VideoReader(io.BytesIO(data), ctx=cpu(0))
+    reader = VideoReader(io.BytesIO(data), ctx=cpu(0), num_threads=s.threads)
     n = len(reader)
     fps = float(reader.get_avg_fps() or 0) or None
     duration = n / fps if fps else None
@@ -148,6 +149,8 @@ def _decode_pyav(data: bytes, s: Sampling) -> tuple[np.ndarray, dict]:
     with av.open(io.BytesIO(data)) as container:  # reopened: seeking back is unreliable without an index
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if s.threads:
+            stream.thread_count = s.threads
         for i, frame in enumerate(container.decode(stream)):
             decoded, previous = i + 1, frame
             if i in wanted:
@@ -310,8 +313,9 @@ class DecodeVideos:
         resize: str = "crop",
         storage_options: Optional[Mapping[str, Any]] = None,
         timeout_s: Optional[float] = 120.0,
+        threads: int = 0,
     ):
-        self.sampling = Sampling(frames=frames, fps=fps, size=size, resize=resize)
+        self.sampling = Sampling(frames=frames, fps=fps, size=size, resize=resize, threads=threads)
         self.storage_options = dict(storage_options or {})
         self.timeout_s = timeout_s
         self.helper = _Helper() if timeout_s else None

@@ -89,6 +89,16 @@ def test_decord_and_pyav_give_the_same_pixels(shared_videos):
         assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() < 1.0
 
 
+def test_one_decoder_thread_gives_the_same_frames(shared_videos):
+    # ray.decode_threads=1 (the default) keeps each decode actor to its one reserved CPU; it must not change
+    # a single pixel against the decoders' own threading.
+    data = (shared_videos / "chaplin.mp4").read_bytes()
+    for decode in (_decode_decord, _decode_pyav):
+        a, _ = decode(data, Sampling(frames=4, threads=1))
+        b, _ = decode(data, Sampling(frames=4, threads=0))
+        assert np.array_equal(a, b), decode.__name__
+
+
 # ---- pure pieces ---------------------------------------------------------------------------------------
 
 
