@@ -1,10 +1,11 @@
 """Pipeline throughput: decode-only (the ceiling here) against the full job with the tiny model.
 
-    python benchmarks/pipeline.py [--inputs 64] [--config configs/demo.yaml] [--set key=value ...]
+    python benchmarks/pipeline.py [--inputs 128] [--rounds 3] [--config configs/demo.yaml] [--set key=value ...]
 
 The clips of ../shared/videos (or generated ones when absent) are repeated, through symlinks, to at
-least `--inputs` videos. On one local Ray, in one run: first the decode stage alone (frames/s of decoded
-frames), then the whole job (list -> decode -> answer -> write) on the same inputs. Peak memory is the
+least `--inputs` videos. On one local Ray, `--rounds` times: first the decode stage alone (frames/s of decoded
+frames), then the whole job (list -> decode -> answer -> write) on the same inputs; each figure keeps its best
+round (load from elsewhere only ever slows a run down), and every round's ratio is printed too. Peak memory is the
 largest total resident memory of this process and all its descendants (Ray's GCS, raylet and workers,
 which a local `ray.init` starts under it), sampled every 0.2 s.
 
@@ -79,38 +80,56 @@ def make_inputs(folder: Path, count: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--inputs", type=int, default=64)
+    # 128 rather than the minimum 64: the model actor's start (importing torch and transformers, 2-5 s here)
+    # is paid once per job, and a batch job runs far more videos than either.
+    parser.add_argument("--inputs", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="decode-only + full runs; each measure keeps its best")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="flashvlm-bench-"))
     make_inputs(work / "videos", args.inputs)
-    cfg = load_config(args.config, [f"input.uri={work / 'videos'}", f"output.uri={work / 'output'}",
-                                    "run_id=benchmark", *args.overrides])
+
+    def config(round_: int):  # every round writes its own output, so each full run does all the work
+        return load_config(args.config, [f"input.uri={work / 'videos'}", f"output.uri={work / f'output{round_}'}",
+                                         f"run_id=benchmark{round_}", *args.overrides])
+
+    cfg = config(0)
     listed, _ = list_inputs(cfg, cfg.input.uri)
     print(f"{listed.num_rows} inputs, {cfg.sampling.frames} frames each at {cfg.sampling.size}px, model {cfg.model.name}, "
-          f"budget {cfg.selection.budget}/frame, decode actors {cfg.ray.decode_actors}, model actors {cfg.ray.model_actors}")
+          f"budget {cfg.selection.budget}/frame, decode actors {cfg.ray.decode_actors}, model actors {cfg.ray.model_actors}, "
+          f"{args.rounds} rounds")
 
+    rounds = []  # (decode_s, decoded_frames, decode_errors, record) per round
     with PeakMemory() as memory:
         init_ray(cfg)
-        # 1. decode alone
-        start = time.perf_counter()
-        decoded_frames, decode_errors = 0, 0
-        for batch in decode_dataset(cfg, listed).iter_batches(batch_format="pyarrow", batch_size=None):
-            for shape, error in zip(batch["frames_shape"].to_pylist(), batch["error"].to_pylist()):
-                if error is None:
-                    decoded_frames += shape[0]
-                else:
-                    decode_errors += 1
-        decode_s = time.perf_counter() - start
-        # 2. the whole job, same Ray, same inputs
-        record = run(cfg)
+        for r in range(args.rounds):
+            cfg = config(r)
+            # 1. decode alone
+            start = time.perf_counter()
+            decoded_frames, decode_errors = 0, 0
+            for batch in decode_dataset(cfg, listed).iter_batches(batch_format="pyarrow", batch_size=None):
+                for shape, error in zip(batch["frames_shape"].to_pylist(), batch["error"].to_pylist()):
+                    if error is None:
+                        decoded_frames += shape[0]
+                    else:
+                        decode_errors += 1
+            decode_s = time.perf_counter() - start
+            # 2. the whole job, same Ray, same inputs
+            record = run(cfg)
+            rounds.append((decode_s, decoded_frames, decode_errors, record))
+            print(f"  round {r + 1}: decode only {decoded_frames / decode_s:.2f} frames/s, "
+                  f"full pipeline {record['frames_decoded'] / record['pipeline_s']:.2f} frames/s")
 
+    # Each measure keeps its best round: on a shared machine, load from elsewhere only ever slows a run down.
+    decode_s, decoded_frames, decode_errors, _ = min(rounds, key=lambda x: x[0] / x[1])
+    record = min((x[3] for x in rounds), key=lambda rec: rec["pipeline_s"] / rec["frames_decoded"])
     decode_fps = decoded_frames / decode_s
     pipeline_fps = record["frames_decoded"] / record["pipeline_s"]
     result = {
         "inputs": listed.num_rows,
+        "rounds": args.rounds,
         "decode_fps": round(decode_fps, 2),
         "pipeline_fps": round(pipeline_fps, 2),
         "pipeline_vs_decode": round(pipeline_fps / decode_fps, 3),
@@ -121,6 +140,7 @@ def main() -> None:
         "decode_s_summed": round(record["decode_s"], 1),
         "videos_ok": record["videos_ok"],
         "videos_failed": record["videos_failed"],
+        "per_round_ratio": [round((x[3]["frames_decoded"] / x[3]["pipeline_s"]) / (x[1] / x[0]), 3) for x in rounds],
     }
     print(f"\n  decode only      {decoded_frames:6d} frames in {decode_s:6.1f} s  {decode_fps:7.2f} frames/s ({decode_errors} videos failed)")
     print(f"  full pipeline    {record['frames_decoded']:6d} frames in {record['pipeline_s']:6.1f} s  {pipeline_fps:7.2f} frames/s"
