@@ -26,6 +26,34 @@ BROKEN_CLIPS = ["corrupted.mp4", "empty.webm"]
 S3_KEY, S3_SECRET, S3_REGION = "testing-key", "testing-secret", "us-east-1"
 
 
+# The tiny-model job the fault and incremental tests run: two questions, two frames, budget 8.
+QUESTIONS = ["What is happening?", "What colour is it?"]
+
+
+def tiny_job_config(input_uri, output_uri, ray: dict, **extra):
+    """A validated JobConfig for the offline tiny LLaVA on CPU; `extra` replaces top-level sections."""
+    from pipeline.config import validate_config
+
+    data = {
+        "input": {"uri": str(input_uri)},
+        "questions": QUESTIONS,
+        "model": {"name": "flashvlm-tiny/llava", "dtype": "float32", "device": "cpu", "max_new_tokens": 4},
+        "sampling": {"frames": 2, "size": 336},
+        "selection": {"budget": 8},
+        "output": {"uri": str(output_uri)},
+        "ray": ray,
+    }
+    data.update(extra)
+    return validate_config(data)
+
+
+def job_module():
+    """jobs/video_qa.py, loaded as a module (it is a script, not part of a package)."""
+    from test_job import load_job
+
+    return load_job()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

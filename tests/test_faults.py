@@ -13,33 +13,17 @@ from pathlib import Path
 import pytest
 
 from pipeline.commit import STAGING
-from pipeline.config import validate_config
 from pipeline.synthetic import make_clip
 from pipeline.tables import read_table
+from pipeline_fixtures import QUESTIONS, job_module, tiny_job_config
 
 pytestmark = pytest.mark.slow
 
-QUESTIONS = ["What is happening?", "What colour is it?"]
-
-
-def job_module():
-    from test_job import load_job
-
-    return load_job()
+RAY = {"decode_batch_size": 1, "model_batch_size": 1, "write_batch_size": 1, "decode_timeout_s": 30}
 
 
 def config(input_uri, output_uri, **extra):
-    data = {
-        "input": {"uri": str(input_uri)},
-        "questions": QUESTIONS,
-        "model": {"name": "flashvlm-tiny/llava", "dtype": "float32", "device": "cpu", "max_new_tokens": 4},
-        "sampling": {"frames": 2, "size": 336},
-        "selection": {"budget": 8},
-        "output": {"uri": str(output_uri)},
-        "ray": {"decode_batch_size": 1, "model_batch_size": 1, "write_batch_size": 1, "decode_timeout_s": 30},
-    }
-    data.update(extra)
-    return validate_config(data)
+    return tiny_job_config(input_uri, output_uri, RAY, **extra)
 
 
 def make_inputs(folder: Path, n: int) -> Path:

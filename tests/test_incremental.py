@@ -14,34 +14,18 @@ import pyarrow as pa
 import pytest
 
 from pipeline.commit import STAGING, commit, recover, rollback, staging_uri
-from pipeline.config import validate_config
 from pipeline.schema import ERRORS
 from pipeline.synthetic import make_clip
 from pipeline.tables import done_keys, latest_answers, read_table, table_glob
 from pipeline.write import ParquetWriter, partition_dir
+from pipeline_fixtures import QUESTIONS, job_module, tiny_job_config
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = ["What is happening?", "What colour is it?"]
-
-
-def job_module():
-    from test_job import load_job
-
-    return load_job()
+RAY = {"decode_batch_size": 2, "model_batch_size": 2, "decode_timeout_s": 30}
 
 
 def config(input_uri, output_uri, **extra):
-    data = {
-        "input": {"uri": str(input_uri)},
-        "questions": QUESTIONS,
-        "model": {"name": "flashvlm-tiny/llava", "dtype": "float32", "device": "cpu", "max_new_tokens": 4},
-        "sampling": {"frames": 2, "size": 336},
-        "selection": {"budget": 8},
-        "output": {"uri": str(output_uri)},
-        "ray": {"decode_batch_size": 2, "model_batch_size": 2, "decode_timeout_s": 30},
-    }
-    data.update(extra)
-    return validate_config(data)
+    return tiny_job_config(input_uri, output_uri, RAY, **extra)
 
 
 def make_inputs(folder: Path, n: int = 3) -> Path:
