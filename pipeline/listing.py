@@ -130,10 +130,7 @@ class ListVideos:
         for entry in dict.fromkeys(_read_manifest(fs, path)):  # drop duplicates, keep order
             target = _resolve(entry, base)
             if not is_within(target, (base, *self.allowed_prefixes)):
-                error = PathOutsideInput(
-                    f"manifest entry {entry!r} resolves outside the input location {base}/ "
-                    "(add its location to input.allowed_prefixes to allow it); not read"
-                )
+                error = PathOutsideInput.entry("manifest", entry, base)
                 rows.append(_row(target, None, error=error))
                 continue
             try:

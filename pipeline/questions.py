@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.schema import LISTED
-from pipeline.storage import filesystem, is_within, normalize_uri
+from pipeline.storage import PathOutsideInput, filesystem, is_within, normalize_uri
 
 
 def read_questions_file(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> pa.Table:
@@ -96,9 +96,8 @@ def attach_questions(
     for key in sorted(set(per_video or {}) - seen):
         error_type, error = "FileNotFoundError", "named in questions_file but not found by the listing of input.uri"
         if input_uri is not None and not is_within(key, (_base_of(input_uri), *allowed_prefixes)):
-            error_type = "PathOutsideInput"
-            error = (f"questions_file entry {key} resolves outside the input location {_base_of(input_uri)}/ "
-                     "(add its location to input.allowed_prefixes to allow it); not read")
+            outside = PathOutsideInput.entry("questions_file", key, _base_of(input_uri))
+            error_type, error = type(outside).__name__, str(outside)
         out.append({**dict.fromkeys(LISTED.names), "video_uri": key, "questions": per_video[key],
                     "error_stage": "list", "error_type": error_type, "error": error})
     return pa.Table.from_pylist(out, schema=LISTED), skipped

@@ -103,6 +103,14 @@ def is_within(uri: str, roots) -> bool:
 class PathOutsideInput(PermissionError):
     """A manifest or questions-file entry that points outside the configured input location."""
 
+    @classmethod
+    def entry(cls, source: str, entry: str, base: str) -> "PathOutsideInput":
+        """The error for one `source` ("manifest", "questions_file") entry that resolves outside `base`."""
+        return cls(
+            f"{source} entry {entry!r} resolves outside the input location {base}/ "
+            "(add its location to input.allowed_prefixes to allow it); not read"
+        )
+
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     """pyarrow's view of an fsspec filesystem, so Parquet writes use the same credentials and endpoint."""
