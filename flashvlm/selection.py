@@ -71,14 +71,25 @@ def score_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def check_finite(name: str, x: torch.Tensor) -> None:
+def check_finite(name: str, x: torch.Tensor | None, summary: torch.Tensor | None = None) -> None:
     """ValueError if x holds NaN or Inf.
 
-    A finite sum proves every element finite (NaN and Inf propagate into it) at the cost of one read;
-    only a non-finite sum, which large finite values can also cause, pays for the exact elementwise check.
+    A finite reduction of x proves every element finite (NaN and Inf propagate into it), so only a
+    non-finite one, which large finite values can also cause, pays for the exact elementwise check.
+    `summary` is such a reduction the caller computes anyway (e.g. row norms); without it, x's sum.
     """
-    if x.is_floating_point() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    if x is None or not x.is_floating_point():
+        return
+    summary = x.sum() if summary is None else summary
+    if not bool(torch.isfinite(summary).all()) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+
+
+def row_norms(name: str, x: torch.Tensor) -> torch.Tensor:
+    """L2 norm of every row (last dim) of x, which also serves as x's NaN/Inf check (one read, not two)."""
+    norms = torch.linalg.vector_norm(x, dim=-1)
+    check_finite(name, x, norms)
+    return norms
 
 
 def check_inputs(
@@ -89,8 +100,10 @@ def check_inputs(
     budget: int,
     text_mask: torch.Tensor | None,
     lead: int,
+    values: bool = True,
 ) -> None:
-    """Validate shapes shared by the image rule (lead=1: B) and the video rule (lead=2: B, T).
+    """Validate shapes shared by the image rule (lead=1: B) and the video rule (lead=2: B, T), and with
+    values=True also that no input holds NaN or Inf (callers that read the inputs anyway check as they go).
 
     Every error is a ValueError that names the offending argument.
     """
@@ -129,8 +142,8 @@ def check_inputs(
             raise ValueError(f"text_mask must be a bool tensor, got {getattr(text_mask, 'dtype', type(text_mask).__name__)}")
         if text_mask.shape != text.shape[:2]:
             raise ValueError(f"text_mask shape {tuple(text_mask.shape)} does not match text's (B, L) {tuple(text.shape[:2])}")
-    for name, x in (("vision", vision), ("projected", projected), ("saliency", saliency), ("text", text)):
-        if x is not None:
+    if values:
+        for name, x in (("vision", vision), ("projected", projected), ("saliency", saliency), ("text", text)):
             check_finite(name, x)
 
 
@@ -147,28 +160,35 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def relevance(
-    projected: torch.Tensor, text: torch.Tensor | None, text_mask: torch.Tensor | None, config: SelectionConfig
+    projected: torch.Tensor,
+    text: torch.Tensor | None,
+    text_mask: torch.Tensor | None,
+    config: SelectionConfig,
+    projected_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sharpened text relevance of every visual token (steps 1-2). projected (B, N, D) -> (B, N).
 
     Rows without guide text (text None, or an all-False mask) get zero relevance, so the fusion's clamp
-    at eps leaves them ranked by saliency alone.
+    at eps leaves them ranked by saliency alone. `projected_norms` (B, N): the row norms of projected,
+    when the caller has them.
     """
     B, N, _ = projected.shape
     if text is None:
         return projected.new_zeros(B, N)
     E = F.normalize(text.to(projected.dtype), dim=-1)  # (B, L, D)
     # Divide by the row norms of P instead of normalising P: P is the largest input (B x 576 x 4096).
-    P_norm = torch.linalg.vector_norm(projected, dim=-1).clamp_min(1e-12)  # (B, N)
-    S = (projected @ E.transpose(1, 2)) / P_norm[:, :, None]  # (B, N, L) cosine similarities
+    if projected_norms is None:
+        projected_norms = torch.linalg.vector_norm(projected, dim=-1)
+    # (B, L, N): text rows against visual columns, the faster layout for a short text and a long P.
+    S = (E @ projected.transpose(1, 2)) / projected_norms.clamp_min(1e-12)[:, None, :]  # cosine similarities
     logits = S / config.token_temperature
     has_text = torch.ones(B, dtype=torch.bool, device=projected.device)
     if text_mask is not None:
-        logits = logits.masked_fill(~text_mask[:, None, :], float("-inf"))
+        logits = logits.masked_fill(~text_mask[:, :, None], float("-inf"))
         has_text = text_mask.any(dim=1)  # (B,)
         # An all-masked row would softmax to NaN; give it a harmless mask and zero it below.
         logits = torch.where(has_text[:, None, None], logits, torch.zeros_like(logits))
-    r = (S * logits.softmax(dim=-1)).sum(dim=-1)  # (B, N) soft maximum over text tokens
+    r = (S * logits.softmax(dim=1)).sum(dim=1)  # (B, N) soft maximum over text tokens
 
     # softmax(r / tau) ** gamma, in the log domain so that float32 underflows later and more gracefully.
     r = torch.exp(config.gamma * torch.log_softmax(r / config.temperature, dim=-1))
@@ -188,13 +208,14 @@ def fused_scores(
     text: torch.Tensor | None,
     text_mask: torch.Tensor | None = None,
     config: SelectionConfig | None = None,
+    projected_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The importance score of every visual token (steps 1-4): (B, N) in [0, 1], in the score dtype.
 
     Inputs are assumed validated and already cast to the score dtype.
     """
     config = config or SelectionConfig()
-    r = relevance(projected, text, text_mask, config)  # (B, N)
+    r = relevance(projected, text, text_mask, config, projected_norms)  # (B, N)
     a = minmax(saliency)  # (B, N)
     eps = config.eps
     log_s = (1 - config.eta) * torch.log(a.clamp_min(eps)) + config.eta * torch.log(r.clamp_min(eps))
@@ -206,22 +227,42 @@ def fused_scores(
 # --------------------------------------------------------------------------------------------------
 
 
-# Each token's most similar tokens, looked up before any pair is read: in the early rounds, where B is half of
-# the list, the first of them that is in B is almost always among these few.
+# Each token's most similar other tokens, looked up before any pair is read: in the early rounds, where B is
+# half of the list, the first of them that is in B is almost always among these few.
 NEIGHBOURS = 8
 
 
-def diversity_partition(features: torch.Tensor, residual: torch.Tensor, keep: int, step: int) -> torch.Tensor:
+def cosine_matrix(unit: torch.Tensor) -> torch.Tensor:
+    """(B, M, Dv) unit rows -> (B, M, M) their cosines, unit @ unit^T.
+
+    The matrix is symmetric, so it is computed as three of its four blocks and the fourth is the
+    transpose of its mirror: a quarter of the products saved, each entry still one dot product.
+    """
+    B, M, _ = unit.shape
+    h = M // 2
+    sim = unit.new_empty(B, M, M)
+    top, bottom = unit[:, :h], unit[:, h:]  # (B, h, Dv), (B, M - h, Dv)
+    torch.bmm(top, top.transpose(1, 2), out=sim[:, :h, :h])
+    torch.bmm(top, bottom.transpose(1, 2), out=sim[:, :h, h:])
+    torch.bmm(bottom, bottom.transpose(1, 2), out=sim[:, h:, h:])
+    sim[:, h:, :h] = sim[:, :h, h:].transpose(1, 2)
+    return sim
+
+
+def diversity_partition(
+    features: torch.Tensor, residual: torch.Tensor, keep: int, step: int, *, normalised: bool = False
+) -> torch.Tensor:
     """Shrink each row's residual list to `keep` tokens that stay visually diverse (step 6 of the spec).
 
-    features: (B, M, Dv) features of the residual tokens, in residual order (normalised here).
+    features: (B, M, Dv) features of the residual tokens, in residual order; L2-normalised here, unless
+        normalised=True says the caller already did.
     residual: (B, M) token indices, in descending score order.
     Returns (B, keep) token indices, in the partition's final order (not sorted).
 
     The cosine matrix of the residual tokens is computed once per row and only read afterwards: a
     round needs, for every token a of A, max over b in B of cos(a, b). Each token's NEIGHBOURS most
-    similar tokens are sorted once (topk), so that max is the cosine of the first of them that is in
-    B; rows whose neighbours are all outside B, and the late rounds where B is small, read every
+    similar other tokens are sorted once (topk), so that max is the cosine of the first of them that is
+    in B; rows whose neighbours are all outside B, and the late rounds where B is small, read every
     (a, b) pair directly. Both give exactly the maximum. Every row has the same M, so every round has
     the same shapes across the batch.
     """
@@ -231,10 +272,13 @@ def diversity_partition(features: torch.Tensor, residual: torch.Tensor, keep: in
     if keep == 0:
         return residual[:, :0]
     device = residual.device
-    unit = features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
-    sim = (unit @ unit.transpose(1, 2)).reshape(B * M * M)  # (B, M, M) cosines, flat: one gather a read
-    k = min(NEIGHBOURS, M)
+    unit = features if normalised else features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = cosine_matrix(unit)  # (B, M, M)
+    # A token is never in B with itself: keep it out of its own neighbour list (no round reads the diagonal).
+    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    k = min(NEIGHBOURS, M - 1)
     neighbours = sim.view(B * M, M).topk(k, dim=1).indices  # (B*M, k) most similar first
+    sim = sim.view(B * M * M)  # flat: one gather a read
     offset = torch.arange(B, device=device)[:, None] * M  # (B, 1): row b's tokens are b*M .. b*M + M-1
     R = torch.arange(M, device=device).expand(B, M)  # positions into the residual list
     while R.shape[1] > keep:
@@ -305,22 +349,32 @@ def select_tokens(
         also a bool tensor of the same shape, True where the kept token is an important one.
     """
     config = config or SelectionConfig()
-    check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1)
-    B, N, _ = vision.shape
+    check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1, values=False)
+    B, N, Dv = vision.shape
     if budget >= N:
+        check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1)  # bad values still an error
         kept = torch.arange(N, device=vision.device).expand(B, N).clone()
         return (kept, torch.ones_like(kept, dtype=torch.bool)) if return_important else kept
 
+    # The two large inputs are read for their row norms first; those norms are also their NaN/Inf check.
     dtype = score_dtype(vision, projected, saliency, text)
+    projected, vision = projected.to(dtype), vision.to(dtype)
+    projected_norms = row_norms("projected", projected)  # (B, N)
+    vision_norms = row_norms("vision", vision)  # (B, N)
+    check_finite("saliency", saliency)
+    check_finite("text", text)
     score = fused_scores(
-        projected.to(dtype), saliency.to(dtype), None if text is None else text.to(dtype), text_mask, config
+        projected, saliency.to(dtype), None if text is None else text.to(dtype), text_mask, config, projected_norms
     )  # (B, N)
     order = torch.sort(score, dim=1, descending=True, stable=True).indices  # (B, N), ties by position
     k_imp, k_div = split_budget(budget, config)
-    important, residual = order[:, :k_imp], order[:, k_imp:]  # (B, K_imp), (B, N - K_imp)
+    important, residual = order[:, :k_imp], order[:, k_imp:]  # (B, K_imp), (B, M = N - K_imp)
 
-    features = vision.gather(1, residual[:, :, None].expand(-1, -1, vision.shape[-1])).to(dtype)  # (B, M, Dv)
-    diverse = diversity_partition(features, residual, k_div, config.diversity_step)  # (B, K_div)
+    # The residual tokens' unit features: gathered into a fresh tensor and normalised in place.
+    rows = (residual + torch.arange(B, device=vision.device)[:, None] * N).reshape(-1)  # (B*M,) into B*N
+    unit = vision.reshape(B * N, Dv).index_select(0, rows)  # (B*M, Dv)
+    unit /= vision_norms.reshape(B * N).index_select(0, rows).clamp_min(1e-12)[:, None]
+    diverse = diversity_partition(unit.view(B, -1, Dv), residual, k_div, config.diversity_step, normalised=True)
     kept, position = torch.cat([important, diverse], dim=1).sort(dim=1)  # (B, K) ascending
     if return_important:
         return kept, position < k_imp  # the first K_imp entries before sorting were the important ones
