@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from flashvlm import SelectionConfig, select_tokens
 from flashvlm.reference import reference_select_tokens
-from flashvlm.selection import fused_scores
+from flashvlm.selection import cosine_matrix, fused_scores
 
 
 def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
@@ -246,6 +246,17 @@ def test_bad_input_is_a_value_error_naming_it(change, match):
 def test_config_is_validated(field, value):
     with pytest.raises(ValueError, match=field):
         SelectionConfig(**{field: value})
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(1, 40), st.integers(1, 9))
+def test_cosine_matrix_is_the_full_product(seed, B, M, Dv):
+    g = torch.Generator().manual_seed(seed)
+    unit = torch.nn.functional.normalize(torch.randn(B, M, Dv, generator=g, dtype=torch.float64), dim=-1)
+    sim = cosine_matrix(unit)  # three blocks computed, the fourth mirrored
+    assert torch.allclose(sim, unit @ unit.transpose(1, 2), rtol=0, atol=1e-12)
+    h = M // 2
+    assert torch.equal(sim[:, h:, :h], sim[:, :h, h:].transpose(1, 2))
 
 
 # ---------------------------------------------------------------- devices
