@@ -1,6 +1,6 @@
 """Cost of FlashVLM selection: batched against a per-image loop, and against the vision tower it prunes.
 
-    python benchmarks/selection.py [--batch 64] [--frames 8] [--repeats 3] [--device cpu|cuda]
+    python benchmarks/selection.py [--batch 64] [--frames 8] [--repeats 3] [--device cpu|cuda] [--profile]
 
 1. Batched `select_tokens` at B images of LLaVA-1.5-7B size (N=576, Dv=1024, D=4096, budget 64) against
    `reference_select_tokens`, the straightforward rule one image at a time with the diversity products
@@ -9,6 +9,7 @@
    vision tower (random weights, 24 layers, hidden 1024) on the same frames. Target: <= 2%.
 
 Prints a table, then one JSON line with the keys `batched_vs_loop` and `selection_vs_vision_tower`.
+With --profile, first the torch profiler's table of the batched call's operators (where its time goes).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8, help="frames for the vision-tower comparison")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", action="store_true", help="print the batched call's operator profile")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
@@ -77,6 +79,11 @@ def main() -> None:
     # 1. batched against the per-image loop
     inputs = features(args.batch, device)
     batched = best_time(lambda: select_tokens(*inputs, BUDGET), device, args.repeats)
+    if args.profile:
+        with torch.profiler.profile() as profile:
+            select_tokens(*inputs, BUDGET)
+            sync(device)
+        print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     loop = best_time(lambda: reference_select_tokens(*inputs, BUDGET), device, max(1, args.repeats - 1))
     agree = torch.equal(select_tokens(*[x.double() for x in inputs[:3]], None, BUDGET),
                         reference_select_tokens(*[x.double() for x in inputs[:3]], None, BUDGET))
