@@ -269,9 +269,10 @@ def run(cfg: JobConfig) -> dict[str, Any]:
             record["pipeline_s"] = time.perf_counter() - t1
         record["status"] = "succeeded"
         _totals(record, summaries, t0)
-        write_run_record(staging_uri(cfg.output.uri, run_id), cfg.storage_options, record, run_date)
-        committed = commit(cfg.output.uri, cfg.storage_options, run_id)  # the commit point
         staged = [f for s in summaries for f in s["files"]]
+        run_file = write_run_record(staging_uri(cfg.output.uri, run_id), cfg.storage_options, record, run_date)
+        # The commit point. Only what this attempt's writers reported is published.
+        committed = commit(cfg.output.uri, cfg.storage_options, run_id, files=staged + [run_file])
         record["files"] = [final_path(f, out_root, run_id) for f in staged]
         record["run_file"] = next((p for p in committed if "/runs/" in p), None)
     except BaseException as exc:

@@ -5,9 +5,12 @@
     <output.uri>/_staging/<run_id>/_COMMIT.json                                 the commit point
 
 Readers only look under answers/, errors/ and runs/, so a run's rows are invisible until it commits.
-Commit: write `_COMMIT.json` (one atomic PUT on S3, temp name + rename on a local disk) listing every
-staged file, then move each file to the same relative path under output.uri (the run record last),
-then delete the staging folder. A process killed:
+Commit: write `_COMMIT.json` (one atomic PUT on S3, temp name + rename on a local disk) listing the
+staged files the run's writers reported, then move each file to the same relative path under output.uri
+(the run record last), then delete the staging folder. Only the reported files are published: a killed
+earlier attempt of the same run_id can leave Ray workers alive for seconds after its driver died, and a
+file such a worker writes into the staging folder is not this attempt's and is deleted with the folder.
+A process killed:
   - before `_COMMIT.json` exists: nothing is visible; the staging folder is rolled back (deleted) by a
     later run with the same run_id, or by any run once it is older than STALE_AFTER_S;
   - after it: the next run (any run id) finds the manifest and finishes the moves (roll forward). Moves
@@ -22,6 +25,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from typing import Any, Mapping, Optional
 
 from pipeline.storage import filesystem, join
@@ -72,22 +76,38 @@ def _apply(fs, root: str, run_id: str, relpaths: list[str]) -> list[str]:
         if fs.exists(src):
             _move(fs, src, dst)
         done.append(dst)
-    fs.rm(stage, recursive=True)
+    try:
+        fs.rm(stage, recursive=True)
+    except OSError as exc:  # e.g. a dead attempt's late write landed mid-delete: every file is moved already,
+        # and recover() finishes the clean-up (moves are skipped once done)
+        warnings.warn(f"staging folder {stage} not fully removed: {exc}", stacklevel=2)
     return done
 
 
-def commit(output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id: str, fail_after: Optional[int] = None) -> list[str]:
+def commit(
+    output_uri: str,
+    storage_options: Optional[Mapping[str, Any]],
+    run_id: str,
+    files: Optional[list[str]] = None,
+    fail_after: Optional[int] = None,
+) -> list[str]:
     """Commit a staged run; returns the final paths (in the filesystem, no scheme).
 
+    files: the staged files this attempt wrote (paths in the filesystem, as the writers return them);
+        only these are published. None publishes every file in the staging folder.
     fail_after (tests only): raise after moving that many files, as a kill in mid-commit would stop.
     """
     fs, root = filesystem(output_uri, storage_options)
     fs.invalidate_cache()
     stage = join(root, STAGING, run_id)
-    if not fs.exists(stage):
-        return []
-    staged = [p for p in fs.find(stage) if not p.endswith((MANIFEST, ".tmp"))]
-    relpaths = sorted(p[len(stage) + 1:] for p in staged)
+    if files is None:
+        if not fs.exists(stage):
+            return []
+        files = [p for p in fs.find(stage) if not p.endswith((MANIFEST, ".tmp"))]
+    outside = [p for p in files if not p.startswith(stage + "/")]
+    if outside:
+        raise ValueError(f"not staged under {stage}/: {outside[:3]}")
+    relpaths = sorted({p[len(stage) + 1:] for p in files})
     manifest = {"run_id": run_id, "files": relpaths, "committed_at": time.time()}
     _write_atomic(fs, join(stage, MANIFEST), json.dumps(manifest).encode())
     if fail_after is not None:

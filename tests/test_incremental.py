@@ -39,12 +39,13 @@ def make_inputs(folder: Path, n: int = 3) -> Path:
 # ---- the commit protocol, in-process --------------------------------------------------------------------
 
 
-def stage_files(out: Path, run_id: str, n: int = 3) -> None:
+def stage_files(out: Path, run_id: str, n: int = 3, first: int = 0) -> list[str]:
+    """Stage n one-row error files (videos first .. first + n - 1); returns their paths as writers report them."""
     writer = ParquetWriter(staging_uri(str(out), run_id))
     rows = [{"video_uri": f"file:///v{i}.mp4", "video_version": "1", "stage": "decode", "error_type": "DecodeError",
-             "error": "x", "settings_id": "s", "run_id": run_id, "created_at": None} for i in range(n)]
-    for i, row in enumerate(rows):
-        writer.write(pa.Table.from_pylist([row], schema=ERRORS), partition_dir(writer.root, "errors", "2026-01-01"), f"{run_id}-{i}.parquet")
+             "error": "x", "settings_id": "s", "run_id": run_id, "created_at": None} for i in range(first, first + n)]
+    folder = partition_dir(writer.root, "errors", "2026-01-01")
+    return [writer.write(pa.Table.from_pylist([row], schema=ERRORS), folder, f"{run_id}-{i}.parquet") for i, row in enumerate(rows, first)]
 
 
 def test_staged_rows_are_invisible_until_commit(tmp_path):
@@ -55,6 +56,18 @@ def test_staged_rows_are_invisible_until_commit(tmp_path):
     assert not (tmp_path / STAGING / "r1").exists()
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{table_glob(str(tmp_path), 'errors')}', hive_partitioning=true)").fetchall()[0][0]
     assert n == 3
+
+
+def test_commit_publishes_only_the_files_this_attempt_wrote(tmp_path):
+    # A killed attempt of the same run id can leave a Ray writer alive for seconds after its driver died
+    # (measured: ~4 s); what it writes into the staging folder must not be published with the retry's files.
+    ours = stage_files(tmp_path, "r3", n=3)
+    stage_files(tmp_path, "r3", n=1, first=3)  # the late write of the dead attempt
+    commit(str(tmp_path), None, "r3", files=ours)
+    assert sorted(read_table(str(tmp_path), "errors").column("video_uri").to_pylist()) == [f"file:///v{i}.mp4" for i in range(3)]
+    assert not (tmp_path / STAGING / "r3").exists()  # the stray file went with the staging folder
+    with pytest.raises(ValueError, match="not staged under"):
+        commit(str(tmp_path), None, "r4", files=[str(tmp_path / "elsewhere.parquet")])
 
 
 def test_a_crash_in_mid_commit_is_rolled_forward_by_the_next_run(tmp_path):
