@@ -143,8 +143,13 @@ def check_inputs(
         if text_mask.shape != text.shape[:2]:
             raise ValueError(f"text_mask shape {tuple(text_mask.shape)} does not match text's (B, L) {tuple(text.shape[:2])}")
     if values:
-        for name, x in (("vision", vision), ("projected", projected), ("saliency", saliency), ("text", text)):
-            check_finite(name, x)
+        check_values(vision, projected, saliency, text)
+
+
+def check_values(vision: torch.Tensor, projected: torch.Tensor, saliency: torch.Tensor, text: torch.Tensor | None) -> None:
+    """ValueError naming the first input that holds NaN or Inf (shapes already checked)."""
+    for name, x in (("vision", vision), ("projected", projected), ("saliency", saliency), ("text", text)):
+        check_finite(name, x)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,7 +357,7 @@ def select_tokens(
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1, values=False)
     B, N, Dv = vision.shape
     if budget >= N:
-        check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1)  # bad values still an error
+        check_values(vision, projected, saliency, text)  # bad values are an error even when nothing is pruned
         kept = torch.arange(N, device=vision.device).expand(B, N).clone()
         return (kept, torch.ones_like(kept, dtype=torch.bool)) if return_important else kept
 

@@ -272,9 +272,9 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         staged = [f for s in summaries for f in s["files"]]
         run_file = write_run_record(staging_uri(cfg.output.uri, run_id), cfg.storage_options, record, run_date)
         # The commit point. Only what this attempt's writers reported is published.
-        committed = commit(cfg.output.uri, cfg.storage_options, run_id, files=staged + [run_file])
+        commit(cfg.output.uri, cfg.storage_options, run_id, files=staged + [run_file])
         record["files"] = [final_path(f, out_root, run_id) for f in staged]
-        record["run_file"] = next((p for p in committed if "/runs/" in p), None)
+        record["run_file"] = final_path(run_file, out_root, run_id)
     except BaseException as exc:
         message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Ray colours its errors
         record.update(status="failed", error=f"{type(exc).__name__}: {message[:2000]}", files=[])
