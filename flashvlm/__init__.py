@@ -1,6 +1,7 @@
 """FlashVLM: text-guided visual token selection for vision-language models.
 
     from flashvlm import select_tokens, select_video_tokens, SelectionConfig, load, wrap
+    from flashvlm import select, select_video, METHODS  # the comparison selectors, by name
 
 The selection rule is imported eagerly (pure torch); the model adapters import transformers and are
 loaded on first use, so that `import flashvlm` stays cheap in data-pipeline workers.
@@ -14,6 +15,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "select_video_tokens": "flashvlm.video",
+    "METHODS": "flashvlm.selectors",
+    "select": "flashvlm.selectors",
+    "select_video": "flashvlm.selectors",
     "load": "flashvlm.models",
     "wrap": "flashvlm.models",
 }
