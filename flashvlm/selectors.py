@@ -12,7 +12,7 @@ token count keeps everything. Clip indices are flat and frame-major (t * N + n).
                (DivPrune's idea), see `farthest_points`. Clips: over all the clip's tokens at once.
     uniform    a regular spatial grid of positions in every frame (what pooling or a smaller input
                keeps), see `grid_positions`. Clips: per frame, `frame_budgets` of the clip budget.
-    random     a seeded uniform sample, reproducible and independent of batching, see `random_tokens`.
+    random     a seeded uniform sample, reproducible and independent of batching (`random_tokens`).
                Clips: over all the clip's tokens at once.
 
 `return_important=True` gives, as for flashvlm, a bool tensor beside the indices. Only flashvlm and
@@ -139,7 +139,9 @@ def farthest_points(unit: torch.Tensor, count: int) -> torch.Tensor:
     fit); longer clips compute each pick's cosines in its round instead (same values up to rounding).
     """
     B, M, _ = unit.shape
-    if count <= 0:
+    if not 0 <= count <= M:
+        raise ValueError(f"count must be in [0, M = {M}], got {count}")
+    if count == 0:
         return torch.zeros(B, 0, dtype=torch.long, device=unit.device)
     if M * M > MATRIX_ENTRIES:
         return _farthest(unit, count, None)
@@ -289,12 +291,7 @@ def uniform_video_tokens(
 
 
 def _sample(saliency: torch.Tensor, budget: int, seed: int, return_important: bool) -> Kept:
-    """(B, M) saliency -> min(budget, M) tokens of every row drawn uniformly without replacement.
-
-    Each row's generator is seeded with a hash of `seed` and the row's saliency bytes: the draw is a
-    function of the seed and the image alone (the same in any batch, on any device), and different
-    images draw differently. Two images with byte-identical saliency draw the same tokens.
-    """
+    """(B, M) saliency -> min(budget, M) tokens of every row drawn uniformly without replacement, ascending."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     B, M = saliency.shape
@@ -321,7 +318,13 @@ def random_tokens(
     config: SelectionConfig | None = None,
     return_important: bool = False,
 ) -> Kept:
-    """A uniform random sample of each image's tokens, reproducible from `seed` (see `_sample`)."""
+    """A uniform random sample of each image's tokens, reproducible from `seed` (an int in [0, 2**63)).
+
+    Each image's generator (CPU, torch's) is seeded with a hash of `seed` and the image's saliency bytes:
+    the draw is a function of the seed and the image alone, the same in any batch and on any device, and
+    different images draw differently. Images with byte-identical saliency draw the same tokens (the
+    same values in another dtype are other bytes).
+    """
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1)
     return _sample(saliency, budget, seed, return_important)
 

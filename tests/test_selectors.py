@@ -352,6 +352,8 @@ def test_farthest_points_break_ties_by_lower_index():
     # Look y is the minority, so less like the average: its first token seeds, then the first of look x.
     unit = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])
     assert farthest_points(unit, 5).tolist() == [[2, 0, 1, 3, 4]]
+    with pytest.raises(ValueError, match="count"):
+        farthest_points(unit, 6)
 
 
 def test_diversity_of_a_clip_keeps_a_repeated_frame_once():
@@ -371,7 +373,8 @@ def test_diversity_half_precision_equals_its_float32_upcast(half):
 def test_diversity_without_the_cosine_matrix_picks_the_same(monkeypatch):
     import flashvlm.selectors as selectors
 
-    unit = torch.nn.functional.normalize(torch.randn(3, 50, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64), dim=-1)
+    g = torch.Generator().manual_seed(8)
+    unit = torch.nn.functional.normalize(torch.randn(3, 50, 8, generator=g, dtype=torch.float64), dim=-1)
     with_matrix = farthest_points(unit, 30)
     monkeypatch.setattr(selectors, "MATRIX_ENTRIES", 49 * 49)  # one item no longer fits: each pick's cosines
     assert torch.equal(farthest_points(unit, 30), with_matrix)
