@@ -117,7 +117,7 @@ def draw_answer_row(row: dict, *, storage_options: dict | None = None, size: int
     """
     from types import SimpleNamespace
 
-    from pipeline.decode import Sampling, read_and_decode
+    from flashvlm.decode import Sampling, read_and_decode
 
     frames, _ = read_and_decode(row["video_uri"], Sampling(frames=int(row["frames"]), size=size), storage_options)
     kept = [list(map(int, k)) for k in row["kept"]]
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     import flashvlm
-    from pipeline.decode import Sampling, read_and_decode
+    from flashvlm.decode import Sampling, read_and_decode
 
     parser = argparse.ArgumentParser(prog="python -m flashvlm.viz", description=__doc__.split("\n")[0])
     parser.add_argument("video", help="a local path, file:// or s3:// URI")

@@ -254,7 +254,7 @@ class _Helper:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.decode"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            [sys.executable, "-m", "flashvlm.decode"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
         self.served = 0
         self._call(None, _STARTUP_TIMEOUT_S)  # wait until imports are done, so they never count as a hang
