@@ -160,7 +160,7 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table):
     """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
     import ray
 
-    from flashvlm.decode import DecodeVideos
+    from pipeline.decode import DecodeVideos
 
     per_block = cfg.ray.decode_batch_size  # small blocks, so every decode actor gets work early
     blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]

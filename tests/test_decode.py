@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flashvlm.decode import DecodeVideos, Sampling, StageError, _decode_decord, _decode_pyav, read_and_decode, resize_frames, sample_indices
+from flashvlm.decode import Sampling, _decode_decord, _decode_pyav, resize_frames, sample_indices
+from pipeline.decode import DecodeVideos, StageError, read_and_decode
 from pipeline.listing import list_videos
 from pipeline.schema import DECODED, LISTED, frames_of
 from pipeline.synthetic import make_clip

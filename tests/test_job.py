@@ -136,13 +136,13 @@ def test_demo_runs_on_the_sample_clips(job, ray_local, tmp_path, capsys):
     assert elapsed < 120, f"demo took {elapsed:.0f} s"
 
     # A data scientist can draw what the model kept from one answers row alone.
-    from flashvlm.viz import CAPTION_HEIGHT, draw_answer_row
-    from pipeline.tables import read_table
+    from flashvlm.viz import CAPTION_HEIGHT
+    from pipeline.tables import draw_answer_row, read_table
 
     row = read_table(f"{tmp_path}/output", "answers").to_pylist()[0]
     assert len(row["kept"]) == len(row["kept_important"]) == row["frames"]
     assert any(any(f) for f in row["kept_important"]) and not all(all(f) for f in row["kept_important"])
-    image = draw_answer_row(row, size=row["frame_size"])
+    image = draw_answer_row(row)
     columns = min(4, row["frames"])
     rows_of_tiles = -(-row["frames"] // columns)
     assert image.size == (columns * row["frame_size"], CAPTION_HEIGHT + rows_of_tiles * row["frame_size"])

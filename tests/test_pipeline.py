@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.answer import AnswerQuestions
 from pipeline.config import validate_config
-from flashvlm.decode import DecodeVideos
+from pipeline.decode import DecodeVideos
 from pipeline.listing import list_videos
 from pipeline.questions import attach_questions
 from pipeline.schema import ANSWERED, ANSWERS, DECODED, ERRORS, WRITE_SUMMARY

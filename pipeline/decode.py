@@ -1,0 +1,222 @@
+"""Stage 2: read each video through fsspec and decode it with flashvlm.decode: one DECODED row per video.
+
+Decoding itself (decord, the PyAV fallback, uniform sampling, resizing to the model's input size at decode
+time, rotation) is the library's (flashvlm/decode.py); this stage adds storage, a per-video timeout and
+error rows.
+
+decord can hang forever on some files, and a hung C call cannot be interrupted in-thread, so with a
+timeout (the default) each actor reads and decodes in a helper process that is killed and restarted
+when one video exceeds `timeout_s`. The helper also restarts every `_RECYCLE_AFTER` videos, which
+bounds decord's memory leak on long files.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from flashvlm.decode import Sampling, decode_bytes
+from pipeline.schema import DECODED, error_text
+from pipeline.storage import filesystem
+
+_RECYCLE_AFTER = 200  # videos per helper process
+_STARTUP_TIMEOUT_S = 120.0  # the helper imports numpy, decord, av, s3fs: slow on a busy machine
+
+
+class DecodeTimeout(TimeoutError):
+    pass
+
+
+class StageError(Exception):
+    """An error with the stage it belongs to (read or decode), for the error row."""
+
+    def __init__(self, stage: str, error_type: str, message: str):
+        super().__init__(message)
+        self.stage, self.error_type, self.message = stage, error_type, message
+
+
+def read_and_decode(uri: str, sampling: Sampling, storage_options: Optional[Mapping[str, Any]] = None) -> tuple[np.ndarray, dict]:
+    """Read one object and decode it; StageError carries 'read' or 'decode' for the error row."""
+    try:
+        fs, path = filesystem(uri, storage_options)
+        data = fs.cat_file(path)
+    except Exception as exc:
+        raise StageError("read", type(exc).__name__, error_text(exc)) from None
+    try:
+        return decode_bytes(data, sampling)
+    except Exception as exc:
+        raise StageError("decode", type(exc).__name__, error_text(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The helper process (so a hung decoder can be killed)
+# --------------------------------------------------------------------------------------------------
+
+
+def _send(stream, obj: Any) -> None:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack(">Q", len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def _recv(stream) -> Any:
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError("decoder process closed its pipe")
+    (size,) = struct.unpack(">Q", header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError("decoder process closed its pipe")
+    return pickle.loads(payload)
+
+
+def _serve() -> None:
+    """Helper-process loop: requests on stdin, results on a private copy of stdout."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the result pipe
+    inp = sys.stdin.buffer
+    while True:
+        try:
+            request = _recv(inp)
+        except EOFError:
+            return  # the actor is gone
+        if request is None:
+            _send(out, "ready")
+            continue
+        uri, sampling, options = request
+        try:
+            _send(out, ("ok", read_and_decode(uri, Sampling(**sampling), options)))
+        except StageError as exc:
+            _send(out, ("error", exc.stage, exc.error_type, exc.message))
+        except Exception as exc:
+            _send(out, ("error", "decode", type(exc).__name__, error_text(exc)))
+
+
+class _Helper:
+    """One helper process; `run` returns its result or raises StageError (timeouts and crashes too)."""
+
+    def __init__(self) -> None:
+        self.proc: Optional[subprocess.Popen] = None
+        self.served = 0
+
+    def _start(self) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.decode"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        self.served = 0
+        self._call(None, _STARTUP_TIMEOUT_S)  # wait until imports are done, so they never count as a hang
+
+    def _call(self, request: Any, timeout_s: float) -> Any:
+        assert self.proc is not None
+        _send(self.proc.stdin, request)
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        if not ready:
+            self.stop()
+            raise DecodeTimeout(f"no result within {timeout_s:g} s; the decoder process was killed")
+        try:
+            return _recv(self.proc.stdout)
+        except EOFError:
+            code = self.proc.wait(timeout=10)
+            self.proc = None
+            raise StageError("decode", "DecoderCrashed", f"the decoder process died (exit code {code})") from None
+
+    def run(self, uri: str, sampling: Sampling, options: Mapping[str, Any], timeout_s: float):
+        if self.proc is None or self.proc.poll() is not None or self.served >= _RECYCLE_AFTER:
+            self.stop()
+            self._start()
+        self.served += 1
+        try:
+            reply = self._call((uri, asdict(sampling), dict(options)), timeout_s)
+        except DecodeTimeout as exc:
+            raise StageError("decode", "TimeoutError", str(exc)) from None
+        if reply[0] == "error":
+            raise StageError(*reply[1:])
+        return reply[1]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+
+class DecodeVideos:
+    """Callable for `Dataset.map_batches(batch_format="pyarrow")` on a CPU actor pool: LISTED -> DECODED.
+
+    Rows that already carry an error pass through untouched; a video that cannot be read or decoded
+    gets error_stage/error_type/error and no frames. Never raises for one video.
+    """
+
+    def __init__(
+        self,
+        frames: int = 8,
+        fps: Optional[float] = None,
+        size: int = 336,
+        resize: str = "crop",
+        storage_options: Optional[Mapping[str, Any]] = None,
+        timeout_s: Optional[float] = 120.0,
+        threads: int = 0,
+    ):
+        self.sampling = Sampling(frames=frames, fps=fps, size=size, resize=resize, threads=threads)
+        self.storage_options = dict(storage_options or {})
+        self.timeout_s = timeout_s
+        self.helper = _Helper() if timeout_s else None
+
+    def _decode(self, uri: str) -> tuple[np.ndarray, dict]:
+        if self.helper is None:
+            return read_and_decode(uri, self.sampling, self.storage_options)
+        return self.helper.run(uri, self.sampling, self.storage_options, self.timeout_s)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        for row in batch.to_pylist():
+            out = dict.fromkeys(DECODED.names)
+            out.update(row)
+            if row.get("error") is None:
+                start = time.perf_counter()
+                try:
+                    frames, meta = self._decode(row["video_uri"])
+                    out.update(
+                        frames=frames.tobytes(),
+                        frames_shape=list(frames.shape),
+                        frame_indices=[int(i) for i in meta["frame_indices"]],
+                        num_frames=int(meta["num_frames"]),
+                        duration_s=meta["duration_s"],
+                        fps=meta["fps"],
+                        width=meta["width"],
+                        height=meta["height"],
+                        decode_backend=meta["backend"],
+                    )
+                except StageError as exc:
+                    out.update(error_stage=exc.stage, error_type=exc.error_type, error=exc.message)
+                except Exception as exc:  # a bug here must still not lose the video
+                    out.update(error_stage="decode", error_type=type(exc).__name__, error=error_text(exc))
+                out["decode_ms"] = (time.perf_counter() - start) * 1000.0
+            rows.append(out)
+        return pa.Table.from_pylist(rows, schema=DECODED)
+
+    def __del__(self) -> None:
+        if getattr(self, "helper", None) is not None:
+            self.helper.stop()
+
+
+if __name__ == "__main__":
+    _serve()
