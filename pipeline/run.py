@@ -1,14 +1,16 @@
-#!/usr/bin/env python
-"""Answer questions about videos with a FlashVLM-pruned VLM, as one streaming Ray Data job.
+"""The run: recover, list, drop what is done, decode -> answer -> write on Ray Data, commit or roll back,
+and the run record with its totals. jobs/video_qa.py is the command line over `run`.
 
-    python jobs/video_qa.py                                   # configs/demo.yaml: local Ray, tiny model
-    python jobs/video_qa.py --config configs/llava15_7b.yaml --set selection.budget=32
-    ray job submit --working-dir . -- python jobs/video_qa.py --config configs/llava15_7b.yaml
+    from pipeline.config import load_config
+    from pipeline.run import run, summary_text
+    cfg = load_config("configs/demo.yaml", ["selection.budget=32"])
+    record = run(cfg)                       # the run record, also written to <output.uri>/runs/
+    print(summary_text(cfg, record))
 
 list (driver) -> decode (CPU actor pool) -> answer (model actor pool) -> write (Parquet) -> run record.
 Ray: `ray.address` from the config, else RAY_ADDRESS (set by `ray job submit`), else a new local Ray.
 
---incremental (or `incremental: true`): answer only the (video_uri, video_version, question) not yet
+Incremental runs (`incremental: true`) answer only the (video_uri, video_version, question) not yet
 answered under the same settings_id. A run writes under <output.uri>/_staging/<run_id>/ and commits at
 the end (pipeline/commit.py): readers never see part of a run, and the next run finishes or discards
 what a killed run left.
@@ -16,11 +18,9 @@ what a killed run left.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -28,17 +28,24 @@ import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.answer import AnswerQuestions
+from pipeline.commit import commit, final_path, recover, rollback, staging_uri
+from pipeline.config import JobConfig
+from pipeline.decode import DecodeVideos
+from pipeline.listing import list_videos
+from pipeline.questions import attach_questions, questions_by_video, read_questions_file
+from pipeline.schema import LISTED, error_text
+from pipeline.storage import arrow_filesystem, filesystem, is_local, join
+from pipeline.synthetic import make_clips
+from pipeline.tables import done_keys
+from pipeline.write import WriteTables, write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python jobs/video_qa.py` puts jobs/ first on the path, not the repo
-    sys.path.insert(0, str(ROOT))
-
-import pyarrow as pa  # noqa: E402
-
-from pipeline.config import ConfigError, JobConfig, load_config  # noqa: E402
-from pipeline.storage import filesystem, is_local, join  # noqa: E402
-
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
 _VERSIONED = ("flashvlm", "ray", "pyarrow", "torch", "transformers", "decord", "av", "s3fs", "fsspec")
 
@@ -46,20 +53,6 @@ _VERSIONED = ("flashvlm", "ray", "pyarrow", "torch", "transformers", "decord", "
 # --------------------------------------------------------------------------------------------------
 # Setup
 # --------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/demo.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key, e.g. --set selection.budget=32 (repeatable; values are YAML)",
-    )
-    parser.add_argument(
-        "--incremental", action="store_true",
-        help="skip (video, version, question) already answered with the same model/sampling/selection settings",
-    )
-    return parser.parse_args(argv)
 
 
 def versions() -> dict[str, str]:
@@ -92,8 +85,6 @@ def resolve_input(cfg: JobConfig) -> str:
     """input.uri, or (demo) a folder of generated clips when that local path does not exist."""
     uri = cfg.input.uri
     if cfg.input.generate_if_missing and is_local(uri) and not filesystem(uri)[0].exists(filesystem(uri)[1]):
-        from pipeline.synthetic import make_clips
-
         folder = Path(tempfile.gettempdir()) / "flashvlm-demo-clips"
         make_clips(folder, cfg.input.generate_if_missing)
         print(f"{uri} not found: using {cfg.input.generate_if_missing} generated clips in {folder}", flush=True)
@@ -125,9 +116,6 @@ def pool(size: Any):
 
 def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
     """The videos to process, with their questions (LISTED), and how many listed videos had none."""
-    from pipeline.listing import list_videos
-    from pipeline.questions import attach_questions, questions_by_video, read_questions_file
-
     listed = list_videos(input_uri, cfg.input.extensions, cfg.storage_options, cfg.input.allowed_prefixes)
     per_video = None
     if cfg.questions_file:
@@ -138,9 +126,6 @@ def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
 def drop_done(cfg: JobConfig, listed: pa.Table) -> tuple[pa.Table, int]:
     """Incremental runs: remove the questions already answered under this settings_id (same video
     version); returns (what is left to do, videos with nothing left). Error rows are always kept."""
-    from pipeline.schema import LISTED
-    from pipeline.tables import done_keys
-
     answered, failed = done_keys(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
     out, done = [], 0
     for row in listed.to_pylist():
@@ -160,8 +145,6 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table):
     """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
     import ray
 
-    from pipeline.decode import DecodeVideos
-
     per_block = cfg.ray.decode_batch_size  # small blocks, so every decode actor gets work early
     blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
     return ray.data.from_arrow(blocks).map_batches(
@@ -177,14 +160,9 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table):
     )
 
 
-def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str, staging: bool = False):
-    """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows.
-
-    staging=True (what `run` uses) writes under _staging/<run_id>/ for pipeline.commit.commit to publish.
-    """
-    from pipeline.answer import AnswerQuestions
-    from pipeline.write import WriteTables
-
+def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
+    """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows; the tables are
+    written under _staging/<run_id>/ for pipeline.commit.commit to publish."""
     ds = decode_dataset(cfg, listed)
     ds = ds.map_batches(
         AnswerQuestions,
@@ -206,7 +184,7 @@ def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str, 
         WriteTables,
         fn_constructor_kwargs=dict(
             output_uri=cfg.output.uri, storage_options=cfg.storage_options, run_id=run_id, run_date=run_date,
-            staging=staging,
+            staging=True,
         ),
         batch_size=cfg.ray.write_batch_size,
         batch_format="pyarrow",
@@ -230,9 +208,6 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     All or nothing: the run's files are staged and committed at the end (pipeline.commit); a run that
     raises is rolled back (its record, status failed, still goes to runs/).
     """
-    from pipeline.commit import commit, final_path, recover, rollback, staging_uri
-    from pipeline.write import write_run_record
-
     started = datetime.now(timezone.utc)
     run_id = cfg.run_id or f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     run_date = f"{started:%Y-%m-%d}"
@@ -265,7 +240,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
             init_ray(cfg)
             record["ray_init_s"] = time.perf_counter() - t1
             t1 = time.perf_counter()
-            summaries = build_dataset(cfg, listed, run_id, run_date, staging=True).take_all()
+            summaries = build_dataset(cfg, listed, run_id, run_date).take_all()
             record["pipeline_s"] = time.perf_counter() - t1
         record["status"] = "succeeded"
         _totals(record, summaries, t0)
@@ -276,8 +251,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         record["files"] = [final_path(f, out_root, run_id) for f in staged]
         record["run_file"] = final_path(run_file, out_root, run_id)
     except BaseException as exc:
-        message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Ray colours its errors
-        record.update(status="failed", error=f"{type(exc).__name__}: {message[:2000]}", files=[])
+        record.update(status="failed", error=f"{type(exc).__name__}: {error_text(exc)}", files=[])
         _totals(record, summaries, t0)
         try:
             rollback(cfg.output.uri, cfg.storage_options, run_id)  # refuses once committed: recovery rolls forward
@@ -293,12 +267,8 @@ def run(cfg: JobConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _failures(cfg: JobConfig, record: dict[str, Any], limit: int = 10) -> list[str]:
+def failures(cfg: JobConfig, record: dict[str, Any], limit: int = 10) -> list[str]:
     """One line per failed video of this run, read back from the error files it wrote."""
-    import pyarrow.parquet as pq
-
-    from pipeline.storage import arrow_filesystem
-
     fs, _ = filesystem(cfg.output.uri, cfg.storage_options)
     fs.invalidate_cache()  # a retry rewrote these files: s3fs must not reuse an earlier ETag
     lines = []
@@ -310,6 +280,8 @@ def _failures(cfg: JobConfig, record: dict[str, Any], limit: int = 10) -> list[s
 
 
 def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
+    """What the job prints at the end: counts, time per stage, failed videos, where the tables are, and a
+    DuckDB one-liner that runs as printed."""
     kept, total = record["tokens_kept"], record["tokens_total"]
     share = f" ({100.0 * kept / total:.1f}%)" if total else ""
     out = cfg.output.uri.rstrip("/")
@@ -326,7 +298,7 @@ def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
         f" (decode {record['decode_s']:.1f} s, model {record['answer_s']:.1f} s summed over actors)",
     ]
     if record["videos_failed"]:
-        lines += ["  failed videos:", *_failures(cfg, record)]
+        lines += ["  failed videos:", *failures(cfg, record)]
     lines += [
         "  tables (Parquet, Hive-partitioned by date):",
         *(f"    {name:<8} {join(out, name)}/date={record['run_date']}/" for name in ("answers", "errors", "runs")),
@@ -337,23 +309,3 @@ def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
     if not is_local(cfg.output.uri):
         lines.append("    (S3: `INSTALL httpfs; LOAD httpfs;` first, or pipeline.tables.duckdb_connect for fsspec credentials)")
     return "\n".join(lines)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"config {args.config}: model {cfg.model.name}, budget {cfg.selection.budget}, "
-          f"{cfg.sampling.frames} frames at {cfg.sampling.size}px, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
-    if args.incremental:
-        cfg.incremental = True
-    record = run(cfg)
-    print(summary_text(cfg, record), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

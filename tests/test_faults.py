@@ -15,7 +15,8 @@ import pytest
 from pipeline.commit import STAGING
 from pipeline.synthetic import make_clip
 from pipeline.tables import read_table
-from pipeline_fixtures import QUESTIONS, job_module, tiny_job_config
+from pipeline.run import run
+from pipeline_fixtures import QUESTIONS, tiny_job_config
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +98,7 @@ def test_a_killed_answer_actor_is_restarted_and_its_batch_retried(ray_local, fla
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    record = job_module().run(cfg)
+    record = run(cfg)
     thread.join(timeout=30)
     assert seen["error"] is None, seen["error"]
     assert seen["killed"], "the answer actor was never killed"
@@ -247,7 +248,7 @@ def test_an_s3_outage_mid_run_is_retried_and_nothing_is_lost(ray_local, flashvlm
 
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
-    record = job_module().run(cfg)
+    record = run(cfg)
     thread.join(timeout=30)
     print(seen, proxy.served)
     assert seen["error"] is None, seen["error"]

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Answer questions about videos with a FlashVLM-pruned VLM, as one streaming Ray Data job.
+
+    python jobs/video_qa.py                                   # configs/demo.yaml: local Ray, tiny model
+    python jobs/video_qa.py --config configs/llava15_7b.yaml --set selection.budget=32
+    ray job submit --working-dir . -- python jobs/video_qa.py --config configs/llava15_7b.yaml
+
+list (driver) -> decode (CPU actor pool) -> answer (model actor pool) -> write (Parquet) -> run record;
+the run itself is pipeline.run.run. Ray: `ray.address` from the config, else RAY_ADDRESS (set by
+`ray job submit`), else a new local Ray.
+
+--incremental (or `incremental: true`): answer only the (video_uri, video_version, question) not yet
+answered under the same settings_id. A run is all or nothing (pipeline/commit.py).
+
+Exit status: 0 when the run succeeded (failed videos are error rows, not a failed run), 2 for a bad
+config (before Ray starts), 1 when the run failed (its record, status failed, is still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python jobs/video_qa.py` puts jobs/ first on the path, not the repo
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.run import DEFAULT_CONFIG, run, summary_text  # noqa: E402
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/demo.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set selection.budget=32 (repeatable; values are YAML)",
+    )
+    parser.add_argument(
+        "--incremental", action="store_true",
+        help="skip (video, version, question) already answered with the same model/sampling/selection settings",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"config {args.config}: model {cfg.model.name}, budget {cfg.selection.budget}, "
+          f"{cfg.sampling.frames} frames at {cfg.sampling.size}px, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
+    if args.incremental:
+        cfg.incremental = True
+    record = run(cfg)
+    print(summary_text(cfg, record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
