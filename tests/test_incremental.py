@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+import pipeline.commit
 from pipeline.commit import STAGING, commit, recover, rollback, staging_uri
 from pipeline.schema import ERRORS
 from pipeline.synthetic import make_clip
@@ -71,10 +72,20 @@ def test_commit_publishes_only_the_files_this_attempt_wrote(tmp_path):
         commit(str(tmp_path), None, "r4", files=[str(tmp_path / "elsewhere.parquet")])
 
 
-def test_a_crash_in_mid_commit_is_rolled_forward_by_the_next_run(tmp_path):
+def test_a_crash_in_mid_commit_is_rolled_forward_by_the_next_run(tmp_path, monkeypatch):
     stage_files(tmp_path, "r2")
+    moved, real_move = [], pipeline.commit._move
+
+    def move_then_crash(fs, src, dst):  # the process dies after moving one file, as a kill in mid-commit would
+        if moved:
+            raise RuntimeError("simulated crash")
+        real_move(fs, src, dst)
+        moved.append(dst)
+
+    monkeypatch.setattr(pipeline.commit, "_move", move_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        commit(str(tmp_path), None, "r2", fail_after=1)
+        commit(str(tmp_path), None, "r2")
+    monkeypatch.undo()
     assert rollback(str(tmp_path), None, "r2") is False  # past the commit point: never thrown away
     assert read_table(str(tmp_path), "errors").num_rows == 1  # the window a reader could see
     assert recover(str(tmp_path), None, current_run_id="other")["rolled_forward"] == ["r2"]
