@@ -192,11 +192,11 @@ def test_the_job_commits_only_its_own_files(ray_local, flashvlm_cache, tmp_path,
 @pytest.mark.slow
 def test_a_killed_run_leaves_nothing_visible_and_the_next_run_finishes(ray_local, flashvlm_cache, tmp_path):
     inputs = make_inputs(tmp_path / "in", n=3)
-    os.mkfifo(inputs / "zz_hang.mp4")  # decodes last and blocks for decode_timeout_s: the run cannot commit
+    os.mkfifo(inputs / "zz_hang.mp4")  # blocks its decode for decode_timeout_s: the run cannot commit before the kill
     out = tmp_path / "out"
     cfg_file = tmp_path / "job.yaml"
     data = json.loads(config(inputs, out).model_dump_json())
-    data["ray"].update(decode_batch_size=1, model_batch_size=1, write_batch_size=1, decode_timeout_s=60, num_cpus=2)
+    data["ray"].update(decode_batch_size=1, model_batch_size=1, write_batch_size=1, decode_timeout_s=600, num_cpus=2)
     cfg_file.write_text(json.dumps(data))  # YAML is a superset of JSON
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
@@ -205,12 +205,10 @@ def test_a_killed_run_leaves_nothing_visible_and_the_next_run_finishes(ray_local
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     staged = out / STAGING / "killed"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(staged.glob("answers/*/*.parquet")):
+    try:  # however long the job takes to start (pytest's timeout guards against a hang)
+        while not list(staged.glob("answers/*/*.parquet")):
             assert proc.poll() is None, "the job ended before it was killed"
             time.sleep(0.1)
-        assert list(staged.glob("answers/*/*.parquet")), "no staged output within 120 s"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started (its own session)
         proc.wait()
