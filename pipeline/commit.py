@@ -22,6 +22,7 @@ A run that fails with an exception is rolled back: none of its rows are committe
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 import warnings
 from typing import Any, Mapping, Optional
@@ -73,23 +74,20 @@ def commit(
     output_uri: str,
     storage_options: Optional[Mapping[str, Any]],
     run_id: str,
-    files: Optional[list[str]] = None,
+    files: list[str],
 ) -> list[str]:
     """Commit a staged run; returns the final paths (in the filesystem, no scheme).
 
     files: the staged files this attempt wrote (paths in the filesystem, as the writers return them);
-        only these are published. None publishes every file in the staging folder.
+        only these are published, whatever else the staging folder holds.
     """
     fs, root = filesystem(output_uri, storage_options)
     fs.invalidate_cache()
     stage = join(root, STAGING, run_id)
-    if files is None:
-        if not fs.exists(stage):
-            return []
-        files = [p for p in fs.find(stage) if not p.endswith((MANIFEST, ".tmp"))]
+    files = [posixpath.normpath(p) for p in files]  # 'stage/../x' is not staged
     outside = [p for p in files if not p.startswith(stage + "/")]
     if outside:
-        raise ValueError(f"not staged under {stage}/: {outside[:3]}")
+        raise ValueError(f"files: not staged under {stage}/: {outside[:3]}")
     relpaths = sorted({p[len(stage) + 1:] for p in files})
     manifest = {"run_id": run_id, "files": relpaths, "committed_at": time.time()}
     write_atomic(fs, join(stage, MANIFEST), json.dumps(manifest).encode())

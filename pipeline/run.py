@@ -183,8 +183,8 @@ def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
     return ds.map_batches(
         WriteTables,
         fn_constructor_kwargs=dict(
-            output_uri=cfg.output.uri, storage_options=cfg.storage_options, run_id=run_id, run_date=run_date,
-            staging=True,
+            output_uri=staging_uri(cfg.output.uri, run_id), storage_options=cfg.storage_options, run_id=run_id,
+            run_date=run_date,
         ),
         batch_size=cfg.ray.write_batch_size,
         batch_format="pyarrow",

@@ -51,10 +51,10 @@ def stage_files(out: Path, run_id: str, n: int = 3, first: int = 0) -> list[str]
 
 
 def test_staged_rows_are_invisible_until_commit(tmp_path):
-    stage_files(tmp_path, "r1")
+    staged = stage_files(tmp_path, "r1")
     assert read_table(str(tmp_path), "errors").num_rows == 0
     assert not list((tmp_path).glob("errors/**/*.parquet"))
-    assert commit(str(tmp_path), None, "r1") and read_table(str(tmp_path), "errors").num_rows == 3
+    assert commit(str(tmp_path), None, "r1", staged) and read_table(str(tmp_path), "errors").num_rows == 3
     assert not (tmp_path / STAGING / "r1").exists()
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{table_glob(str(tmp_path), 'errors')}', hive_partitioning=true)").fetchall()[0][0]
     assert n == 3
@@ -68,12 +68,13 @@ def test_commit_publishes_only_the_files_this_attempt_wrote(tmp_path):
     commit(str(tmp_path), None, "r3", files=ours)
     assert sorted(read_table(str(tmp_path), "errors").column("video_uri").to_pylist()) == [f"file:///v{i}.mp4" for i in range(3)]
     assert not (tmp_path / STAGING / "r3").exists()  # the stray file went with the staging folder
-    with pytest.raises(ValueError, match="not staged under"):
-        commit(str(tmp_path), None, "r4", files=[str(tmp_path / "elsewhere.parquet")])
+    for elsewhere in (tmp_path / "elsewhere.parquet", tmp_path / STAGING / "r4" / ".." / "r3" / "x.parquet"):
+        with pytest.raises(ValueError, match="files: not staged under"):
+            commit(str(tmp_path), None, "r4", files=[str(elsewhere)])
 
 
 def test_a_crash_in_mid_commit_is_rolled_forward_by_the_next_run(tmp_path, monkeypatch):
-    stage_files(tmp_path, "r2")
+    staged = stage_files(tmp_path, "r2")
     moved, real_move = [], pipeline.commit._move
 
     def move_then_crash(fs, src, dst):  # the process dies after moving one file, as a kill in mid-commit would
@@ -84,7 +85,7 @@ def test_a_crash_in_mid_commit_is_rolled_forward_by_the_next_run(tmp_path, monke
 
     monkeypatch.setattr(pipeline.commit, "_move", move_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        commit(str(tmp_path), None, "r2")
+        commit(str(tmp_path), None, "r2", staged)
     monkeypatch.undo()
     assert rollback(str(tmp_path), None, "r2") is False  # past the commit point: never thrown away
     assert read_table(str(tmp_path), "errors").num_rows == 1  # the window a reader could see
