@@ -29,7 +29,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs.video_qa import DEFAULT_CONFIG, decode_dataset, init_ray, list_inputs, load_config, run  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.run import DEFAULT_CONFIG, decode_dataset, init_ray, list_inputs, run  # noqa: E402
 
 SHARED_VIDEOS = ROOT.parent / "shared" / "videos"
 

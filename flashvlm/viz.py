@@ -4,7 +4,8 @@
                            [--budget 64] [--frames 8] [--out kept.png]
 
 Important tokens are outlined in orange, diverse (background) tokens in cyan. `draw_kept` is the pure
-drawing function; `draw_answer_row` draws the same picture from one row of the pipeline's answers table.
+drawing function; `draw_answer` draws a `VideoAnswer` (or anything with its kept, important, tokens_kept
+and tokens_total, such as a row of the pipeline's answers table) over the frames it was computed on.
 """
 
 from __future__ import annotations
@@ -109,36 +110,14 @@ def draw_answer(frames: np.ndarray, answer, *, question: str = "", budget: int |
     return draw_kept(frames, kept, important, grid=grid, caption=caption)
 
 
-def draw_answer_row(row: dict, *, storage_options: dict | None = None, size: int = 336) -> Image.Image:
-    """The same picture from one row of the answers table alone (a dict, e.g. `df.iloc[0].to_dict()`).
-
-    The row's video is decoded again with its recorded frame count, so the frames match the ones the
-    model saw (uniform sampling is deterministic).
-    """
-    from types import SimpleNamespace
-
-    from pipeline.decode import Sampling, read_and_decode
-
-    frames, _ = read_and_decode(row["video_uri"], Sampling(frames=int(row["frames"]), size=size), storage_options)
-    kept = [list(map(int, k)) for k in row["kept"]]
-    important = row.get("kept_important")
-    answer = SimpleNamespace(
-        kept=kept,
-        important=None if important is None else [list(map(bool, f)) for f in important],
-        tokens_kept=int(row["tokens_kept"]),
-        tokens_total=int(row["tokens_total"]),
-    )
-    return draw_answer(frames, answer, question=row["question"], budget=row.get("budget"))
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     import flashvlm
-    from pipeline.decode import Sampling, read_and_decode
+    from flashvlm.decode import Sampling, decode_file
 
     parser = argparse.ArgumentParser(prog="python -m flashvlm.viz", description=__doc__.split("\n")[0])
-    parser.add_argument("video", help="a local path, file:// or s3:// URI")
+    parser.add_argument("video", help="a local video file")
     parser.add_argument("--question", required=True)
     parser.add_argument("--model", default="flashvlm-tiny/llava", help="hub id or local path (default: the tiny demo model)")
     parser.add_argument("--budget", type=int, default=64, help="visual tokens kept per frame")
@@ -147,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="kept.png")
     args = parser.parse_args(argv)
 
-    frames, _ = read_and_decode(args.video, Sampling(frames=args.frames, size=args.size))
+    frames, _ = decode_file(args.video, Sampling(frames=args.frames, size=args.size))
     model, processor = flashvlm.load(args.model)
     vlm = flashvlm.wrap(model, budget=args.budget)
     answer = vlm.answer_video(frames, [args.question], max_new_tokens=1)[0]

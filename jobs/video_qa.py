@@ -5,47 +5,30 @@
     python jobs/video_qa.py --config configs/llava15_7b.yaml --set selection.budget=32
     ray job submit --working-dir . -- python jobs/video_qa.py --config configs/llava15_7b.yaml
 
-list (driver) -> decode (CPU actor pool) -> answer (model actor pool) -> write (Parquet) -> run record.
-Ray: `ray.address` from the config, else RAY_ADDRESS (set by `ray job submit`), else a new local Ray.
+list (driver) -> decode (CPU actor pool) -> answer (model actor pool) -> write (Parquet) -> run record;
+the run itself is pipeline.run.run. Ray: `ray.address` from the config, else RAY_ADDRESS (set by
+`ray job submit`), else a new local Ray.
 
 --incremental (or `incremental: true`): answer only the (video_uri, video_version, question) not yet
-answered under the same settings_id. A run writes under <output.uri>/_staging/<run_id>/ and commits at
-the end (pipeline/commit.py): readers never see part of a run, and the next run finishes or discards
-what a killed run left.
+answered under the same settings_id. A run is all or nothing (pipeline/commit.py).
+
+Exit status: 0 when the run succeeded (failed videos are error rows, not a failed run), 2 for a bad
+config (before Ray starts), 1 when the run failed (its record, status failed, is still written).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import re
 import sys
-import tempfile
-import time
-import uuid
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python jobs/video_qa.py` puts jobs/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
-import pyarrow as pa  # noqa: E402
-
-from pipeline.config import ConfigError, JobConfig, load_config  # noqa: E402
-from pipeline.storage import filesystem, is_local, join  # noqa: E402
-
-DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
-_VERSIONED = ("flashvlm", "ray", "pyarrow", "torch", "transformers", "decord", "av", "s3fs", "fsspec")
-
-
-# --------------------------------------------------------------------------------------------------
-# Setup
-# --------------------------------------------------------------------------------------------------
+from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.run import DEFAULT_CONFIG, run, summary_text  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -60,283 +43,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="skip (video, version, question) already answered with the same model/sampling/selection settings",
     )
     return parser.parse_args(argv)
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def init_ray(cfg: JobConfig) -> None:
-    """Connect to ray.address / RAY_ADDRESS, or start a local Ray; reuse one this process already has."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    # Local workers inherit this environment: make the checkout importable even without `pip install -e`.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    # address="local": always a new Ray, never the latest `ray start` cluster found in /tmp/ray.
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.dashboard)
-
-
-def resolve_input(cfg: JobConfig) -> str:
-    """input.uri, or (demo) a folder of generated clips when that local path does not exist."""
-    uri = cfg.input.uri
-    if cfg.input.generate_if_missing and is_local(uri) and not filesystem(uri)[0].exists(filesystem(uri)[1]):
-        from pipeline.synthetic import make_clips
-
-        folder = Path(tempfile.gettempdir()) / "flashvlm-demo-clips"
-        make_clips(folder, cfg.input.generate_if_missing)
-        print(f"{uri} not found: using {cfg.input.generate_if_missing} generated clips in {folder}", flush=True)
-        return str(folder)
-    return uri
-
-
-def model_gpus(cfg: JobConfig) -> float:
-    """GPUs per model actor: the config's, else 1 when the cluster has a GPU and the model may use it."""
-    import ray
-
-    if cfg.ray.num_gpus is not None:
-        return cfg.ray.num_gpus
-    wants_cpu = (cfg.model.device or "").split(":")[0] == "cpu"
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 and not wants_cpu else 0.0
-
-
-def pool(size: Any):
-    import ray
-
-    lo, hi = (size, size) if isinstance(size, int) else size
-    return ray.data.ActorPoolStrategy(size=lo) if lo == hi else ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
-
-
-# --------------------------------------------------------------------------------------------------
-# The pipeline
-# --------------------------------------------------------------------------------------------------
-
-
-def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
-    """The videos to process, with their questions (LISTED), and how many listed videos had none."""
-    from pipeline.listing import list_videos
-    from pipeline.questions import attach_questions, questions_by_video, read_questions_file
-
-    listed = list_videos(input_uri, cfg.input.extensions, cfg.storage_options, cfg.input.allowed_prefixes)
-    per_video = None
-    if cfg.questions_file:
-        per_video = questions_by_video(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
-    return attach_questions(listed, cfg.questions, per_video, input_uri, cfg.input.allowed_prefixes)
-
-
-def drop_done(cfg: JobConfig, listed: pa.Table) -> tuple[pa.Table, int]:
-    """Incremental runs: remove the questions already answered under this settings_id (same video
-    version); returns (what is left to do, videos with nothing left). Error rows are always kept."""
-    from pipeline.schema import LISTED
-    from pipeline.tables import done_keys
-
-    answered, failed = done_keys(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
-    out, done = [], 0
-    for row in listed.to_pylist():
-        if row["error"] is not None:
-            out.append(row)
-            continue
-        uri, version = row["video_uri"], row["video_version"]
-        left = [q for q in row["questions"] or [] if (uri, version, q) not in answered]
-        if not left or (uri, version) in failed:
-            done += 1
-            continue
-        out.append({**row, "questions": left})
-    return pa.Table.from_pylist(out, schema=LISTED), done
-
-
-def decode_dataset(cfg: JobConfig, listed: pa.Table):
-    """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
-    import ray
-
-    from pipeline.decode import DecodeVideos
-
-    per_block = cfg.ray.decode_batch_size  # small blocks, so every decode actor gets work early
-    blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
-    return ray.data.from_arrow(blocks).map_batches(
-        DecodeVideos,
-        fn_constructor_kwargs=dict(
-            **cfg.sampling.model_dump(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
-            threads=cfg.ray.decode_threads,
-        ),
-        batch_size=cfg.ray.decode_batch_size,
-        batch_format="pyarrow",
-        compute=pool(cfg.ray.decode_actors),
-        num_cpus=cfg.ray.decode_num_cpus,
-    )
-
-
-def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str, staging: bool = False):
-    """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows.
-
-    staging=True (what `run` uses) writes under _staging/<run_id>/ for pipeline.commit.commit to publish.
-    """
-    from pipeline.answer import AnswerQuestions
-    from pipeline.write import WriteTables
-
-    ds = decode_dataset(cfg, listed)
-    ds = ds.map_batches(
-        AnswerQuestions,
-        fn_constructor_kwargs=dict(
-            model=cfg.model.model_dump(),
-            selection=cfg.selection.model_dump(),
-            selection_options=cfg.selection.library_options(),
-            frame_size=cfg.sampling.size,
-            run_id=run_id,
-            settings_id=cfg.settings_id(),
-        ),
-        batch_size=cfg.ray.model_batch_size,
-        batch_format="pyarrow",
-        compute=pool(cfg.ray.model_actors),
-        num_cpus=cfg.ray.model_num_cpus,
-        num_gpus=model_gpus(cfg),
-    )
-    return ds.map_batches(
-        WriteTables,
-        fn_constructor_kwargs=dict(
-            output_uri=cfg.output.uri, storage_options=cfg.storage_options, run_id=run_id, run_date=run_date,
-            staging=staging,
-        ),
-        batch_size=cfg.ray.write_batch_size,
-        batch_format="pyarrow",
-        compute=pool(1),
-        num_cpus=cfg.ray.write_num_cpus,
-    )
-
-
-def _totals(record: dict[str, Any], summaries: list[dict[str, Any]], t0: float) -> None:
-    for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total"):
-        record[key] = sum(int(s[key]) for s in summaries)
-    record["decode_s"] = sum(s["decode_ms"] for s in summaries) / 1000.0
-    record["answer_s"] = sum(s["answer_ms"] for s in summaries) / 1000.0
-    record["finished_at"] = datetime.now(timezone.utc)
-    record["wall_s"] = time.perf_counter() - t0
-
-
-def run(cfg: JobConfig) -> dict[str, Any]:
-    """Run the whole job; returns the run record (also written to runs/). Raises if the pipeline fails.
-
-    All or nothing: the run's files are staged and committed at the end (pipeline.commit); a run that
-    raises is rolled back (its record, status failed, still goes to runs/).
-    """
-    from pipeline.commit import commit, final_path, recover, rollback, staging_uri
-    from pipeline.write import write_run_record
-
-    started = datetime.now(timezone.utc)
-    run_id = cfg.run_id or f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    run_date = f"{started:%Y-%m-%d}"
-    t0 = time.perf_counter()
-    record: dict[str, Any] = {
-        "run_id": run_id, "status": "failed", "started_at": started, "input_uri": cfg.input.uri,
-        "output_uri": cfg.output.uri, "model": cfg.model.name, "settings_id": cfg.settings_id(),
-        "config": json.dumps(cfg.public_dict(), sort_keys=True), "versions": json.dumps(versions(), sort_keys=True),
-        "videos_listed": 0, "videos_ok": 0, "videos_failed": 0, "videos_skipped": 0, "videos_already_done": 0,
-        "incremental": cfg.incremental, "answers": 0, "frames_decoded": 0, "tokens_kept": 0, "tokens_total": 0,
-        "run_date": run_date, "files": [],
-    }
-    summaries: list[dict[str, Any]] = []
-    out_root = filesystem(cfg.output.uri, cfg.storage_options)[1]
-    try:
-        recovered = recover(cfg.output.uri, cfg.storage_options, current_run_id=run_id)
-        for what in ("rolled_forward", "rolled_back"):
-            if recovered[what]:
-                print(f"earlier interrupted runs {what.replace('_', ' ')}: {', '.join(recovered[what])}", flush=True)
-        listed, skipped = list_inputs(cfg, resolve_input(cfg))
-        already = 0
-        if cfg.incremental:
-            listed, already = drop_done(cfg, listed)
-        record.update(videos_listed=listed.num_rows + skipped + already, videos_skipped=skipped, videos_already_done=already)
-        record["listing_s"] = time.perf_counter() - t0
-        print(f"run {run_id}: {listed.num_rows} videos to answer ({skipped} without questions skipped, "
-              f"{already} already done)", flush=True)
-        if listed.num_rows:
-            t1 = time.perf_counter()
-            init_ray(cfg)
-            record["ray_init_s"] = time.perf_counter() - t1
-            t1 = time.perf_counter()
-            summaries = build_dataset(cfg, listed, run_id, run_date, staging=True).take_all()
-            record["pipeline_s"] = time.perf_counter() - t1
-        record["status"] = "succeeded"
-        _totals(record, summaries, t0)
-        staged = [f for s in summaries for f in s["files"]]
-        run_file = write_run_record(staging_uri(cfg.output.uri, run_id), cfg.storage_options, record, run_date)
-        # The commit point. Only what this attempt's writers reported is published.
-        commit(cfg.output.uri, cfg.storage_options, run_id, files=staged + [run_file])
-        record["files"] = [final_path(f, out_root, run_id) for f in staged]
-        record["run_file"] = final_path(run_file, out_root, run_id)
-    except BaseException as exc:
-        message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Ray colours its errors
-        record.update(status="failed", error=f"{type(exc).__name__}: {message[:2000]}", files=[])
-        _totals(record, summaries, t0)
-        try:
-            rollback(cfg.output.uri, cfg.storage_options, run_id)  # refuses once committed: recovery rolls forward
-            record["run_file"] = write_run_record(cfg.output.uri, cfg.storage_options, record, run_date)
-        except Exception as inner:  # never hide the pipeline's own error behind this one
-            print(f"could not write the run record: {type(inner).__name__}: {inner}", file=sys.stderr)
-        raise
-    return record
-
-
-# --------------------------------------------------------------------------------------------------
-# Summary
-# --------------------------------------------------------------------------------------------------
-
-
-def _failures(cfg: JobConfig, record: dict[str, Any], limit: int = 10) -> list[str]:
-    """One line per failed video of this run, read back from the error files it wrote."""
-    import pyarrow.parquet as pq
-
-    from pipeline.storage import arrow_filesystem
-
-    fs, _ = filesystem(cfg.output.uri, cfg.storage_options)
-    fs.invalidate_cache()  # a retry rewrote these files: s3fs must not reuse an earlier ETag
-    lines = []
-    for path in (f for f in record["files"] if "/errors/" in f):
-        for row in pq.read_table(path, filesystem=arrow_filesystem(fs)).to_pylist():
-            name = row["video_uri"].rsplit("/", 1)[-1]
-            lines.append(f"    {name:<32} {row['stage']:<7} {row['error_type']}: {(row['error'] or '')[:90]}")
-    return sorted(lines)[:limit] + ([f"    ... and {len(lines) - limit} more"] if len(lines) > limit else [])
-
-
-def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
-    kept, total = record["tokens_kept"], record["tokens_total"]
-    share = f" ({100.0 * kept / total:.1f}%)" if total else ""
-    out = cfg.output.uri.rstrip("/")
-    answers_glob = f"{out}/answers/**/*.parquet"
-    lines = [
-        "",
-        f"run {record['run_id']} {record['status']} in {record['wall_s']:.1f} s",
-        f"  videos: {record['videos_ok']} ok, {record['videos_failed']} failed, {record['videos_skipped']} skipped,"
-        f" {record.get('videos_already_done') or 0} already done (of {record['videos_listed']} listed);"
-        f" frames decoded: {record['frames_decoded']}",
-        f"  answers: {record['answers']} rows; visual tokens kept {kept} of {total}{share}",
-        f"  time: listing {record.get('listing_s') or 0:.1f} s, ray start {record.get('ray_init_s') or 0:.1f} s,"
-        f" pipeline {record.get('pipeline_s') or 0:.1f} s"
-        f" (decode {record['decode_s']:.1f} s, model {record['answer_s']:.1f} s summed over actors)",
-    ]
-    if record["videos_failed"]:
-        lines += ["  failed videos:", *_failures(cfg, record)]
-    lines += [
-        "  tables (Parquet, Hive-partitioned by date):",
-        *(f"    {name:<8} {join(out, name)}/date={record['run_date']}/" for name in ("answers", "errors", "runs")),
-        "  query them with DuckDB:",
-        f"    python -c \"import duckdb; duckdb.sql(\\\"SELECT video_uri, question, answer, tokens_kept, tokens_total"
-        f" FROM read_parquet('{answers_glob}', hive_partitioning=true) WHERE run_id = '{record['run_id']}'\\\").show()\"",
-    ]
-    if not is_local(cfg.output.uri):
-        lines.append("    (S3: `INSTALL httpfs; LOAD httpfs;` first, or pipeline.tables.duckdb_connect for fsspec credentials)")
-    return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

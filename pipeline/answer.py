@@ -16,14 +16,7 @@ from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 
-from pipeline.schema import ANSWERED, frames_of
-
-_MAX_ERROR_CHARS = 2000
-
-
-def _error_message(exc: BaseException) -> str:
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    return message[:_MAX_ERROR_CHARS]
+from pipeline.schema import ANSWERED, error_text, frames_of
 
 
 class AnswerQuestions:
@@ -87,7 +80,7 @@ class AnswerQuestions:
         except Exception as exc:
             # Full traceback to the actor's log for whoever debugs it; a readable line in the table.
             traceback.print_exc()
-            return [self._row(row, now, error_stage="answer", error_type=type(exc).__name__, error=_error_message(exc))]
+            return [self._row(row, now, error_stage="answer", error_type=type(exc).__name__, error=error_text(exc))]
         latency_ms = (time.perf_counter() - start) * 1000.0 / max(1, len(questions))
         now = datetime.now(timezone.utc)
         return [
@@ -114,5 +107,5 @@ class AnswerQuestions:
                 rows.extend(self.answer_one(row))
             except Exception as exc:  # e.g. a malformed row: still one error row, never a lost video
                 now = datetime.now(timezone.utc)
-                rows.append(self._row(row, now, error_stage="answer", error_type=type(exc).__name__, error=_error_message(exc)))
+                rows.append(self._row(row, now, error_stage="answer", error_type=type(exc).__name__, error=error_text(exc)))
         return pa.Table.from_pylist(rows, schema=ANSWERED)

@@ -22,13 +22,12 @@ A run that fails with an exception is rolled back: none of its rows are committe
 from __future__ import annotations
 
 import json
-import os
+import posixpath
 import time
-import uuid
 import warnings
 from typing import Any, Mapping, Optional
 
-from pipeline.storage import filesystem, join
+from pipeline.storage import filesystem, join, mtime_of, write_atomic
 
 STAGING = "_staging"
 MANIFEST = "_COMMIT.json"
@@ -47,19 +46,6 @@ def final_path(staged_path: str, output_root: str, run_id: str) -> str:
     if not staged_path.startswith(prefix):
         raise ValueError(f"{staged_path} is not staged under {prefix}")
     return join(output_root, staged_path[len(prefix):])
-
-
-def _write_atomic(fs, path: str, data: bytes) -> None:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if "file" in protocols:
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)  # one PUT: atomic on S3
 
 
 def _move(fs, src: str, dst: str) -> None:
@@ -88,32 +74,23 @@ def commit(
     output_uri: str,
     storage_options: Optional[Mapping[str, Any]],
     run_id: str,
-    files: Optional[list[str]] = None,
-    fail_after: Optional[int] = None,
+    files: list[str],
 ) -> list[str]:
     """Commit a staged run; returns the final paths (in the filesystem, no scheme).
 
     files: the staged files this attempt wrote (paths in the filesystem, as the writers return them);
-        only these are published. None publishes every file in the staging folder.
-    fail_after (tests only): raise after moving that many files, as a kill in mid-commit would stop.
+        only these are published, whatever else the staging folder holds.
     """
     fs, root = filesystem(output_uri, storage_options)
     fs.invalidate_cache()
     stage = join(root, STAGING, run_id)
-    if files is None:
-        if not fs.exists(stage):
-            return []
-        files = [p for p in fs.find(stage) if not p.endswith((MANIFEST, ".tmp"))]
+    files = [posixpath.normpath(p) for p in files]  # 'stage/../x' is not staged
     outside = [p for p in files if not p.startswith(stage + "/")]
     if outside:
-        raise ValueError(f"not staged under {stage}/: {outside[:3]}")
+        raise ValueError(f"files: not staged under {stage}/: {outside[:3]}")
     relpaths = sorted({p[len(stage) + 1:] for p in files})
     manifest = {"run_id": run_id, "files": relpaths, "committed_at": time.time()}
-    _write_atomic(fs, join(stage, MANIFEST), json.dumps(manifest).encode())
-    if fail_after is not None:
-        for rel in relpaths[:fail_after]:
-            _move(fs, join(stage, rel), join(root, rel))
-        raise RuntimeError(f"simulated crash after moving {fail_after} of {len(relpaths)} files")
+    write_atomic(fs, join(stage, MANIFEST), json.dumps(manifest).encode())
     return _apply(fs, root, run_id, relpaths)
 
 
@@ -134,11 +111,9 @@ def rollback(output_uri: str, storage_options: Optional[Mapping[str, Any]], run_
 def _newest_mtime(fs, folder: str) -> Optional[float]:
     newest = None
     for info in fs.find(folder, detail=True).values():
-        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
-        if hasattr(mtime, "timestamp"):
-            mtime = mtime.timestamp()
+        mtime = mtime_of(info)
         if mtime is not None:
-            newest = max(newest or 0.0, float(mtime))
+            newest = max(newest or 0.0, mtime)
     return newest
 
 

@@ -16,18 +16,14 @@ becomes an error row (stage "list", error_type PathOutsideInput) that names the 
 
 from __future__ import annotations
 
-import io
-import json
 from typing import Any, Mapping, Optional, Sequence
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from pipeline.schema import LISTED
-from pipeline.storage import PathOutsideInput, filesystem, is_within, to_uri
+from pipeline.storage import TABLE_SUFFIXES, PathOutsideInput, filesystem, is_within, mtime_of, read_table_file, to_uri
 
-MANIFEST_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv")
+MANIFEST_SUFFIXES = (".txt", *TABLE_SUFFIXES)
 _GLOB_CHARS = set("*?[")
 
 
@@ -36,27 +32,16 @@ def version_of(info: Mapping[str, Any]) -> Optional[str]:
     etag = info.get("ETag") or info.get("etag")
     if etag:
         return str(etag).strip('"')
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
-    if hasattr(mtime, "timestamp"):
-        mtime = mtime.timestamp()
+    mtime = mtime_of(info)
     return f"{info.get('size')}:{mtime}" if mtime is not None else None
 
 
-def _read_manifest(fs, path: str) -> list[str]:
+def _read_manifest(fs, path: str, storage_options: Mapping[str, Any]) -> list[str]:
     """URIs listed in a manifest file, in file order."""
-    suffix = path.lower().rsplit(".", 1)[-1]
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    if suffix == "txt":
-        lines = (line.strip() for line in data.decode("utf-8").splitlines())
+    if path.lower().endswith(".txt"):
+        lines = (line.strip() for line in fs.cat_file(path).decode("utf-8").splitlines())
         return [line for line in lines if line and not line.startswith("#")]
-    if suffix in ("jsonl", "json"):
-        rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
-        table = pa.Table.from_pylist(rows)
-    elif suffix == "parquet":
-        table = pq.read_table(io.BytesIO(data))
-    else:
-        table = pacsv.read_csv(io.BytesIO(data))
+    table = read_table_file(to_uri(fs, path), storage_options)
     column = next((c for c in ("video_uri", "uri") if c in table.column_names), None)
     if column is None:
         raise ValueError(f"manifest {path} needs a `video_uri` or `uri` column, has {table.column_names}")
@@ -127,7 +112,7 @@ class ListVideos:
     def _list_manifest(self, fs, path: str) -> list[dict]:
         base = to_uri(fs, path).rsplit("/", 1)[0]
         rows, seen = [], set()
-        for entry in dict.fromkeys(_read_manifest(fs, path)):  # drop duplicates, keep order
+        for entry in dict.fromkeys(_read_manifest(fs, path, self.storage_options)):  # drop duplicates, keep order
             target = _resolve(entry, base)
             if not is_within(target, (base, *self.allowed_prefixes)):
                 error = PathOutsideInput.entry("manifest", entry, base)

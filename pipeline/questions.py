@@ -13,39 +13,20 @@ PathOutsideInput naming the entry: questions never make the job read anything th
 
 from __future__ import annotations
 
-import io
-import json
 from typing import Any, Mapping, Optional, Sequence
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from pipeline.schema import LISTED
-from pipeline.storage import PathOutsideInput, filesystem, is_within, normalize_uri
+from pipeline.storage import PathOutsideInput, is_within, normalize_uri, read_table_file
 
 
 def read_questions_file(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> pa.Table:
     """The (video_uri, question) table of a Parquet, JSONL or CSV file, with a clear error if malformed."""
-    fs, path = filesystem(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    suffix = path.lower().rsplit(".", 1)[-1]
-    if suffix == "parquet":
-        table = pq.read_table(io.BytesIO(data))
-    elif suffix in ("jsonl", "json", "ndjson"):
-        rows = []
-        for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"questions_file {uri}: line {n} is not JSON: {exc}") from None
-        table = pa.Table.from_pylist(rows)
-    elif suffix == "csv":
-        table = pacsv.read_csv(io.BytesIO(data))
-    else:
-        raise ValueError(f"questions_file {uri}: expected .parquet, .jsonl or .csv")
+    try:
+        table = read_table_file(uri, storage_options)
+    except ValueError as exc:
+        raise ValueError(f"questions_file {exc}") from None
     missing = {"video_uri", "question"} - set(table.column_names)
     if missing:
         raise ValueError(f"questions_file {uri}: missing column(s) {sorted(missing)}, has {table.column_names}")

@@ -14,6 +14,8 @@ The `date` column comes from the folder name (hive partitioning), not from the f
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 
 
@@ -161,15 +163,21 @@ WRITE_SUMMARY = pa.schema(
 TABLES = {"answers": ANSWERS, "errors": ERRORS, "runs": RUNS}
 
 
+MAX_ERROR_CHARS = 2000
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as the `error` column holds it: one line, Ray's colour codes dropped, at most
+    MAX_ERROR_CHARS; the exception's class name when it has no message."""
+    message = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    return message[:MAX_ERROR_CHARS] or type(exc).__name__
+
+
 def frames_of(row) -> "numpy.ndarray":
     """The (T, H, W, 3) uint8 frames of a DECODED row (a read-only view of its bytes)."""
     import numpy
 
     return numpy.frombuffer(row["frames"], dtype=numpy.uint8).reshape(row["frames_shape"])
-
-
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
 
 
 def describe(schema: pa.Schema) -> str:

@@ -4,6 +4,8 @@ Local paths, file:// and s3:// (s3fs) go through the same calls. s3fs reads the 
 itself (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION);
 `storage_options` from the config are passed to remote filesystems only (a local folder needs none).
 Nothing here logs an option's value: `redact` is what callers print or store.
+Also here, as every module reads and writes through it: `read_table_file` (manifests, questions files)
+and `write_atomic` (every file the pipeline writes).
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import uuid
 from typing import Any, Mapping, Optional
 
 import fsspec
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
 
 # Whole names or _-suffixes only, so max_new_tokens or token_temperature are not taken for secrets.
 _SECRET_KEY = re.compile(
@@ -125,3 +132,47 @@ def join(base: str, *parts: str) -> str:
     for part in parts:
         out = f"{out}/{part.strip('/')}"
     return out
+
+
+def mtime_of(info: Mapping[str, Any]) -> Optional[float]:
+    """Modification time (seconds since the epoch) of an fsspec `info` entry, whichever store made it."""
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return None if mtime is None else float(mtime)
+
+
+# pyarrow's reader for each table file suffix (JSON: one object per line).
+_TABLE_READERS = {
+    "parquet": pq.read_table, "csv": pacsv.read_csv, "jsonl": pajson.read_json, "ndjson": pajson.read_json,
+    "json": pajson.read_json,
+}
+TABLE_SUFFIXES = tuple(f".{s}" for s in _TABLE_READERS)
+
+
+def read_table_file(uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> pa.Table:
+    """A Parquet, CSV or JSON Lines file as one pyarrow table, the format chosen by its suffix."""
+    fs, path = filesystem(uri, storage_options)
+    suffix = path.rsplit(".", 1)[-1].lower()
+    if suffix not in _TABLE_READERS:
+        raise ValueError(f"{uri}: expected one of {', '.join(TABLE_SUFFIXES)}")
+    with fs.open(path, "rb") as f:
+        try:
+            return _TABLE_READERS[suffix](f)
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"{uri}: not a readable .{suffix} table: {exc}") from None
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write a whole file so that no reader ever sees part of it: one PUT on S3 (atomic there); on a local
+    disk a temporary name (`*.tmp`: no `*.parquet` glob picks it up), fsync, then a rename."""
+    if protocol_of(fs.unstrip_protocol(path)) != "file":
+        fs.pipe_file(path, data)
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    fs.mv(tmp, path)

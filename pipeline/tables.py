@@ -4,6 +4,7 @@
     answers = read_table("s3://bucket/qa", "answers")            # pyarrow.Table, with the `date` column
     con = duckdb_connect("s3://bucket/qa")                        # views: answers, errors, runs
     con.sql("SELECT model, avg(tokens_kept / tokens_total) FROM answers GROUP BY model").show()
+    draw_answer_row(answers.to_pylist()[0]).save("row.png")     # what the model kept (flashvlm.viz)
 
 Only committed runs are visible: a run writes under <output.uri>/_staging/<run_id>/ and moves its files
 into answers/, errors/ and runs/ when it commits (pipeline/commit.py), so every reader (pyarrow, the
@@ -122,3 +123,26 @@ def duckdb_connect(output_uri: str, storage_options: Optional[Mapping[str, Any]]
                 f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{table_glob(output_uri, name)}', hive_partitioning = true)"
             )
     return con
+
+
+def draw_answer_row(row: Mapping[str, Any], storage_options: Optional[Mapping[str, Any]] = None, size: Optional[int] = None):
+    """flashvlm.viz's kept-token picture (a PIL image) of one answers-table row (a dict, e.g.
+    `df.iloc[0].to_dict()`). The row's video is read and decoded again with its recorded frame count, at
+    `size` (default: the row's frame_size), so the frames are the ones the model saw (uniform sampling is
+    deterministic)."""
+    from types import SimpleNamespace
+
+    from flashvlm.decode import Sampling
+    from flashvlm.viz import draw_answer
+    from pipeline.decode import read_and_decode
+
+    size = int(size or row["frame_size"])
+    frames, _ = read_and_decode(row["video_uri"], Sampling(frames=int(row["frames"]), size=size), storage_options)
+    important = row.get("kept_important")
+    answer = SimpleNamespace(
+        kept=[list(map(int, k)) for k in row["kept"]],
+        important=None if important is None else [list(map(bool, f)) for f in important],
+        tokens_kept=int(row["tokens_kept"]),
+        tokens_total=int(row["tokens_total"]),
+    )
+    return draw_answer(frames, answer, question=row["question"], budget=row.get("budget"))

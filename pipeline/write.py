@@ -7,24 +7,22 @@ Layout (Hive-partitioned by the run's UTC date, so `date` is a column for every 
 
 <digest> hashes the (video_uri, video_version, question_index, question) keys of the rows in the file, so
 a retried task, which writes the same rows, overwrites its own file instead of adding a duplicate.
-With `staging=True` (what the job uses) the files go under `<output.uri>/_staging/<run_id>/` with the
-same layout, and `pipeline.commit` moves them into place when the run commits (see that module). Local files are
-written under a temporary name and renamed, so a reader never sees half a file; an S3 PUT is atomic.
+The run writes under its staging folder `<output.uri>/_staging/<run_id>/` with the same layout, and
+`pipeline.commit` moves the files into place when the run commits (see that module). Every
+file is written whole (`pipeline.storage.write_atomic`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.commit import staging_uri
 from pipeline.schema import ANSWERS, ERRORS, RUNS, WRITE_SUMMARY
-from pipeline.storage import arrow_filesystem, filesystem, is_local, join
+from pipeline.storage import filesystem, join, write_atomic
 
 COMPRESSION = "zstd"
 
@@ -47,33 +45,27 @@ def _digest(table: pa.Table) -> str:
 
 
 class ParquetWriter:
-    """Writes whole tables to one filesystem; atomic on local disks (temp name + rename)."""
+    """Writes whole tables as Parquet files under one output URI, each file atomically."""
 
     def __init__(self, output_uri: str, storage_options: Optional[Mapping[str, Any]] = None):
-        fs, self.root = filesystem(output_uri, storage_options)
-        self.local = is_local(output_uri)
-        self.fs = arrow_filesystem(fs)
+        self.fs, self.root = filesystem(output_uri, storage_options)
 
     def write(self, table: pa.Table, directory: str, name: str) -> str:
-        self.fs.create_dir(directory, recursive=True)
+        buffer = pa.BufferOutputStream()  # a few MB at most: one answers batch
+        pq.write_table(table, buffer, compression=COMPRESSION)
         path = join(directory, name)
-        if not self.local:
-            pq.write_table(table, path, filesystem=self.fs, compression=COMPRESSION)
-            return path
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # not *.parquet: globbing readers never pick it up
-        pq.write_table(table, tmp, filesystem=self.fs, compression=COMPRESSION)
-        self.fs.move(tmp, path)
+        write_atomic(self.fs, path, buffer.getvalue().to_pybytes())
         return path
 
 
 class WriteTables:
-    """Callable for `Dataset.map_batches(batch_format="pyarrow")`: ANSWERED rows in, one WRITE_SUMMARY row out."""
+    """Callable for `Dataset.map_batches(batch_format="pyarrow")`: ANSWERED rows in, one WRITE_SUMMARY row out.
 
-    def __init__(
-        self, output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id: str, run_date: str, staging: bool = False
-    ):
-        # staging: write under <output.uri>/_staging/<run_id>/ for pipeline.commit to publish at the end.
-        self.writer = ParquetWriter(staging_uri(output_uri, run_id) if staging else output_uri, storage_options)
+    output_uri: where the tables go; the run passes its staging folder (pipeline.commit.staging_uri).
+    """
+
+    def __init__(self, output_uri: str, storage_options: Optional[Mapping[str, Any]], run_id: str, run_date: str):
+        self.writer = ParquetWriter(output_uri, storage_options)
         self.run_id, self.run_date = run_id, run_date
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -47,13 +47,6 @@ def tiny_job_config(input_uri, output_uri, ray: dict, **extra):
     return validate_config(data)
 
 
-def job_module():
-    """jobs/video_qa.py, loaded as a module (it is a script, not part of a package)."""
-    from test_job import load_job
-
-    return load_job()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,10 +116,30 @@ def s3_bucket(s3_options) -> str:
     return name
 
 
+def make_live_webm(path: Path, frames: int = 24) -> Path:
+    """A VP8 WebM written as a live stream writes it: no duration and no frame count in its header, which
+    decord refuses ("broken metadata") and PyAV decodes, like ../shared/videos/no_duration.webm."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format="webm", options={"live": "1"}) as container:
+        stream = container.add_stream("libvpx", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(frames):
+            image = np.full((120, 160, 3), (i * 10) % 256, dtype=np.uint8)
+            image[40:80, (i * 5) % 120 : (i * 5) % 120 + 40] = (230, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
     """A folder of clips for pipeline tests: the real ones named above when ../shared/videos exists,
-    else generated clips (healthy) plus a zero-byte and a truncated file (broken)."""
+    else generated ones: healthy clips, a live WebM that needs the PyAV fallback, a zero-byte and a
+    truncated file (broken)."""
     from conftest import SHARED_VIDEOS
 
     folder = tmp_path_factory.mktemp("clips")
@@ -138,6 +151,8 @@ def clip_dir(tmp_path_factory) -> Path:
 
     for i, name in enumerate(GOOD_CLIPS):
         make_clip(folder / (Path(name).stem + ".mp4"), seed=i)
+    for name in FALLBACK_CLIPS:
+        make_live_webm(folder / name)
     (folder / "empty.webm").write_bytes(b"")
     data = (folder / "chaplin.mp4").read_bytes()
     (folder / "corrupted.mp4").write_bytes(data[: len(data) // 3])

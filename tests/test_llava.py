@@ -14,7 +14,7 @@ import torch
 import flashvlm
 from flashvlm.models.base import VideoAnswer
 from flashvlm.models.llava import LlavaAdapter, feature_layer_index
-from flashvlm.testing import TINY_LLAVA, tiny_model_path
+from flashvlm.tiny_models import TINY_LLAVA, build_tiny_llava, tiny_cache_dir, tiny_model_path
 
 N = 576
 PROMPT = "USER: <image>\n{q} ASSISTANT:"
@@ -80,7 +80,7 @@ def test_tiny_llava_has_real_geometry_and_loads_offline(llava, tiny_llava_cache)
     model, processor = llava
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert type(processor).__name__ == "LlavaProcessor"
-    assert tiny_llava_cache == str(flashvlm.testing.tiny_cache_dir(TINY_LLAVA))
+    assert tiny_llava_cache == str(tiny_cache_dir(TINY_LLAVA))
     vision = model.config.vision_config
     assert (vision.image_size, vision.patch_size) == (336, 14)
     assert 2 <= vision.num_hidden_layers <= 4 and model.config.text_config.num_hidden_layers <= 4
@@ -94,7 +94,7 @@ def test_tiny_llava_has_real_geometry_and_loads_offline(llava, tiny_llava_cache)
 
 def test_tiny_llava_build_is_deterministic(llava, tmp_path):
     model, _ = llava
-    other = type(model).from_pretrained(flashvlm.testing.build_tiny_llava(tmp_path / "again"))
+    other = type(model).from_pretrained(build_tiny_llava(tmp_path / "again"))
     theirs = other.state_dict()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, theirs[name]), name

@@ -1,6 +1,7 @@
 """The answer and write stages in-process (no Ray): the tiny model, error rows, deterministic files,
 and the output tables read back with pyarrow, DuckDB, Polars and pandas."""
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -10,8 +11,8 @@ from pipeline.config import validate_config
 from pipeline.decode import DecodeVideos
 from pipeline.listing import list_videos
 from pipeline.questions import attach_questions
-from pipeline.schema import ANSWERED, ANSWERS, DECODED, ERRORS, WRITE_SUMMARY
-from pipeline.tables import duckdb_connect, read_table, table_glob
+from pipeline.schema import ANSWERED, ANSWERS, DECODED, ERRORS, WRITE_SUMMARY, frames_of
+from pipeline.tables import draw_answer_row, duckdb_connect, read_table, table_glob
 from pipeline.write import WriteTables
 
 QUESTIONS = ["What is happening?", "What colour is it?"]
@@ -127,6 +128,26 @@ def test_a_retry_overwrites_its_own_files(answered, tmp_path):
     assert read_table(str(tmp_path), "answers").num_rows == summary["answers"]  # not twice
     other = write(answered.slice(0, 2), tmp_path)["files"]  # other rows: another file, same run
     assert set(other).isdisjoint(first)
+
+
+def test_an_answers_row_is_drawn_from_the_table_alone(decoded, answered, tmp_path):
+    from flashvlm.viz import CAPTION_HEIGHT, PRUNED_BRIGHTNESS
+
+    write(answered, tmp_path)
+    row = read_table(str(tmp_path), "answers").to_pylist()[0]
+    image = np.asarray(draw_answer_row(row))  # the row's video read and decoded again, at its frame_size
+    assert image.shape == (CAPTION_HEIGHT + 336, 2 * 336, 3)
+    t = next(t for t, kept in enumerate(row["kept"]) if kept)
+    frame = frames_of(next(r for r in decoded.to_pylist() if r["video_uri"] == row["video_uri"]))[t]
+    tile = image[CAPTION_HEIGHT:, t * 336 : (t + 1) * 336]
+
+    def inside(index):  # a token's 14 px cell without its 1 px outline
+        r, c = divmod(index, 24)
+        return slice(r * 14 + 1, r * 14 + 13), slice(c * 14 + 1, c * 14 + 13)
+
+    kept, pruned = row["kept"][t][0], min(set(range(576)) - set(row["kept"][t]))
+    assert np.array_equal(tile[inside(kept)], frame[inside(kept)])  # the frames the model saw, kept ones as they are
+    assert np.array_equal(tile[inside(pruned)], (frame[inside(pruned)] * PRUNED_BRIGHTNESS).astype(np.uint8))
 
 
 def test_readme_queries_run_as_written(answered, tmp_path):

@@ -41,9 +41,9 @@ def test_cli_draws_a_real_clip(shared_videos, tmp_path):
 
     # Recompute the same answer to know which tokens were kept, then compare brightness per cell.
     import flashvlm
-    from pipeline.decode import Sampling, read_and_decode
+    from flashvlm.decode import Sampling, decode_file
 
-    frames, _ = read_and_decode(str(shared_videos / "chaplin.mp4"), Sampling(frames=4, size=336))
+    frames, _ = decode_file(shared_videos / "chaplin.mp4", Sampling(frames=4, size=336))
     vlm = flashvlm.wrap(flashvlm.load("flashvlm-tiny/llava")[0], budget=32)
     answer = vlm.answer_video(frames, ["What is the man holding?"], max_new_tokens=1)[0]
     assert answer.tokens_kept == 4 * 32 and answer.tokens_total == 4 * 576

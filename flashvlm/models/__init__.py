@@ -50,20 +50,20 @@ def load(
     """(model, processor) from a hub id or a local checkpoint directory, model in eval mode.
 
     "flashvlm-tiny/llava" and "flashvlm-tiny/qwen2_5_vl" name tiny random checkpoints built offline on
-    first use (see flashvlm.testing) and then loaded through the same from_pretrained path. Where the
+    first use (see flashvlm.tiny_models) and then loaded through the same from_pretrained path. Where the
     AutoProcessor cannot be built without torchvision (Qwen2.5-VL's video processor), the family's
     torchvision-free processor with the same call is returned instead.
     dtype: a torch.dtype, "float32", "bfloat16", "float16" or "auto"; None keeps from_pretrained's default.
     """
     from transformers import AutoModelForImageTextToText
 
-    from flashvlm import testing
+    from flashvlm import tiny_models
 
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
         raise ValueError(f"name_or_path must be a hub id or a directory, got {name_or_path!r}")
     if not isinstance(trust_remote_code, bool):
         raise ValueError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
-    path = testing.tiny_model_path(name_or_path) if testing.is_tiny_model(name_or_path) else str(name_or_path)
+    path = tiny_models.tiny_model_path(name_or_path) if tiny_models.is_tiny_model(name_or_path) else str(name_or_path)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     resolved = _resolve_dtype(dtype)
     if resolved is not None:

@@ -1,10 +1,10 @@
-"""Tiny, randomly initialised VLMs built offline, for tests, benchmarks and the demo.
+"""Small offline VLMs: tiny, randomly initialised checkpoints that the demo, the tests and the benchmarks run.
 
-Each builder writes a real checkpoint (config, weights, tokenizer, processor) with `save_pretrained`, so
-that callers load it through the same `flashvlm.load` / `from_pretrained` path as a hub checkpoint.
+`flashvlm.load("flashvlm-tiny/llava")` (or "flashvlm-tiny/qwen2_5_vl") builds one here on first use, in
+$FLASHVLM_CACHE or ~/.cache/flashvlm, with no download. Each builder writes a real checkpoint (config,
+weights, tokenizer, processor) with `save_pretrained`, so it loads through the same `flashvlm.load` /
+`from_pretrained` path as a hub checkpoint.
 """
-
-# ==== LLaVA section (owned by the LLaVA adapter) ====
 
 import os
 import shutil
@@ -140,54 +140,6 @@ def build_tiny_llava(path: str | os.PathLike) -> str:
     return str(path)
 
 
-_TINY_BUILDERS = {
-    TINY_LLAVA: "build_tiny_llava",
-    TINY_QWEN2_5_VL: "build_tiny_qwen2_5_vl",  # defined in the Qwen2.5-VL section below
-}
-
-
-def tiny_cache_dir(name: str) -> Path:
-    """Where the tiny checkpoint `name` lives: $FLASHVLM_CACHE/<name> or ~/.cache/flashvlm/<name>."""
-    root = os.environ.get("FLASHVLM_CACHE") or Path.home() / ".cache" / "flashvlm"
-    return Path(root) / name
-
-
-def is_tiny_model(name: object) -> bool:
-    return isinstance(name, str) and name in _TINY_BUILDERS
-
-
-def tiny_model_path(name: str) -> str:
-    """The local directory of the tiny checkpoint `name`, built on first use.
-
-    The build happens in a temporary sibling directory that is renamed into place at the end: a rename is
-    atomic, so concurrent processes (Ray actors loading the model at once) either see no directory or a
-    complete one. A process that loses the race discards its own copy; the builds are deterministic, so
-    both copies are identical anyway.
-    """
-    if not is_tiny_model(name):
-        raise ValueError(f"name must be one of {sorted(_TINY_BUILDERS)}, got {name!r}")
-    target = tiny_cache_dir(name)
-    if (target / "config.json").is_file():
-        return str(target)
-    builder = globals().get(_TINY_BUILDERS[name])
-    if builder is None:
-        raise ValueError(f"no builder for {name!r} yet ({_TINY_BUILDERS[name]} is not defined in flashvlm.testing)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        builder(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a lost race: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
-
-
-# ==== Qwen2.5-VL section (owned by the Qwen2.5-VL adapter) ====
-
 # Qwen's special tokens, in the order the real tokenizer numbers them (ids differ: the vocabulary is tiny).
 _QWEN_SPECIALS = [
     "<|endoftext|>",
@@ -257,3 +209,43 @@ def build_tiny_qwen2_5_vl(path: str | os.PathLike) -> str:
     tokenizer.save_pretrained(path)
     image_processor.save_pretrained(path)
     return str(path)
+
+
+_TINY_BUILDERS = {TINY_LLAVA: build_tiny_llava, TINY_QWEN2_5_VL: build_tiny_qwen2_5_vl}
+
+
+def tiny_cache_dir(name: str) -> Path:
+    """Where the tiny checkpoint `name` lives: $FLASHVLM_CACHE/<name> or ~/.cache/flashvlm/<name>."""
+    root = os.environ.get("FLASHVLM_CACHE") or Path.home() / ".cache" / "flashvlm"
+    return Path(root) / name
+
+
+def is_tiny_model(name: object) -> bool:
+    return isinstance(name, str) and name in _TINY_BUILDERS
+
+
+def tiny_model_path(name: str) -> str:
+    """The local directory of the tiny checkpoint `name`, built on first use.
+
+    The build happens in a temporary sibling directory that is renamed into place at the end: a rename is
+    atomic, so concurrent processes (Ray actors loading the model at once) either see no directory or a
+    complete one. A process that loses the race discards its own copy; the builds are deterministic, so
+    both copies are identical anyway.
+    """
+    if not is_tiny_model(name):
+        raise ValueError(f"name must be one of {sorted(_TINY_BUILDERS)}, got {name!r}")
+    target = tiny_cache_dir(name)
+    if (target / "config.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _TINY_BUILDERS[name](tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

@@ -1,0 +1,161 @@
+"""Decoding a video: bytes or a local file in, a uniform sample of frames at the model's input size out.
+
+    from flashvlm.decode import Sampling, decode_file
+    frames, meta = decode_file("clip.mp4", Sampling(frames=8, size=336))   # (8, 336, 336, 3) uint8
+
+decord first (fast seeking); when it fails on a file (no duration in the header, unusual pixel formats,
+some WebM), PyAV decodes it instead; only when both fail is it a DecodeError that gives both reasons.
+Frames are resized here to the model's square input size, so full-resolution frames never travel further.
+Rotation metadata is applied (decord does it itself; PyAV frames are rotated here), so frames are upright
+as a player shows them. Reading from object storage, timeouts and error rows are the pipeline's
+(pipeline/decode.py).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+_MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Sampling:
+    frames: int = 8
+    fps: Optional[float] = None
+    size: int = 336
+    resize: str = "crop"
+    threads: int = 0  # decoder threads; 0: the decoder's choice (every core)
+
+
+class DecodeError(RuntimeError):
+    """Neither decord nor PyAV could decode the video; the message holds both reasons."""
+
+
+def sample_indices(num_frames: int, frames: int, fps: Optional[float] = None, duration_s: Optional[float] = None) -> np.ndarray:
+    """Indices of `frames` frames at the centres of equal segments (fewer with `fps`: duration * fps).
+
+    Short videos repeat frames, so a clip always yields the configured count (models expect it).
+    """
+    if num_frames < 1:
+        raise DecodeError("the video has no frames")
+    count = frames
+    if fps and duration_s:
+        count = max(1, min(frames, int(duration_s * fps)))
+    idx = ((np.arange(count) + 0.5) * num_frames / count).astype(np.int64)
+    return np.clip(idx, 0, num_frames - 1)
+
+
+def resize_frames(frames: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3); crop: shortest side to size then centre crop."""
+    from PIL import Image
+
+    out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        img = Image.fromarray(frame)
+        if mode == "squash":
+            img = img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+        else:
+            w, h = img.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        out[i] = np.asarray(img)
+    return out
+
+
+def _rotate(frames: np.ndarray, rotation: float) -> np.ndarray:
+    """Apply display-matrix rotation (degrees counter-clockwise, FFmpeg's convention)."""
+    k = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
+
+
+def _clean(message: str) -> str:
+    """Drop decord's '[hh:mm:ss] /path/file.cc:123: ' prefixes so the reason reads first."""
+    message = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(message))
+    return " ".join(message.split())[:_MAX_ERROR_CHARS]
+
+
+def _decode_decord(data: bytes, s: Sampling) -> tuple[np.ndarray, dict]:
+    from decord import VideoReader, cpu
+
+    reader = VideoReader(io.BytesIO(data), ctx=cpu(0), num_threads=s.threads)
+    n = len(reader)
+    fps = float(reader.get_avg_fps() or 0) or None
+    duration = n / fps if fps else None
+    idx = sample_indices(n, s.frames, s.fps, duration)
+    frames = reader.get_batch(idx.tolist()).asnumpy()
+    del reader  # decord applies rotation metadata itself (checked on video_90.mov against PyAV)
+    return frames, {"frame_indices": idx, "num_frames": n, "duration_s": duration, "fps": fps, "backend": "decord"}
+
+
+def _decode_pyav(data: bytes, s: Sampling) -> tuple[np.ndarray, dict]:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        n = stream.frames
+        if not n:  # no count in the header (e.g. some WebM): count packets, which needs no decoding
+            n = sum(1 for packet in container.demux(stream) if packet.size)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else None
+        if container.duration:
+            duration = container.duration / 1e6
+        elif stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        else:
+            duration = n / fps if fps else None
+    idx = sample_indices(n, s.frames, s.fps, duration)
+    wanted, last = set(idx.tolist()), int(idx.max())
+    picked: dict[int, np.ndarray] = {}
+    rotation, decoded, previous = 0.0, 0, None
+    with av.open(io.BytesIO(data)) as container:  # reopened: seeking back is unreliable without an index
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if s.threads:
+            stream.thread_count = s.threads
+        for i, frame in enumerate(container.decode(stream)):
+            decoded, previous = i + 1, frame
+            if i in wanted:
+                picked[i] = frame.to_ndarray(format="rgb24")
+                rotation = float(frame.rotation or 0)
+            if i >= last:
+                break
+    if not decoded:
+        raise DecodeError("no frame could be decoded")
+    if len(picked) < len(wanted):  # the stream was shorter than its packet count: reuse the last frame
+        fallback = picked[max(picked)] if picked else previous.to_ndarray(format="rgb24")
+        picked = {i: picked.get(i, fallback) for i in wanted}
+    frames = _rotate(np.stack([picked[i] for i in idx.tolist()]), rotation)
+    return frames, {"frame_indices": idx, "num_frames": n, "duration_s": duration, "fps": fps, "backend": "pyav"}
+
+
+def decode_bytes(data: bytes, sampling: Sampling) -> tuple[np.ndarray, dict]:
+    """Decode and resize; (frames (T, size, size, 3) uint8, metadata). Raises DecodeError."""
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        frames, meta = _decode_decord(data, sampling)
+    except Exception as decord_error:
+        try:
+            frames, meta = _decode_pyav(data, sampling)
+        except Exception as pyav_error:
+            raise DecodeError(
+                f"decord: {type(decord_error).__name__}: {_clean(decord_error)}; "
+                f"pyav: {type(pyav_error).__name__}: {_clean(pyav_error)}"
+            ) from None
+    meta["height"], meta["width"] = int(frames.shape[1]), int(frames.shape[2])
+    return resize_frames(frames, sampling.size, sampling.resize), meta
+
+
+def decode_file(path: str | os.PathLike, sampling: Sampling) -> tuple[np.ndarray, dict]:
+    """decode_bytes on a local file's contents."""
+    with open(path, "rb") as f:
+        return decode_bytes(f.read(), sampling)
