@@ -17,6 +17,9 @@ A process killed:
     are idempotent (same name, same bytes), so two runs recovering at once do no harm.
 A run that fails with an exception is rolled back: none of its rows are committed, its run record
 (status failed) is written directly to runs/.
+A manifest is data anyone with write access to output.uri could have written: every entry must be a
+relative path inside the run's staging folder, under answers/, errors/ or runs/. One that is not ('..',
+an absolute path, another URI) stops the whole run's publication before any move, naming the entry.
 """
 
 from __future__ import annotations
@@ -53,9 +56,34 @@ def _move(fs, src: str, dst: str) -> None:
     fs.mv(src, dst)  # a rename on a local disk; copy + delete on S3 (a repeat is harmless: same bytes)
 
 
+def _check_entries(entries: Any, stage: str) -> list[str]:
+    """The manifest's entries, if each is a table file inside the staging folder; else a ValueError naming them.
+
+    Checked on the text alone: 'answers/date=D/x.parquet' is accepted; '..', '.', empty parts, a leading
+    '/', a scheme ('s3://other/x': its first part is 's3:') or a backslash are refused, so no entry can
+    resolve outside `stage` on any filesystem, and the destination is always one of the tables."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{stage}/{MANIFEST}: 'files' must be a list of paths, got {type(entries).__name__}; nothing moved")
+    bad = [
+        e for e in entries
+        if not isinstance(e, str) or "\\" in e or e.split("/", 1)[0] not in _ORDER
+        or any(part in ("", ".", "..") for part in e.split("/"))
+    ]
+    if bad:
+        raise ValueError(
+            f"{stage}/{MANIFEST} lists entries outside the run's staging folder (or outside answers/, errors/, "
+            f"runs/): {', '.join(repr(e) for e in bad[:5])}{' ...' if len(bad) > 5 else ''}; nothing of this run "
+            f"was moved. Inspect {stage}/ and delete it to go on."
+        )
+    return entries
+
+
 def _apply(fs, root: str, run_id: str, relpaths: list[str]) -> list[str]:
-    """Move staged files to their final names (skipping those already moved), then drop the staging folder."""
+    """Move staged files to their final names (skipping those already moved), then drop the staging folder.
+
+    Every entry is checked before the first move (`_check_entries`)."""
     stage = join(root, STAGING, run_id)
+    relpaths = _check_entries(relpaths, stage)
     done = []
     for rel in sorted(relpaths, key=lambda r: (_ORDER.get(r.split("/", 1)[0], 0), r)):
         src, dst = join(stage, rel), join(root, rel)
@@ -88,7 +116,7 @@ def commit(
     outside = [p for p in files if not p.startswith(stage + "/")]
     if outside:
         raise ValueError(f"files: not staged under {stage}/: {outside[:3]}")
-    relpaths = sorted({p[len(stage) + 1:] for p in files})
+    relpaths = _check_entries(sorted({p[len(stage) + 1:] for p in files}), stage)  # never a manifest recover refuses
     manifest = {"run_id": run_id, "files": relpaths, "committed_at": time.time()}
     write_atomic(fs, join(stage, MANIFEST), json.dumps(manifest).encode())
     return _apply(fs, root, run_id, relpaths)
@@ -142,7 +170,7 @@ def recover(
             except ValueError:
                 manifest = None  # a torn manifest (impossible with the atomic write): nothing was moved yet
         if manifest is not None:
-            _apply(fs, root, run_id, list(manifest["files"]))
+            _apply(fs, root, run_id, manifest.get("files") if isinstance(manifest, dict) else None)
             out["rolled_forward"].append(run_id)
             continue
         newest = _newest_mtime(fs, folder)

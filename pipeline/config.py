@@ -1,27 +1,77 @@
 """The job's configuration: pydantic models for `configs/*.yaml`, plus dotted `--set` overrides.
 
 Every model forbids unknown keys, so a typo (`selection.budgte`) is an error naming the key instead
-of a silently ignored setting. `load_config` turns pydantic's errors into one `ConfigError` whose
-message lists each offending key as a dotted path.
+of a silently ignored setting; every field with a fixed set of values is a Literal taken from where the
+library defines that set (flashvlm's GUIDES, SPLITS, dtypes, SelectionConfig), and settings that must
+agree (selection.min_per_frame with budget, split and sampling.frames) are checked together. So a bad
+config fails at load, before Ray starts, not inside a model actor. `load_config` turns pydantic's errors
+into one `ConfigError` whose message lists each offending key as a dotted path with the value it got.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
+import fsspec
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from pipeline.storage import redact
+from flashvlm.models import _DTYPES
+from flashvlm.models.base import GUIDES
+from flashvlm.selection import SelectionConfig, split_budget
+from flashvlm.video import SPLITS, select_video_tokens
+from pipeline.storage import redact_options
+
+# The library's own sets of values, as the types of the fields that take them (Literal[("a", "b")] is
+# Literal["a", "b"]): a value the library would refuse in a model actor is refused at load instead.
+Guide = Literal[GUIDES]
+Split = Literal[SPLITS]
+DType = Literal[tuple(_DTYPES)]
+# What the adapters use when selection.split is None: select_video_tokens' own default.
+DEFAULT_SPLIT = inspect.signature(select_video_tokens).parameters["split"].default
 
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names every bad key."""
+
+
+class FieldError(ValueError):
+    """Raised by a validator that checks several fields together, to name the one at fault.
+
+    key is dotted and relative to the model that raises it; the message shows it after the model's
+    own location, with the value it got."""
+
+    def __init__(self, key: str, value: Any, message: str):
+        super().__init__(message)
+        self.key, self.value = key, value
+
+
+def _known_protocol(uri: str) -> str:
+    """A URI whose scheme fsspec knows (plain paths are local files); the scheme is a fixed set."""
+    protocol = fsspec.utils.get_protocol(uri)
+    if protocol not in fsspec.available_protocols():
+        raise ValueError(f"unknown protocol {protocol!r}: use a local path, file://, s3:// or another fsspec protocol")
+    return uri
+
+
+def _torch_device(device: Optional[str]) -> Optional[str]:
+    """A device string torch parses (what flashvlm.load hands to torch.device)."""
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"not a torch device ({exc})") from None
+    return device
+
+
+Uri = Annotated[str, Field(min_length=1), AfterValidator(_known_protocol)]
 
 
 class _Strict(BaseModel):
@@ -35,12 +85,12 @@ class _Strict(BaseModel):
 
 
 class InputConfig(_Strict):
-    uri: str = Field(description="a local folder, file://, s3://bucket/prefix, a glob, or a manifest file")
+    uri: Uri = Field(description="a local folder, file://, s3://bucket/prefix, a glob, or a manifest file")
     extensions: list[str] = Field(
         default=[".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg"],
         description="suffixes kept when listing a folder or prefix (a glob or manifest is taken as is)",
     )
-    allowed_prefixes: list[str] = Field(
+    allowed_prefixes: list[Uri] = Field(
         default_factory=list,
         description="other locations manifest / questions_file entries may point to (besides the input location)",
     )
@@ -53,13 +103,17 @@ class InputConfig(_Strict):
     @field_validator("extensions")
     @classmethod
     def _lower_with_dot(cls, value: list[str]) -> list[str]:
+        if not value or any(not e.strip(".") for e in value):
+            raise ValueError("must be a non-empty list of suffixes such as .mp4")
         return [e.lower() if e.startswith(".") else "." + e.lower() for e in value]
 
 
 class ModelConfig(_Strict):
-    name: str = Field(description="hub id, local path, or flashvlm-tiny/<family> for the offline tiny models")
-    dtype: Optional[Literal["float32", "float16", "bfloat16"]] = Field(default=None, description="None: the loader's default")
-    device: Optional[str] = Field(default=None, description="cpu, cuda, cuda:N; None lets flashvlm.load choose")
+    name: str = Field(min_length=1, description="hub id, local path, or flashvlm-tiny/<family> for the offline tiny models")
+    dtype: Optional[DType] = Field(default=None, description="None: the loader's default")
+    device: Annotated[Optional[str], AfterValidator(_torch_device)] = Field(
+        default=None, description="cpu, cuda, cuda:N (any torch device); None lets flashvlm.load choose"
+    )
     trust_remote_code: bool = False
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
 
@@ -81,8 +135,6 @@ def _selection_option_fields() -> dict[str, Any]:
 
     None means "the library's default"; only the options a config sets are passed to the library.
     """
-    from flashvlm.selection import SelectionConfig
-
     out: dict[str, Any] = {}
     for f in dataclasses.fields(SelectionConfig):
         kind = type(f.default)  # int or float; pydantic rejects strings and bools for both
@@ -95,30 +147,52 @@ _SelectionBase = create_model("_SelectionBase", __base__=_Strict, **_selection_o
 
 class SelectionOptions(_SelectionBase):  # type: ignore[misc, valid-type]
     budget: Optional[int] = Field(default=64, ge=1, description="visual tokens kept per frame; null keeps all")
-    split: Optional[Literal["global", "per_frame"]] = Field(
-        default=None, description="how the clip budget is split across frames; None: the adapter's default"
+    split: Optional[Split] = Field(
+        default=None, description=f"how the clip budget is split across frames; None: the library's default ({DEFAULT_SPLIT})"
     )
-    min_per_frame: Optional[int] = Field(default=None, ge=0)
-    guide: str = Field(default="question", description="what guides the selection (flashvlm.wrap's guide=)")
+    min_per_frame: Optional[int] = Field(
+        default=None, ge=0, description='split "global" only: important tokens every frame gets at least'
+    )
+    guide: Guide = Field(default="question", description="what guides the selection (flashvlm.wrap's guide=)")
 
     @model_validator(mode="after")
     def _check_with_library(self) -> "SelectionOptions":
         # The library owns the ranges (e.g. top_p in [0, 1)); ask it now rather than in a model actor.
-        from flashvlm.selection import SelectionConfig
-
         SelectionConfig(**self.library_options())
+        if self.min_per_frame is not None:
+            if self.budget is None:
+                raise FieldError("min_per_frame", self.min_per_frame, "needs a budget (selection.budget is null: nothing is pruned)")
+            if (self.split or DEFAULT_SPLIT) != "global":
+                raise FieldError(
+                    "min_per_frame", self.min_per_frame,
+                    f'applies to selection.split "global" only, not {self.split or "null"} '
+                    f'(null: the library\'s default, "{DEFAULT_SPLIT}"); "per_frame" fixes every frame\'s share',
+                )
         return self
+
+    def check_min_per_frame(self, frames: int) -> None:
+        """min_per_frame against the important share of the clip budget, for every frame count a clip
+        of at most `frames` frames can have (short clips decode fewer; Qwen2.5-VL pairs frames)."""
+        if self.min_per_frame is None or self.budget is None:
+            return
+        config = SelectionConfig(**self.library_options())
+        # (the clip's important tokens, as select_video_tokens counts them) // frames, for every frame count
+        limit = min(split_budget(self.budget * t, config)[0] // t for t in range(1, frames + 1))
+        if self.min_per_frame > limit:
+            raise FieldError(
+                "min_per_frame", self.min_per_frame,
+                f"at most {limit}: the important share (important_ratio {config.important_ratio}) of "
+                f"selection.budget {self.budget} per frame, for clips of 1 to {frames} frames (sampling.frames)",
+            )
 
     def library_options(self) -> dict[str, Any]:
         """The SelectionConfig fields this config sets (None fields are left to the library)."""
-        from flashvlm.selection import SelectionConfig
-
         names = {f.name for f in dataclasses.fields(SelectionConfig)}
         return {k: v for k, v in self.model_dump().items() if k in names and v is not None}
 
 
 class OutputConfig(_Strict):
-    uri: str = Field(description="a local folder, file://, or s3://bucket/prefix; tables go to answers/, errors/, runs/")
+    uri: Uri = Field(description="a local folder, file://, or s3://bucket/prefix; tables go to answers/, errors/, runs/")
 
 
 class RayConfig(_Strict):
@@ -174,7 +248,7 @@ class JobConfig(_Strict):
         description="incremental runs retry failed videos: transient = all but decode errors of the same version; all = every failure",
     )
     questions: list[str] = Field(default_factory=list, description="asked of every video")
-    questions_file: Optional[str] = Field(
+    questions_file: Optional[Uri] = Field(
         default=None, description="Parquet or JSONL with columns video_uri, question (per-video questions)"
     )
     model: ModelConfig
@@ -182,7 +256,8 @@ class JobConfig(_Strict):
     selection: SelectionOptions = Field(default_factory=SelectionOptions)
     output: OutputConfig
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="passed to fsspec/s3fs for remote URIs (e.g. endpoint_url, key, secret)"
+        default_factory=dict,
+        description="passed to fsspec/s3fs for remote URIs (e.g. endpoint_url, key, secret); stored and logged masked",
     )
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -197,11 +272,18 @@ class JobConfig(_Strict):
     def _some_questions(self) -> "JobConfig":
         if not self.questions and not self.questions_file:
             raise ValueError("set `questions` (asked of every video) or `questions_file` (per-video), or both")
+        try:
+            self.selection.check_min_per_frame(self.sampling.frames)
+        except FieldError as exc:
+            raise FieldError(f"selection.{exc.key}", exc.value, str(exc)) from None
         return self
 
     def public_dict(self) -> dict[str, Any]:
-        """The config as plain data with credentials replaced, safe to log and to store in runs/."""
-        return redact(self.model_dump(mode="json"))
+        """The config as plain data with every storage option masked but known non-secret ones, safe
+        to log and to store in runs/ (no other section holds a credential: unknown keys are refused)."""
+        data = self.model_dump(mode="json")
+        data["storage_options"] = redact_options(data["storage_options"])
+        return data
 
     def settings_id(self) -> str:
         """A short hash of every setting that changes an answer: model, sampling and selection.
@@ -255,15 +337,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "<top level>"
-        msg = item["msg"]
+        key = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        cause = item.get("ctx", {}).get("error")
         library = re.search(r"SelectionConfig\.(\w+) (.*)", msg)  # a range the library checks: name its key
-        if library:
+        if isinstance(cause, FieldError):  # a check of several fields: it names the one at fault
+            key, msg = ".".join(k for k in (key, cause.key) if k), f"{cause} (got {cause.value!r})"
+        elif library:
             key, msg = f"{key}.{library.group(1)}", library.group(2)
-        if item["type"] == "extra_forbidden":
+        elif item["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif "input" in item and item["type"] != "missing" and not isinstance(item["input"], dict):
+        elif "input" in item and item["type"] != "missing" and not isinstance(item["input"], dict) \
+                and item["loc"][:1] != ("storage_options",):  # never echo what may be a credential
             msg = f"{msg} (got {item['input']!r})"
+        key = key or "<top level>"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
 Local paths, file:// and s3:// (s3fs) go through the same calls. s3fs reads the standard AWS variables
 itself (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION);
 `storage_options` from the config are passed to remote filesystems only (a local folder needs none).
-Nothing here logs an option's value: `redact` is what callers print or store.
+Nothing here logs an option's value: `redact_options` is what callers print or store.
 Also here, as every module reads and writes through it: `read_table_file` (manifests, questions files)
 and `write_atomic` (every file the pipeline writes).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import uuid
 from typing import Any, Mapping, Optional
 
@@ -23,20 +22,37 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-# Whole names or _-suffixes only, so max_new_tokens or token_temperature are not taken for secrets.
-_SECRET_KEY = re.compile(
-    r"(^|_)(secret|password|passwd|token|credentials?|key|key_id|auth|authorization|signature|sas|sas_token)$", re.IGNORECASE
-)
-_REDACTED = "***"
+# storage_options keys whose values are settings, not credentials: shown in logs and runs.config as they
+# are. Every other value is masked, so a credential under a name nobody listed (SSECustomerKey, accessKey,
+# api-key, a new backend's option) never reaches a table or a log; masking a harmless setting costs only
+# its visibility. A dict or list under a listed key (client_kwargs, config_kwargs, ...) is masked by the
+# same rule, key by key.
+PUBLIC_OPTIONS = frozenset({
+    # s3fs.S3FileSystem
+    "anon", "endpoint_url", "use_ssl", "requester_pays", "version_aware", "cache_regions", "max_concurrency",
+    "default_block_size", "default_fill_cache", "default_cache_type", "client_kwargs", "config_kwargs",
+    "s3_additional_kwargs",
+    # boto3 client (client_kwargs) and botocore Config (config_kwargs)
+    "region_name", "verify", "api_version", "retries", "max_attempts", "mode", "connect_timeout",
+    "read_timeout", "max_pool_connections", "signature_version", "s3", "addressing_style",
+    # s3_additional_kwargs: how objects are stored (SSEKMSKeyId and SSECustomerKey stay masked)
+    "ServerSideEncryption", "ACL", "StorageClass",
+})
+_MASK = "***"
 
 
-def redact(value: Any) -> Any:
-    """A copy of nested dicts/lists with every value under a secret-looking key replaced by '***'."""
-    if isinstance(value, Mapping):
-        return {k: (_REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "", {}) else redact(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
+def redact_options(options: Any, _public: bool = True) -> Any:
+    """A copy of storage_options with every value masked ('***') unless its key is in PUBLIC_OPTIONS.
+
+    Nested dicts and lists under public keys are walked with the same rule; None stays None (there
+    is nothing to hide, and it shows the option is unset)."""
+    if not _public:
+        return None if options is None else _MASK
+    if isinstance(options, Mapping):
+        return {k: redact_options(v, str(k) in PUBLIC_OPTIONS) for k, v in options.items()}
+    if isinstance(options, (list, tuple)):
+        return [redact_options(v) for v in options]
+    return options
 
 
 def protocol_of(uri: str) -> str:

@@ -1,6 +1,9 @@
 """The job config: shipped configs validate, bad keys and values are errors that name the key."""
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -69,11 +72,112 @@ def test_unknown_key_is_named(data, key):
         (with_("ray", decode_actors=[4, 2]), "ray.decode_actors", "min <= max"),
         (with_("ray", decode_timeout_s=-5), "ray.decode_timeout_s", "greater than 0"),
         ({**MINIMAL, "run_id": "../etc"}, "run_id", "pattern"),
+        (with_("selection", guide="questoin"), "selection.guide", "'question' or 'prompt' (got 'questoin')"),
+        ({**MINIMAL, "incremental_retry": "some"}, "incremental_retry", "'transient' or 'all' (got 'some')"),
+        (with_("model", device="gpu"), "model.device", "cuda"),
+        (with_("model", name=""), "model.name", "at least 1 character"),
+        (with_("input", uri="s4://bucket/v/"), "input.uri", "unknown protocol 's4'"),
+        (with_("input", extensions=["", ".mp4"]), "input.extensions", "suffixes"),
+        (with_("input", allowed_prefixes=["zz://x"]), "input.allowed_prefixes.0", "unknown protocol 'zz'"),
+        (with_("output", uri=""), "output.uri", "at least 1 character"),
+        ({**MINIMAL, "questions_file": "zz://q.jsonl"}, "questions_file", "unknown protocol 'zz'"),
     ],
 )
 def test_bad_value_is_named(data, key, hint):
     message = error_of(data)
     assert f"{key}:" in message and hint in message, message
+
+
+def test_fixed_sets_come_from_the_library():
+    from flashvlm.models import _DTYPES
+    from flashvlm.models.base import GUIDES
+    from flashvlm.video import SPLITS
+    from pipeline.config import JobConfig, ModelConfig, SelectionOptions
+
+    def literal(model, name):
+        annotation = model.model_fields[name].annotation
+        if type(None) in get_args(annotation):  # Optional[Literal[...]]
+            (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+        return get_args(annotation)
+
+    assert literal(SelectionOptions, "guide") == GUIDES
+    assert literal(SelectionOptions, "split") == SPLITS
+    assert literal(ModelConfig, "dtype") == tuple(_DTYPES)
+    assert set(get_args(JobConfig.model_fields["incremental_retry"].annotation)) == {"transient", "all"}
+
+
+@pytest.mark.parametrize(
+    "selection, frames, hint",
+    [
+        # the library's default split is per_frame, which fixes each frame's share itself
+        ({"min_per_frame": 4}, 8, 'applies to selection.split "global" only, not null'),
+        ({"min_per_frame": 4, "split": "per_frame"}, 8, "not per_frame"),
+        ({"min_per_frame": 4, "split": "global", "budget": None}, 8, "needs a budget"),
+        # important share of 64 at ratio 0.5: 32 a frame
+        ({"min_per_frame": 33, "split": "global", "budget": 64}, 8, "at most 32"),
+        ({"min_per_frame": 17, "split": "global", "budget": 64, "important_ratio": 0.25}, 8, "at most 16"),
+        # int(5 * 0.5) = 2 important tokens for 1 frame, int(15 * 0.5) // 3 = 2 for 3: 3 never fits
+        ({"min_per_frame": 3, "split": "global", "budget": 5}, 4, "at most 2"),
+    ],
+)
+def test_min_per_frame_is_checked_against_budget_split_and_frames(selection, frames, hint):
+    data = {**with_("selection", **selection), "sampling": {"frames": frames}}
+    message = error_of(data)
+    assert "selection.min_per_frame:" in message and hint in message and f"(got {selection['min_per_frame']})" in message, message
+
+
+@pytest.mark.parametrize(
+    "selection, frames",
+    [
+        ({"min_per_frame": 32, "split": "global", "budget": 64}, 8),
+        ({"min_per_frame": 0, "split": "global", "budget": 1}, 8),
+        ({"min_per_frame": 2, "split": "global", "budget": 5}, 4),
+        ({"min_per_frame": 16, "split": "global", "budget": 64, "important_ratio": 0.25}, 1024),
+    ],
+)
+def test_min_per_frame_that_fits_loads(selection, frames):
+    cfg = validate_config({**with_("selection", **selection), "sampling": {"frames": frames}})
+    assert cfg.selection.min_per_frame == selection["min_per_frame"]
+
+
+def test_min_per_frame_limit_is_what_select_video_tokens_accepts():
+    """The config's limit is exactly the library's: at the limit select_video_tokens runs, one above it refuses."""
+    import torch
+
+    from flashvlm.video import select_video_tokens
+
+    budget, T, N = 10, 3, 16
+    limit = int(budget * T * 0.5) // T  # 5
+    assert validate_config({**with_("selection", split="global", budget=budget, min_per_frame=limit), "sampling": {"frames": T}})
+    assert "at most 5" in error_of({**with_("selection", split="global", budget=budget, min_per_frame=limit + 1),
+                                    "sampling": {"frames": T}})
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(1, T, N, 8, generator=g), torch.randn(1, T, N, 8, generator=g), torch.rand(1, T, N, generator=g), None)
+    assert select_video_tokens(*args, budget * T, split="global", min_per_frame=limit).shape == (1, budget * T)
+    with pytest.raises(ValueError, match="min_per_frame"):
+        select_video_tokens(*args, budget * T, split="global", min_per_frame=limit + 1)
+
+
+def test_a_bad_value_exits_2_before_ray_starts(tmp_path):
+    """`python jobs/video_qa.py --set selection.guide=questoin`, as a user types it: exit 2, the key, the bad
+    value and the allowed ones on stderr, and Ray never imported (so never started)."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = sys.argv[1:]  # as `python jobs/video_qa.py ...` sets it\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "finally:\n"
+        "    print('ray imported:', 'ray' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        # (input and output in tmp_path: if the bad value ever loaded, the job would find nothing to do there)
+        [sys.executable, "-c", probe, "jobs/video_qa.py", "--set", "selection.guide=questoin",
+         "--set", f"input.uri={tmp_path}/in", "--set", "input.generate_if_missing=0", "--set", f"output.uri={tmp_path}/out"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "selection.guide: Input should be 'question' or 'prompt' (got 'questoin')" in done.stderr
+    assert "ray imported: False" in done.stderr and done.stdout == ""
 
 
 def test_missing_required_keys_are_named():
@@ -138,6 +242,31 @@ def test_settings_id_tracks_answer_changing_settings_only():
 def test_selection_library_options_only_the_set_ones():
     cfg = validate_config(with_("selection", gamma=3.0, budget=16))
     assert cfg.selection.library_options() == {"gamma": 3.0}
+
+
+def test_every_storage_option_is_masked_unless_known_to_be_public():
+    secrets = {"SSECustomerKey": "sse-1", "accessKey": "ak-2", "api-key": "api-3", "Password": "pw-4", "sas": "sas-5"}
+    options = {
+        **secrets, "endpoint_url": "http://minio:9000", "anon": False, "use_ssl": True, "token": None,
+        "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "st-6", "verify": False},
+        "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "proxies": {"https": "http://u:pw-7@proxy"}},
+        "s3_additional_kwargs": {"ServerSideEncryption": "AES256", "SSECustomerKey": "sse-8", "SSEKMSKeyId": "kms-9"},
+        "some_list": ["l-10"],
+    }
+    public = validate_config({**MINIMAL, "storage_options": options}).public_dict()["storage_options"]
+    assert public == {
+        **dict.fromkeys(secrets, "***"), "endpoint_url": "http://minio:9000", "anon": False, "use_ssl": True, "token": None,
+        "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "***", "verify": False},
+        "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "proxies": "***"},
+        "s3_additional_kwargs": {"ServerSideEncryption": "AES256", "SSECustomerKey": "***", "SSEKMSKeyId": "***"},
+        "some_list": "***",
+    }
+    text = str(public)
+    assert not [s for s in ("sse-", "ak-2", "api-3", "pw-", "sas-5", "st-6", "kms-9", "l-10") if s in text]
+
+
+def test_a_bad_storage_options_value_is_not_echoed():
+    assert "key=SECRET" not in error_of({**MINIMAL, "storage_options": "key=SECRET"})
 
 
 def test_redaction_keeps_token_counts_and_hides_nested_secrets():
