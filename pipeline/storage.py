@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from typing import Any, Mapping, Optional
 
@@ -39,19 +40,22 @@ PUBLIC_OPTIONS = frozenset({
     "ServerSideEncryption", "ACL", "StorageClass",
 })
 _MASK = "***"
+_USERINFO = re.compile(r"(?<=://)[^/@]*@")  # 'http://user:password@host' -> 'http://***@host'
 
 
 def redact_options(options: Any, _public: bool = True) -> Any:
     """A copy of storage_options with every value masked ('***') unless its key is in PUBLIC_OPTIONS.
 
     Nested dicts and lists under public keys are walked with the same rule; None stays None (there
-    is nothing to hide, and it shows the option is unset)."""
+    is nothing to hide, and it shows the option is unset); a URL keeps its host but not its user:password."""
     if not _public:
         return None if options is None else _MASK
     if isinstance(options, Mapping):
         return {k: redact_options(v, str(k) in PUBLIC_OPTIONS) for k, v in options.items()}
     if isinstance(options, (list, tuple)):
         return [redact_options(v) for v in options]
+    if isinstance(options, str):
+        return _USERINFO.sub(_MASK + "@", options)
     return options
 
 

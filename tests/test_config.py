@@ -248,7 +248,7 @@ def test_every_storage_option_is_masked_unless_known_to_be_public():
     secrets = {"SSECustomerKey": "sse-1", "accessKey": "ak-2", "api-key": "api-3", "Password": "pw-4", "sas": "sas-5"}
     options = {
         **secrets, "endpoint_url": "http://minio:9000", "anon": False, "use_ssl": True, "token": None,
-        "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "st-6", "verify": False},
+        "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "st-6", "endpoint_url": "https://u:pw-11@s3.x"},
         "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "proxies": {"https": "http://u:pw-7@proxy"}},
         "s3_additional_kwargs": {"ServerSideEncryption": "AES256", "SSECustomerKey": "sse-8", "SSEKMSKeyId": "kms-9"},
         "some_list": ["l-10"],
@@ -256,13 +256,13 @@ def test_every_storage_option_is_masked_unless_known_to_be_public():
     public = validate_config({**MINIMAL, "storage_options": options}).public_dict()["storage_options"]
     assert public == {
         **dict.fromkeys(secrets, "***"), "endpoint_url": "http://minio:9000", "anon": False, "use_ssl": True, "token": None,
-        "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "***", "verify": False},
+        "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "***", "endpoint_url": "https://***@s3.x"},
         "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "proxies": "***"},
         "s3_additional_kwargs": {"ServerSideEncryption": "AES256", "SSECustomerKey": "***", "SSEKMSKeyId": "***"},
         "some_list": "***",
     }
     text = str(public)
-    assert not [s for s in ("sse-", "ak-2", "api-3", "pw-", "sas-5", "st-6", "kms-9", "l-10") if s in text]
+    assert not [s for s in ("sse-", "ak-2", "api-3", "pw-", "sas-5", "st-6", "kms-9", "l-10", "u:") if s in text]
 
 
 def test_a_bad_storage_options_value_is_not_echoed():
