@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config, validate_config
+from pipeline.run import run, summary_text
 from pipeline.listing import list_videos
 from pipeline.questions import attach_questions, questions_by_video
 from pipeline.synthetic import make_clip
@@ -118,7 +119,6 @@ def test_recover_refuses_a_manifest_without_a_list_of_files(tmp_path):
 def test_credentials_never_printed_logged_or_written(ray_local, flashvlm_cache, s3_options, s3_bucket, tmp_path, capsys, monkeypatch):
     import s3fs
 
-    from test_job import load_job
 
     env_secret, option_secret = "ENVSECRET-7f3a9c", "OPTSECRET-2b8d41"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", env_secret)
@@ -138,7 +138,9 @@ def test_credentials_never_printed_logged_or_written(ray_local, flashvlm_cache, 
         "sampling": {"frames": 2, "size": 336}, "selection": {"budget": 8},
         "output": {"uri": f"s3://{s3_bucket}/qa"}, "storage_options": options, "ray": {"decode_timeout_s": 30},
     }))
-    assert load_job().main(["--config", str(config)]) == 0
+    cfg = load_config(config)
+    record = run(cfg)
+    print(summary_text(cfg, record))
     printed = capsys.readouterr()
     assert "1 failed" in printed.out  # the run did write an error row (messages are a leak path too)
     secrets = (env_secret, option_secret, options["key"], extra["SSECustomerKey"], extra["accessKey"], extra["api-key"])
