@@ -306,24 +306,25 @@ def _background_canvas(background: Background, frames: int) -> np.ndarray:
     """(H, W, 3) uint8, large enough for every frame's crop when the background pans."""
     dx, dy = background.pan
     h, w = SIZE + abs(dy) * (frames - 1), SIZE + abs(dx) * (frames - 1)
-    if background.kind == "solid":
-        weight = None
-    elif background.kind == "gradient":
-        a = np.deg2rad(background.angle)
-        proj = np.cos(a) * np.arange(w)[None, :] + np.sin(a) * np.arange(h)[:, None]
-        weight = (proj - proj.min()) / max(proj.max() - proj.min(), 1e-9)
-    elif background.kind == "noise":
-        grid = np.random.default_rng(background.noise_seed).random((5, 5))  # ~4 bumps across: low frequency
-        weight = _smooth_axis(h, 5) @ grid @ _smooth_axis(w, 5).T
-        weight = (weight - weight.min()) / max(weight.max() - weight.min(), 1e-9)
-    else:
-        raise ValueError(f"background.kind must be solid, gradient or noise, got {background.kind!r}")
     c0, c1 = (np.asarray(c, dtype=np.float64) for c in background.colours)
     if background.kind == "solid":
-        return np.broadcast_to(c0.astype(np.uint8), (h, w, 3))
+        return np.tile(c0.astype(np.uint8), h * w).reshape(h, w, 3)  # contiguous: 10x faster to copy from
+    if background.kind == "gradient":
+        a = np.deg2rad(background.angle)
+        xs, ys = np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)[:, None]
+        weight = np.float32(np.cos(a)) * xs + np.float32(np.sin(a)) * ys  # (h, w) position along the angle
+    elif background.kind == "noise":
+        grid = np.random.default_rng(background.noise_seed).random((5, 5))  # ~4 bumps across: low frequency
+        along_h, along_w = (_smooth_axis(n, 5).astype(np.float32) for n in (h, w))
+        rows = np.einsum("hk,kl->hl", along_h, grid.astype(np.float32))  # (h, 5)
+        # rows @ along_w.T as 5 outer products: 0.7 ms, where a BLAS matmul took 10 ms on a busy 2-core machine
+        weight = sum(np.multiply.outer(rows[:, k], along_w[:, k]) for k in range(5))  # (h, w)
+    else:
+        raise ValueError(f"background.kind must be solid, gradient or noise, got {background.kind!r}")
+    weight = (weight - weight.min()) / max(float(weight.max() - weight.min()), 1e-9)  # [0, 1]
     # through a 256-entry table: a channel spans at most 60 levels, so 256 steps lose nothing visible
     lut = np.rint(c0 + np.linspace(0, 1, 256)[:, None] * (c1 - c0)).astype(np.uint8)
-    return lut[np.rint(weight * 255).astype(np.uint8)]
+    return np.take(lut, (weight * 255 + 0.5).astype(np.uint8), axis=0)
 
 
 def render(spec: ClipSpec) -> np.ndarray:
