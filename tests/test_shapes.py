@@ -302,6 +302,16 @@ def test_mp4_decodes_to_the_rendered_frames():
         assert diff.mean() < 3, diff.mean()  # yuv420p halves chroma resolution: edges blur a little
 
 
+def test_the_pipeline_decodes_every_frame():
+    from pipeline.decode import Sampling, decode_bytes
+
+    frames = S.render(S.sample_clip(6, 4))
+    decoded, meta = decode_bytes(S.encode_mp4(frames), Sampling(frames=4, size=S.SIZE))
+    assert meta["num_frames"] == 4 and meta["frame_indices"].tolist() == [0, 1, 2, 3]
+    assert decoded.shape == frames.shape
+    assert np.abs(decoded.astype(np.int16) - frames.astype(np.int16)).mean() < 3
+
+
 def test_write_split_is_read_by_the_pipeline(tmp_path):
     from pipeline.questions import questions_by_video, read_questions_file
     from pipeline.storage import normalize_uri
