@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import lru_cache
@@ -88,7 +89,7 @@ class Background:
     """Pixels are colours[0] + w * (colours[1] - colours[0]) for a weight w in [0, 1] per pixel.
 
     kind "solid": w = 0; "gradient": w linear along `angle` (degrees, 0 = left to right, 90 = top to
-    bottom); "noise": w a smooth bicubic-like interpolation of a coarse random grid drawn from
+    bottom); "noise": w a smoothstep interpolation of a coarse (5 x 5) random grid drawn from
     `noise_seed`. The content moves `pan` = (dx, dy) px a frame.
     """
 
@@ -166,38 +167,22 @@ def _sample_background(rng: np.random.Generator) -> Background:
             return background
 
 
-def _axis_times(d0: int, dv: int, lo: int, hi: int) -> tuple[list, list] | None:
-    """Constraints on t from lo < d0 + dv * t < hi: (lower bounds, upper bounds), all strict; None if never."""
-    if dv == 0:
-        return ([], []) if lo < d0 < hi else None
-    t1, t2 = Fraction(lo - d0, dv), Fraction(hi - d0, dv)
-    return ([min(t1, t2)], [max(t1, t2)])
-
-
 def _collide(a: ShapeObject, b: ShapeObject, frames: int) -> bool:
     """Whether the two boxes overlap (touching is fine) at any real time t in [0, frames - 1]."""
     (avx, avy), (bvx, bvy) = _STEP[a.direction], _STEP[b.direction]
-    lows, highs = [], []
-    for d0, dv, lo, hi in (
-        (b.x - a.x, bvx * b.speed - avx * a.speed, -b.size, a.size),
-        (b.y - a.y, bvy * b.speed - avy * a.speed, -b.size, a.size),
+    low, high = -math.inf, math.inf  # the open interval of t where they overlap on every axis so far
+    for d0, dv, size_a, size_b in (
+        (b.x - a.x, bvx * b.speed - avx * a.speed, a.size, b.size),
+        (b.y - a.y, bvy * b.speed - avy * a.speed, a.size, b.size),
     ):
-        bounds = _axis_times(d0, dv, lo, hi)
-        if bounds is None:
-            return False
-        lows += bounds[0]
-        highs += bounds[1]
-    # t in [0, T-1] (closed) and t > every low, t < every high (strict)
-    low, high = max(lows, default=None), min(highs, default=None)
-    if low is not None and high is not None and low >= high:
-        return False
-    start_ok = low is None or low < 0  # t = 0 satisfies the strict lows
-    end_ok = high is None or high > frames - 1
-    lo_t = 0 if start_ok else low
-    hi_t = frames - 1 if end_ok else high
-    if lo_t < hi_t:
-        return True
-    return lo_t == hi_t and start_ok and end_ok  # a single closed point, e.g. one frame
+        # on this axis they overlap while -size_b < d0 + dv * t < size_a (d: b's offset from a)
+        if dv == 0:
+            if not -size_b < d0 < size_a:
+                return False
+            continue
+        t1, t2 = Fraction(-size_b - d0, dv), Fraction(size_a - d0, dv)  # exact: touching is not overlap
+        low, high = max(low, min(t1, t2)), min(high, max(t1, t2))
+    return low < high and low < frames - 1 and high > 0  # (low, high) meets the closed [0, T-1]
 
 
 def _sample_object(rng: np.random.Generator, shape: str, colour: str, frames: int) -> ShapeObject:

@@ -124,6 +124,12 @@ def test_collision_between_frames_is_caught():
     a = S.ShapeObject("square", "red", (220, 40, 40), 28, 0, 100, "right", 24)
     b = S.ShapeObject("square", "blue", (40, 80, 220), 28, 40, 110, "down", 24)
     assert S._collide(a, b, 2)
+    assert S._collide(a, replace(b, y=115), 2)
+    assert not S._collide(a, replace(b, y=116), 2)  # b leaves a's rows at t = 0.5, as a reaches its column
+    assert not S._collide(a, replace(b, x=60), 2) and not S._collide(a, b, 1)
+    still = replace(a, direction="still", speed=0)
+    arriving = S.ShapeObject("star", "blue", (40, 80, 220), 28, 52, 100, "left", 24)  # touches `still` at t = 1
+    assert not S._collide(still, arriving, 2) and S._collide(still, arriving, 3)
     touching = S.ShapeObject("square", "blue", (40, 80, 220), 28, 28, 100, "still", 0)
     assert not S._collide(replace(a, direction="still", speed=0), touching, 4)
     assert S._collide(replace(a, direction="still", speed=0), replace(touching, x=27), 1)
