@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}\\s]+")
 
@@ -35,16 +35,35 @@ class _Strict(BaseModel):
 
 
 class StageConfig(_Strict):
+    kind: Literal["alignment", "qa"] = Field(description="alignment: captions, one turn a clip; qa: the task's questions")
     steps: int = Field(ge=0, description="optimizer steps, one clip a step")
     lr: float = Field(gt=0, description="peak learning rate (linear warm-up, cosine decay to 10%)")
     warmup: int = Field(default=100, ge=0, description="warm-up steps")
+    frames: list[int] = Field(
+        default=[4], min_length=1, description="clip lengths, one drawn per step: one-frame clips are 4x cheaper than four"
+    )
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_in_range(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= t <= 8 for t in value):
+            raise ValueError(f"every clip length must be 1..8, got {value}")
+        return value
 
 
 class TrainConfig(_Strict):
     seed: int = 0
-    frames: int = Field(default=4, ge=1, le=8, description="frames a clip (the evaluation's and the demo's)")
-    alignment: StageConfig = StageConfig(steps=1000, lr=1e-3)
-    qa: StageConfig = StageConfig(steps=1800, lr=1e-3)
+    frames: int = Field(default=4, ge=1, le=8, description="frames of the validation and test clips (the evaluation's and the demo's)")
+    stages: list[StageConfig] = Field(
+        default=[
+            StageConfig(kind="alignment", steps=400, lr=1e-3, frames=[1]),
+            StageConfig(kind="qa", steps=3600, lr=1e-3, frames=[1]),
+            StageConfig(kind="qa", steps=900, lr=5e-4, frames=[2, 4]),
+        ],
+        min_length=1,
+        description="run in order; alignment before qa, as LLaVA trains",
+    )
+    question_draws: int = Field(default=3, ge=1, description="qa turns a clip: the union of this many draws of its questions")
     weight_decay: float = Field(default=0.01, ge=0)
     clip_grad: float = Field(default=1.0, gt=0)
     validation_clips: int = Field(default=12, ge=0, description="validation clips scored after each stage")
@@ -77,13 +96,14 @@ def _lr_at(step: int, stage: StageConfig) -> float:
     return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _turns(stage: str, spec: Any, rng: random.Random) -> list[tuple[str, str]]:
+def _turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[str, str]]:
     from flashvlm import shapes
     from flashvlm.shapes_model import CAPTION_PROMPT
 
-    if stage == "alignment":
+    if kind == "alignment":
         return [(CAPTION_PROMPT, shapes.caption(spec))]
-    items = [(q.question, q.answer) for q in shapes.questions(spec)]
+    # Several draws of the clip's questions: more of its facts asked for the cost of one pass over its frames.
+    items = list({q.question: (q.question, q.answer) for d in range(draws) for q in shapes.questions(spec, seed=spec.seed * draws + d)}.values())
     rng.shuffle(items)  # every question type comes first in some conversations
     return items
 
@@ -144,21 +164,21 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     params = sum(p.numel() for p in model.parameters())
     log(f"shapes LLaVA: {params / 1e6:.2f} M parameters, {cfg.frames} frames a clip, seed {cfg.seed}")
     validation = [shapes.sample_clip(shapes.clip_seed("validation", i), cfg.frames) for i in range(cfg.validation_clips)]
-    record: dict[str, Any] = {"model": "flashvlm-tiny/shapes", "seed": cfg.seed, "parameters": params, "stages": {}}
+    record: dict[str, Any] = {"model": "flashvlm-tiny/shapes", "seed": cfg.seed, "parameters": params, "stages": []}
 
-    def validate(stage: str) -> dict[str, Any]:
+    def validate(kind: str, name: str) -> dict[str, Any]:
         model.eval()
-        if stage == "alignment":
+        if kind == "alignment":
             score = {"caption_token_accuracy": round(caption_token_accuracy(model, adapter, validation, cfg.frames), 4)}
         else:
             score = qa_accuracy(adapter, validation)
         model.train()
-        log(f"[{stage}] validation: {json.dumps(score)}")
+        log(f"[{name}] validation: {json.dumps(score)}")
         return score
 
     offset = 0  # clips already used: every stage sees new clips
-    for name in ("alignment", "qa"):
-        stage: StageConfig = getattr(cfg, name)
+    for number, stage in enumerate(cfg.stages, start=1):
+        name = f"{number}:{stage.kind}"
         rng = random.Random(f"{cfg.seed}-{name}")
         optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
         model.train()
@@ -166,8 +186,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         scores: list[tuple[int, dict]] = []
         running, t_stage, t_log = 0.0, time.time(), time.time()
         for step in range(stage.steps):
-            spec = shapes.sample_clip(shapes.clip_seed("train", offset + step), cfg.frames)
-            ids, labels = conversation(adapter, cfg.frames, _turns(name, spec, rng))  # (1, S), (1, S)
+            frames = stage.frames[rng.randrange(len(stage.frames))]
+            spec = shapes.sample_clip(shapes.clip_seed("train", offset + step), frames)
+            ids, labels = conversation(adapter, frames, _turns(stage.kind, spec, rng, cfg.question_draws))  # (1, S), (1, S)
             pixel_values = adapter.pixel_values(decoded_clip(spec))  # (T, 3, 336, 336)
             loss = model(input_ids=ids, pixel_values=pixel_values, labels=labels).loss
             loss.backward()
@@ -185,13 +206,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                     f"{rate:.2f} clips/s  {(time.time() - t_start) / 60:.1f} min")
                 running, t_log = 0.0, time.time()
             if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < stage.steps:
-                scores.append((step + 1, validate(name)))
+                scores.append((step + 1, validate(stage.kind, name)))
                 t_log = time.time()
         offset += stage.steps
-        scores.append((stage.steps, validate(name)))
+        scores.append((stage.steps, validate(stage.kind, name)))
         save(model, processor, Path(cfg.output), cfg.save_dtype, log)  # each stage's end, so a stopped run keeps its work
-        record["stages"][name] = {"steps": stage.steps, "minutes": round((time.time() - t_stage) / 60, 2),
-                                  "loss_curve": curve, "validation": scores[-1][1], "validation_curve": scores}
+        record["stages"].append({"kind": stage.kind, "frames": stage.frames, "steps": stage.steps, "minutes": round((time.time() - t_stage) / 60, 2),
+                                  "loss_curve": curve, "validation": scores[-1][1], "validation_curve": scores})
 
     record["train_minutes"] = round((time.time() - t_start) / 60, 2)
     model.eval()
