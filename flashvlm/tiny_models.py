@@ -39,8 +39,16 @@ _TINY_DECODER = dict(
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
-def _tiny_bpe_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, unk: str | None):
-    """A byte-level BPE trained in-process on `_TINY_CORPUS`, wrapped for transformers (no download)."""
+def _tiny_bpe_tokenizer(
+    specials: list[str],
+    bos: str | None,
+    eos: str,
+    pad: str,
+    unk: str | None,
+    corpus: list[str] = _TINY_CORPUS,
+    vocab_size: int = 400,
+):
+    """A byte-level BPE trained in-process on `corpus`, wrapped for transformers (no download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -48,12 +56,12 @@ def _tiny_bpe_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     if bos is not None:  # Llama-style: every encoded text starts with BOS
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]

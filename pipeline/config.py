@@ -355,17 +355,18 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def validate_config(data: Any, source: str = "<dict>") -> JobConfig:
+def validate_config(data: Any, source: str = "<dict>", schema: type[BaseModel] = None) -> Any:
+    """`schema` (default JobConfig) validated from plain data; ConfigError names each bad key."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config ({source}): the top level must be a mapping, got {type(data).__name__}")
     try:
-        return JobConfig.model_validate(data)
+        return (schema or JobConfig).model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
 
 
-def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> JobConfig:
-    """Read a YAML config, apply `key.path=value` overrides, validate; ConfigError names each bad key."""
+def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None, schema: type[BaseModel] = None) -> Any:
+    """Read a YAML config, apply `key.path=value` overrides, validate as `schema` (default JobConfig)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -377,4 +378,4 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
         if not isinstance(data, dict):
             raise ConfigError(f"invalid config ({path}): the top level must be a mapping")
         data = apply_overrides(data, overrides)
-    return validate_config(data, source=str(path))
+    return validate_config(data, source=str(path), schema=schema)

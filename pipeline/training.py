@@ -1,0 +1,223 @@
+"""Training the small shapes LLaVA (flashvlm/shapes_model.py) the way LLaVA is trained, on generated clips.
+
+    stage "alignment":  a caption of every clip (which objects, colours, motions), one turn a clip
+    stage "qa":         the task's questions about every clip, several turns a clip (LLaVA's multi-turn data)
+
+Nothing is pretrained here, so both stages train every weight (LLaVA's first stage freezes a pretrained
+vision tower and language model; ours start random). Every clip is new: clip i of a stage is
+`shapes.sample_clip(clip_seed("train", offset + i))`, rendered, encoded to H.264 and decoded again the way
+the pipeline decodes it, then preprocessed by the adapter's own `pixel_values`. No data or loss refers to
+token selection: the model is trained at full budget only, so that selection is judged on a model that was
+not shaped for it.
+
+Deterministic for a seed (model init, clip order, question order), up to float summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import string
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}\\s]+")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StageConfig(_Strict):
+    kind: Literal["alignment", "qa"] = Field(description="alignment: captions, one turn a clip; qa: the task's questions")
+    steps: int = Field(ge=0, description="optimizer steps, one clip a step")
+    lr: float = Field(gt=0, description="peak learning rate (linear warm-up, cosine decay to 10%)")
+    warmup: int = Field(default=100, ge=0, description="warm-up steps")
+    frames: list[int] = Field(
+        default=[4], min_length=1, description="clip lengths, one drawn per step: one-frame clips are 4x cheaper than four"
+    )
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_in_range(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= t <= 8 for t in value):
+            raise ValueError(f"every clip length must be 1..8, got {value}")
+        return value
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    frames: int = Field(default=4, ge=1, le=8, description="frames of the validation and test clips (the evaluation's and the demo's)")
+    stages: list[StageConfig] = Field(
+        default=[
+            StageConfig(kind="alignment", steps=400, lr=1e-3, frames=[1]),
+            StageConfig(kind="qa", steps=3600, lr=1e-3, frames=[1]),
+            StageConfig(kind="qa", steps=900, lr=5e-4, frames=[2, 4]),
+        ],
+        min_length=1,
+        description="run in order; alignment before qa, as LLaVA trains",
+    )
+    question_draws: int = Field(default=3, ge=1, description="qa turns a clip: the union of this many draws of its questions")
+    weight_decay: float = Field(default=0.01, ge=0)
+    clip_grad: float = Field(default=1.0, gt=0)
+    validation_clips: int = Field(default=12, ge=0, description="validation clips scored after each stage")
+    test_clips: int = Field(default=60, ge=0, description="test clips scored at the end, at full budget")
+    log_every: int = Field(default=25, ge=1)
+    validate_every: int = Field(default=0, ge=0, description="also validate every this many steps (0: at each stage's end only)")
+    threads: Optional[int] = Field(default=2, ge=1, description="torch threads; None: torch's default")
+    output: str = Field(default="flashvlm/checkpoints/shapes", description="checkpoint directory (save_pretrained)")
+    save_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+
+
+def normalize_answer(text: Optional[str]) -> str:
+    """Lower-case, punctuation and whitespace stripped: how answers are compared with labels."""
+    return _PUNCTUATION.sub("", (text or "").lower())
+
+
+def decoded_clip(spec: Any) -> Any:
+    """(T, 336, 336, 3) uint8 frames of a generated clip as the pipeline sees them: H.264 encoded, then decoded."""
+    from flashvlm import shapes
+    from pipeline.decode import Sampling, decode_bytes
+
+    frames, _ = decode_bytes(shapes.encode_mp4(shapes.render(spec)), Sampling(frames=spec.frames, size=shapes.SIZE))
+    return frames
+
+
+def _lr_at(step: int, stage: StageConfig) -> float:
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+    return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[str, str]]:
+    from flashvlm import shapes
+    from flashvlm.shapes_model import CAPTION_PROMPT
+
+    if kind == "alignment":
+        return [(CAPTION_PROMPT, shapes.caption(spec))]
+    # Several draws of the clip's questions: more of its facts asked for the cost of one pass over its frames.
+    items = list({q.question: (q.question, q.answer) for d in range(draws) for q in shapes.questions(spec, seed=spec.seed * draws + d)}.values())
+    rng.shuffle(items)  # every question type comes first in some conversations
+    return items
+
+
+def caption_token_accuracy(model: Any, adapter: Any, specs: list[Any], frames: int) -> float:
+    """Share of caption tokens predicted exactly (teacher forcing): the alignment stage's validation score."""
+    from flashvlm import shapes
+    from flashvlm.shapes_model import CAPTION_PROMPT, IGNORE_INDEX, conversation
+
+    right = total = 0
+    with torch.no_grad():
+        for spec in specs:
+            ids, labels = conversation(adapter, frames, [(CAPTION_PROMPT, shapes.caption(spec))])
+            logits = model(input_ids=ids, pixel_values=adapter.pixel_values(decoded_clip(spec))).logits  # (1, S, V)
+            predicted, target = logits[0, :-1].argmax(-1), labels[0, 1:]
+            scored = target != IGNORE_INDEX
+            right += int((predicted[scored] == target[scored]).sum())
+            total += int(scored.sum())
+    return right / max(1, total)
+
+
+def qa_accuracy(adapter: Any, specs: list[Any]) -> dict[str, Any]:
+    """Accuracy per question type of `adapter.answer_video` (the inference path) on the clips' questions."""
+    from flashvlm import shapes
+
+    right: dict[str, int] = {t: 0 for t in shapes.QUESTION_TYPES}
+    count: dict[str, int] = {t: 0 for t in shapes.QUESTION_TYPES}
+    for spec in specs:
+        items = shapes.questions(spec)
+        answers = adapter.answer_video(decoded_clip(spec), [q.question for q in items], max_new_tokens=4)
+        for item, answer in zip(items, answers):
+            count[item.question_type] += 1
+            right[item.question_type] += normalize_answer(answer.text) == normalize_answer(item.answer)
+    per_type = {t: round(right[t] / count[t], 4) for t in shapes.QUESTION_TYPES if count[t]}
+    overall = sum(right.values()) / max(1, sum(count.values()))
+    return {"accuracy": per_type, "overall": round(overall, 4), "items": sum(count.values())}
+
+
+def save(model: Any, processor: Any, output: Path, dtype: str, log: Callable[[str], None]) -> None:
+    """save_pretrained in `dtype` (float16 halves the checkpoint); the model stays float32 in memory."""
+    model.to(getattr(torch, dtype)).save_pretrained(output)
+    model.float()
+    processor.save_pretrained(output)
+    log(f"saved {output} ({sum(f.stat().st_size for f in output.iterdir()) / 1e6:.1f} MB)")
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train from scratch, save the checkpoint to cfg.output, return the record (test accuracy per type)."""
+    from flashvlm import shapes
+    from flashvlm.models import wrap
+    from flashvlm.shapes_model import build_shapes_model, conversation
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    model, processor = build_shapes_model(cfg.seed)
+    adapter = wrap(model, budget=None, processor=processor)  # its video_prompts and pixel_values build the inputs
+    params = sum(p.numel() for p in model.parameters())
+    log(f"shapes LLaVA: {params / 1e6:.2f} M parameters, {cfg.frames} frames a clip, seed {cfg.seed}")
+    validation = [shapes.sample_clip(shapes.clip_seed("validation", i), cfg.frames) for i in range(cfg.validation_clips)]
+    record: dict[str, Any] = {"model": "flashvlm-tiny/shapes", "seed": cfg.seed, "parameters": params, "stages": []}
+
+    def validate(kind: str, name: str) -> dict[str, Any]:
+        model.eval()
+        if kind == "alignment":
+            score = {"caption_token_accuracy": round(caption_token_accuracy(model, adapter, validation, cfg.frames), 4)}
+        else:
+            score = qa_accuracy(adapter, validation)
+        model.train()
+        log(f"[{name}] validation: {json.dumps(score)}")
+        return score
+
+    offset = 0  # clips already used: every stage sees new clips
+    for number, stage in enumerate(cfg.stages, start=1):
+        name = f"{number}:{stage.kind}"
+        rng = random.Random(f"{cfg.seed}-{name}")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+        model.train()
+        curve: list[tuple[int, float]] = []
+        scores: list[tuple[int, dict]] = []
+        running, t_stage, t_log = 0.0, time.time(), time.time()
+        for step in range(stage.steps):
+            frames = stage.frames[rng.randrange(len(stage.frames))]
+            spec = shapes.sample_clip(shapes.clip_seed("train", offset + step), frames)
+            ids, labels = conversation(adapter, frames, _turns(stage.kind, spec, rng, cfg.question_draws))  # (1, S), (1, S)
+            pixel_values = adapter.pixel_values(decoded_clip(spec))  # (T, 3, 336, 336)
+            loss = model(input_ids=ids, pixel_values=pixel_values, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, stage)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += loss.item()
+            if (step + 1) % cfg.log_every == 0 or step + 1 == stage.steps:
+                n = (step % cfg.log_every) + 1
+                rate = n / (time.time() - t_log)
+                curve.append((step + 1, round(running / n, 4)))
+                log(f"[{name}] step {step + 1}/{stage.steps}  loss {running / n:.4f}  lr {_lr_at(step, stage):.2e}  "
+                    f"{rate:.2f} clips/s  {(time.time() - t_start) / 60:.1f} min")
+                running, t_log = 0.0, time.time()
+            if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < stage.steps:
+                scores.append((step + 1, validate(stage.kind, name)))
+                t_log = time.time()
+        offset += stage.steps
+        scores.append((stage.steps, validate(stage.kind, name)))
+        save(model, processor, Path(cfg.output), cfg.save_dtype, log)  # each stage's end, so a stopped run keeps its work
+        record["stages"].append({"kind": stage.kind, "frames": stage.frames, "steps": stage.steps, "minutes": round((time.time() - t_stage) / 60, 2),
+                                  "loss_curve": curve, "validation": scores[-1][1], "validation_curve": scores})
+
+    record["train_minutes"] = round((time.time() - t_start) / 60, 2)
+    model.eval()
+
+    test = [shapes.sample_clip(shapes.clip_seed("test", i), cfg.frames) for i in range(cfg.test_clips)]
+    record["test"] = qa_accuracy(adapter, test)
+    record["minutes"] = round((time.time() - t_start) / 60, 2)
+    return record
