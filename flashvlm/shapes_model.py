@@ -61,7 +61,7 @@ def corpus() -> list[str]:
 
 def build_tokenizer() -> Any:
     """A byte-level BPE over `corpus()` (every task word one token), with LLaVA's special tokens."""
-    from flashvlm.testing import _tiny_bpe_tokenizer
+    from flashvlm.tiny_models import _tiny_bpe_tokenizer
 
     tokenizer = _tiny_bpe_tokenizer(_SPECIALS, "<s>", "</s>", "<pad>", "<unk>", corpus=corpus(), vocab_size=512)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})

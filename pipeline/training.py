@@ -83,7 +83,7 @@ def normalize_answer(text: Optional[str]) -> str:
 def decoded_clip(spec: Any) -> Any:
     """(T, 336, 336, 3) uint8 frames of a generated clip as the pipeline sees them: H.264 encoded, then decoded."""
     from flashvlm import shapes
-    from pipeline.decode import Sampling, decode_bytes
+    from flashvlm.decode import Sampling, decode_bytes
 
     frames, _ = decode_bytes(shapes.encode_mp4(shapes.render(spec)), Sampling(frames=spec.frames, size=shapes.SIZE))
     return frames
