@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.run import DEFAULT_CONFIG, resolve_input, run, summary_text
-from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS, GOOD_CLIPS
+from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
