@@ -22,15 +22,30 @@ from typing import Optional
 import numpy as np
 
 _MAX_ERROR_CHARS = 2000
+RESIZE_MODES = ("crop", "squash")
 
 
 @dataclass(frozen=True)
 class Sampling:
+    """Which frames, at what size: `frames` at the centres of equal segments (at most duration * fps with
+    `fps`), resized to size x size by `resize` ("crop": shortest side to size, centre crop; "squash")."""
+
     frames: int = 8
     fps: Optional[float] = None
     size: int = 336
     resize: str = "crop"
     threads: int = 0  # decoder threads; 0: the decoder's choice (every core)
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be > 0 or None, got {self.fps!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"threads must be an int >= 0, got {self.threads!r}")
 
 
 class DecodeError(RuntimeError):
@@ -54,6 +69,9 @@ def sample_indices(num_frames: int, frames: int, fps: Optional[float] = None, du
 def resize_frames(frames: np.ndarray, size: int, mode: str = "crop") -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, size, size, 3); crop: shortest side to size then centre crop."""
     from PIL import Image
+
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
 
     out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
     for i, frame in enumerate(frames):

@@ -12,7 +12,7 @@ import inspect
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import pyarrow as pa
 

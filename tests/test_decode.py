@@ -123,6 +123,13 @@ def test_sample_indices_uniform_short_and_fps():
         sample_indices(0, 4)
 
 
+@pytest.mark.parametrize("bad", [dict(frames=0), dict(size=-1), dict(fps=0), dict(resize="stretch"), dict(threads=-1)])
+def test_bad_sampling_is_a_value_error_that_names_the_field(bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        Sampling(**bad)
+
+
 def test_resize_crop_keeps_the_centre_and_squash_keeps_everything():
     frame = np.zeros((1, 100, 200, 3), np.uint8)
     frame[:, :, :50] = 255  # a white left quarter: cropped away by a centre crop

@@ -193,11 +193,14 @@ def test_the_job_commits_only_its_own_files(ray_local, flashvlm_cache, tmp_path,
 @pytest.mark.slow
 def test_a_killed_run_leaves_nothing_visible_and_the_next_run_finishes(ray_local, flashvlm_cache, tmp_path):
     inputs = make_inputs(tmp_path / "in", n=3)
-    os.mkfifo(inputs / "zz_hang.mp4")  # blocks its decode for decode_timeout_s: the run cannot commit before the kill
+    os.mkfifo(inputs / "zz_hang.mp4")  # decoded last; blocks for decode_timeout_s: the run cannot commit before the kill
     out = tmp_path / "out"
     cfg_file = tmp_path / "job.yaml"
     data = json.loads(config(inputs, out).model_dump_json())
-    data["ray"].update(decode_batch_size=1, model_batch_size=1, write_batch_size=1, decode_timeout_s=600, num_cpus=2)
+    # 3 logical CPUs: the decode actor (1, held by the hang), the answer actor (1) and the writer (0.1) all run at
+    # once, so answers are staged while the hang keeps the run from committing (with 2 the writer waits for it).
+    data["ray"].update(decode_batch_size=1, model_batch_size=1, write_batch_size=1, decode_timeout_s=600, num_cpus=3,
+                       decode_actors=1)
     cfg_file.write_text(json.dumps(data))  # YAML is a superset of JSON
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
@@ -228,5 +231,5 @@ def test_a_killed_run_leaves_nothing_visible_and_the_next_run_finishes(ray_local
     assert len(keys) == len(set(keys)) == 3 * len(QUESTIONS)  # complete, no duplicates
     errors = {r["video_uri"].rsplit("/", 1)[-1]: r for r in read_table(str(out), "errors").to_pylist()}
     assert errors["zz_hang.mp4"]["error_type"] == "TimeoutError" and errors["zz_hang.mp4"]["stage"] == "decode"
-    (run,) = read_table(str(out), "runs").to_pylist()
-    assert run["status"] == "succeeded" and run["run_id"] == "killed"
+    (run_row,) = read_table(str(out), "runs").to_pylist()
+    assert run_row["status"] == "succeeded" and run_row["run_id"] == "killed"

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.run import DEFAULT_CONFIG, resolve_input, run, summary_text
-from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS, GOOD_CLIPS
+from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -101,14 +101,14 @@ ray: {{decode_batch_size: 2, model_batch_size: 2, decode_timeout_s: 60}}
     assert set(failed) == {*BROKEN_CLIPS, "ghost.mp4"}
     assert failed["ghost.mp4"]["stage"] == "list" and failed["empty.webm"]["stage"] == "decode"
 
-    (run,) = runs.to_pylist()
-    assert run["status"] == "succeeded" and run["run_id"] == "s3-run-1"
-    assert run["videos_ok"] == healthy and run["videos_failed"] == len(BROKEN_CLIPS) + 1 and run["videos_skipped"] == 1
-    assert run["videos_listed"] == len(uris) + 1 == run["videos_ok"] + run["videos_failed"] + run["videos_skipped"]
-    assert run["answers"] == answers.num_rows
-    assert run["tokens_kept"] == sum(answers.column("tokens_kept").to_pylist())
-    assert s3_options["secret"] not in run["config"] and json.loads(run["config"])["storage_options"]["secret"] == "***"
-    assert json.loads(run["versions"])["ray"].startswith("2.")
+    (run_row,) = runs.to_pylist()
+    assert run_row["status"] == "succeeded" and run_row["run_id"] == "s3-run-1"
+    assert run_row["videos_ok"] == healthy and run_row["videos_failed"] == len(BROKEN_CLIPS) + 1 and run_row["videos_skipped"] == 1
+    assert run_row["videos_listed"] == len(uris) + 1 == run_row["videos_ok"] + run_row["videos_failed"] + run_row["videos_skipped"]
+    assert run_row["answers"] == answers.num_rows
+    assert run_row["tokens_kept"] == sum(answers.column("tokens_kept").to_pylist())
+    assert s3_options["secret"] not in run_row["config"] and json.loads(run_row["config"])["storage_options"]["secret"] == "***"
+    assert json.loads(run_row["versions"])["ray"].startswith("2.")
 
     con = duckdb_connect(out, s3_options)  # DuckDB reads s3:// through the registered s3fs filesystem
     (n,) = con.sql("SELECT count(*) FROM answers WHERE run_id = 's3-run-1'").fetchall()[0]
