@@ -2,7 +2,8 @@
 
 This is the oracle the tests check `select_tokens` against and the baseline `benchmarks/selection.py`
 measures the batched code against. It follows ALGORITHM.md line by line and recomputes the similarity
-products in every diversity round, as the authors' release does. Do not use it in production code.
+products in every diversity round, as the authors' release does; identical feature rows are one vector
+(cosine 1 to each other, one set of products), so that their ties are exact. Do not use it in production code.
 """
 
 from __future__ import annotations
@@ -63,12 +64,21 @@ def reference_select_one(
 
     # 6. diversity-preserving partition, products recomputed every round
     Vn = V / V.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    # Identical rows are one vector: its cosine to itself is 1, and every copy reads the same cosines.
+    distinct, group = torch.unique(Vn, dim=0, return_inverse=True)  # (G, Dv), (N,)
     while len(R) > k_div:
         m = min(c.diversity_step, len(R) - k_div)
         A, B = R[0::2], R[1::2]
         if not A or not B:
             break
-        best = (Vn[A] @ Vn[B].T).max(dim=1).values
+        if len(distinct) == N:
+            cos = Vn[A] @ Vn[B].T
+        else:  # each pair of distinct vectors computed once
+            ga, ia = group[A].unique(return_inverse=True)
+            gb, ib = group[B].unique(return_inverse=True)
+            cos = (distinct[ga] @ distinct[gb].T)[ia][:, ib]
+            cos[group[A][:, None] == group[B][None, :]] = 1.0
+        best = cos.max(dim=1).values
         keep_order = torch.sort(best, descending=True, stable=True).indices[m:].tolist()
         R = [A[i] for i in keep_order] + B
     R = R[:k_div]

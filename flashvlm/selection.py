@@ -254,6 +254,32 @@ def cosine_matrix(unit: torch.Tensor) -> torch.Tensor:
     return sim
 
 
+def identical_rows_as_one(unit: torch.Tensor, sim: torch.Tensor, flagged: torch.Tensor) -> None:
+    """In place: in the images `flagged`, identical rows of `unit` read as one vector in `sim`.
+
+    unit: (B, M, Dv) unit rows; sim: (B, M, M) their cosine matrix; flagged: (F,) images that may hold
+    identical rows. A matrix product rounds each entry by where it sits in the matrix, so two copies of one
+    vector get cosines that differ in the last bits, and a sort then orders them by rounding instead of
+    by position. Here every row and column of a copy is replaced by those of its first copy, and copies'
+    cosine to each other is exactly 1: ties between copies are exact, and stable sorts break them by
+    position, as the spec says.
+    """
+    M = unit.shape[1]
+    rows = unit[flagged]  # (F, M, Dv)
+    count = rows.shape[0]
+    image = torch.arange(count, device=unit.device, dtype=unit.dtype).repeat_interleave(M)[:, None]  # (F*M, 1)
+    # One exact grouping for all flagged images: the image number in front keeps groups inside an image.
+    distinct, group = torch.unique(torch.cat([image, rows.reshape(count * M, -1)], dim=1), dim=0, return_inverse=True)
+    position = torch.arange(count * M, device=unit.device)  # (F*M,)
+    first = position.new_full((distinct.shape[0],), count * M).scatter_reduce(0, group, position, "amin")
+    first = (first[group] % M).view(count, M)  # each row's first identical row, within its image
+    group = group.view(count, M)
+    s = sim[flagged]  # (F, M, M)
+    s = s.gather(1, first[:, :, None].expand(count, M, M)).gather(2, first[:, None, :].expand(count, M, M))
+    s.masked_fill_(group[:, :, None] == group[:, None, :], 1.0)
+    sim[flagged] = s
+
+
 def diversity_partition(
     features: torch.Tensor, residual: torch.Tensor, keep: int, step: int, *, normalised: bool = False
 ) -> torch.Tensor:
@@ -269,7 +295,8 @@ def diversity_partition(
     similar other tokens are sorted once (topk), so that max is the cosine of the first of them that is
     in B; rows whose neighbours are all outside B, and the late rounds where B is small, read every
     (a, b) pair directly. Both give exactly the maximum. Every row has the same M, so every round has
-    the same shapes across the batch.
+    the same shapes across the batch. Identical unit rows are one vector (`identical_rows_as_one`): their
+    cosine to each other is exactly 1 and each copy reads the same cosines, so their ties are exact.
     """
     B, M = residual.shape
     if keep >= M:
@@ -282,7 +309,15 @@ def diversity_partition(
     # A token is never in B with itself: keep it out of its own neighbour list (no round reads the diagonal).
     sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
     k = min(NEIGHBOURS, M - 1)
-    neighbours = sim.view(B * M, M).topk(k, dim=1).indices  # (B*M, k) most similar first
+    nearest, neighbours = sim.view(B * M, M).topk(k, dim=1)  # (B*M, k) most similar first
+    # Identical rows compute a cosine within (Dv + 8) * eps of 1 (the rounding of a Dv-term dot product of
+    # unit vectors); only images with such a pair are searched for identical rows, exactly.
+    maybe_identical = 1 - (unit.shape[-1] + 8) * torch.finfo(unit.dtype).eps
+    flagged = (nearest[:, 0] >= maybe_identical).view(B, M).any(dim=1).nonzero().squeeze(1)  # (F,)
+    if flagged.numel():
+        identical_rows_as_one(unit, sim, flagged)
+        sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+        neighbours.view(B, M, k)[flagged] = sim[flagged].topk(k, dim=2).indices
     sim = sim.view(B * M * M)  # flat: one gather a read
     offset = torch.arange(B, device=device)[:, None] * M  # (B, 1): row b's tokens are b*M .. b*M + M-1
     R = torch.arange(M, device=device).expand(B, M)  # positions into the residual list
@@ -352,6 +387,10 @@ def select_tokens(
     Returns:
         (B, min(budget, N)) int64 indices, distinct and ascending in every row; with return_important,
         also a bool tensor of the same shape, True where the kept token is an important one.
+
+    Ties keep the lower index first (stable sorts). Tied saliency and identical vision rows tie exactly;
+    identical `projected` rows get relevances that may differ in their last bits (the products round by
+    position), so with a guide text their order can follow that rounding.
     """
     config = config or SelectionConfig()
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1, values=False)

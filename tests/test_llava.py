@@ -6,6 +6,7 @@ per session offline, then loaded through `flashvlm.load` exactly as a hub checkp
 
 from __future__ import annotations
 
+import copy
 
 import numpy as np
 import pytest
@@ -150,11 +151,12 @@ def test_full_budget_is_identical_to_model_generate(llava, budget):
     kwargs = greedy(return_dict_in_generate=True, output_logits=True)
     expected = model.generate(**inputs, **kwargs)
     vlm = flashvlm.wrap(model, budget=budget, processor=processor)
-    got = vlm.generate(**inputs, guide_text=QUESTIONS, **kwargs)
+    got, kept = vlm.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **kwargs)
     assert torch.equal(got.sequences, expected.sequences)
     for ours, theirs in zip(got.logits, expected.logits, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    assert [k.tolist() for k in vlm.last_kept] == [list(range(N))] * 3
+    assert [k.tolist() for k in kept.indices] == [list(range(N))] * 3
+    assert kept.important == [None] * 3  # nothing pruned: no important/diverse split
     # Plain tensor output too, as model.generate gives it.
     assert torch.equal(vlm.generate(**inputs, **greedy()), model.generate(**inputs, **greedy()))
 
@@ -174,13 +176,16 @@ def test_language_model_sees_exactly_budget_tokens_per_image_in_order(llava):
     handle = model.model.multi_modal_projector.register_forward_hook(lambda *a: projector_calls.append(1))
     try:
         with LanguageModelInputs(model) as seen:
-            out = vlm.generate(**inputs, guide_text=QUESTIONS, **greedy())
+            out, selection = vlm.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **greedy())
     finally:
         handle.remove()
     assert len(projector_calls) == 1  # projected once per call
 
-    kept = vlm.last_kept
-    assert len(kept) == 3
+    kept = selection.indices
+    assert len(kept) == 3 and len(selection.important) == 3
+    for k, important in zip(kept, selection.important):
+        assert important.dtype == torch.bool and important.shape == k.shape
+        assert int(important.sum()) == budget // 2  # important_ratio 0.5: half important, half diverse
     for k in kept:
         assert k.dtype == torch.long and k.shape == (budget,)
         assert bool((k[1:] > k[:-1]).all())  # original order
@@ -208,14 +213,14 @@ def test_batch_gives_the_same_answers_as_one_by_one(llava):
     model, processor = llava
     vlm = flashvlm.wrap(model, budget=64, processor=processor)
     inputs = batch(processor, QUESTIONS)
-    together = vlm.generate(**inputs, guide_text=QUESTIONS, **greedy())
-    kept_together = vlm.last_kept
+    together, kept_together = vlm.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **greedy())
     prompt_length = inputs["input_ids"].shape[1]
     for i, question in enumerate(QUESTIONS):
         one = processor(images=images(3)[i], text=PROMPT.format(q=question), return_tensors="pt")
-        alone = vlm.generate(**one, guide_text=[question], **greedy())
+        alone, kept = vlm.generate(**one, guide_text=[question], return_kept=True, **greedy())
         assert alone[0, one["input_ids"].shape[1] :].tolist() == together[i, prompt_length:].tolist()
-        assert torch.equal(vlm.last_kept[0], kept_together[i])
+        assert torch.equal(kept.indices[0], kept_together.indices[i])
+        assert torch.equal(kept.important[0], kept_together.important[i])
 
 
 def test_pruning_changes_the_input_but_stays_deterministic(llava):
@@ -238,18 +243,20 @@ def test_guide_question_uses_the_question_tokens(llava):
     model, processor = llava
     inputs = batch(processor, QUESTIONS)
     vlm = flashvlm.wrap(model, budget=48, processor=processor)
-    vlm.generate(**inputs, guide_text=QUESTIONS, **greedy(max_new_tokens=1))
+    _, kept = vlm.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **greedy(max_new_tokens=1))
     vision, projected, saliency = vlm.encode_images(inputs["pixel_values"])
     for i, question in enumerate(QUESTIONS):
         ids = processor.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"]
         text = model.get_input_embeddings()(ids)  # (1, L, D)
-        expected = flashvlm.select_tokens(vision[i : i + 1], projected[i : i + 1], saliency[i : i + 1], text, 48)
-        assert torch.equal(vlm.last_kept[i], expected[0])
+        expected, important = flashvlm.select_tokens(
+            vision[i : i + 1], projected[i : i + 1], saliency[i : i + 1], text, 48, return_important=True
+        )
+        assert torch.equal(kept.indices[i], expected[0]) and torch.equal(kept.important[i], important[0])
     # One string guides every prompt.
-    vlm.generate(**inputs, guide_text=QUESTIONS[0], **greedy(max_new_tokens=1))
+    _, kept = vlm.generate(**inputs, guide_text=QUESTIONS[0], return_kept=True, **greedy(max_new_tokens=1))
     ids = processor.tokenizer(QUESTIONS[0], add_special_tokens=False, return_tensors="pt")["input_ids"]
     text = model.get_input_embeddings()(ids).expand(3, -1, -1)
-    assert torch.equal(torch.stack(vlm.last_kept), flashvlm.select_tokens(vision, projected, saliency, text, 48))
+    assert torch.equal(torch.stack(kept.indices), flashvlm.select_tokens(vision, projected, saliency, text, 48))
 
 
 def test_guide_prompt_uses_every_non_image_prompt_token(llava):
@@ -267,18 +274,18 @@ def test_guide_prompt_uses_every_non_image_prompt_token(llava):
         expected.append(flashvlm.select_tokens(vision[i : i + 1], projected[i : i + 1], saliency[i : i + 1], text, 48)[0])
 
     prompt_mode = flashvlm.wrap(model, budget=48, guide="prompt", processor=processor)
-    prompt_mode.generate(**inputs, guide_text=QUESTIONS, **greedy(max_new_tokens=1))  # guide_text ignored
-    by_prompt = prompt_mode.last_kept
+    _, kept = prompt_mode.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **greedy(max_new_tokens=1))
+    by_prompt = kept.indices  # guide_text ignored
     for got, want in zip(by_prompt, expected):
         assert torch.equal(got, want)
 
     # guide="question" without guide_text falls back to the prompt text.
     fallback = flashvlm.wrap(model, budget=48, guide="question", processor=processor)
-    fallback.generate(**inputs, **greedy(max_new_tokens=1))
-    assert all(torch.equal(a, b) for a, b in zip(fallback.last_kept, by_prompt))
+    _, kept = fallback.generate(**inputs, return_kept=True, **greedy(max_new_tokens=1))
+    assert all(torch.equal(a, b) for a, b in zip(kept.indices, by_prompt))
     # ... and the question alone chooses differently from the whole prompt.
-    fallback.generate(**inputs, guide_text=QUESTIONS, **greedy(max_new_tokens=1))
-    assert any(not torch.equal(a, b) for a, b in zip(fallback.last_kept, by_prompt))
+    _, kept = fallback.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **greedy(max_new_tokens=1))
+    assert any(not torch.equal(a, b) for a, b in zip(kept.indices, by_prompt))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,12 +314,13 @@ def test_answer_video_selects_across_the_clip_per_question(llava):
         assert len(answer.kept) == T and sum(len(k) for k in answer.kept) == budget * T
         assert all(k == sorted(set(k)) and all(0 <= i < N for i in k) for k in answer.kept)
         ids = processor.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        expected = flashvlm.select_video_tokens(
-            vision[None], projected[None], saliency[None], model.get_input_embeddings()(ids), budget=budget * T
-        )[0]
+        expected, important = flashvlm.select_video_tokens(
+            vision[None], projected[None], saliency[None], model.get_input_embeddings()(ids), budget=budget * T,
+            return_important=True,
+        )
         flat = [t * N + i for t, kept in enumerate(answer.kept) for i in kept]
-        assert flat == expected.tolist()
-    assert len(vlm.last_kept) == 2 * T
+        assert flat == expected[0].tolist()
+        assert [f for frame in answer.important for f in frame] == important[0].tolist()
 
     # All questions in one batch answer as each question alone.
     for answer, question in zip(answers, questions):
@@ -320,12 +328,14 @@ def test_answer_video_selects_across_the_clip_per_question(llava):
         assert alone == answer
 
 
-def test_answer_video_unpruned_matches_model_generate(llava):
+@pytest.mark.parametrize("budget", [None, N, 1000])
+def test_answer_video_unpruned_matches_model_generate(llava, budget):
     model, processor = llava
     frames = clip(2)
-    vlm = flashvlm.wrap(model, budget=None, processor=processor)
+    vlm = flashvlm.wrap(model, budget=budget, processor=processor)
     answer = vlm.answer_video(frames, ["What happens?"], max_new_tokens=4)[0]
     assert answer.tokens_kept == answer.tokens_total == 2 * N
+    assert answer.kept == [list(range(N))] * 2 and answer.important is None
     inputs = processor(images=list(frames), text="USER: <image><image>\nWhat happens? ASSISTANT:", return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -393,6 +403,41 @@ def test_wrap_and_load_contracts(llava, tiny_llava_cache):
     assert loaded.dtype == torch.float32 and loaded.device.type == "cpu"
 
 
+def built_in_memory(model):
+    """The same weights in a model built from its config in memory: no name_or_path, no processor to load."""
+    config = copy.deepcopy(model.config)
+    config.name_or_path = ""
+    fresh = type(model)(config).eval()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.name_or_path == ""
+    return fresh
+
+
+@pytest.mark.parametrize("budget", [None, 48])
+def test_generate_needs_no_processor(llava, budget):
+    """Prompt-guided generate reads BOS, padding and the image token off the model's config."""
+    model, processor = llava
+    fresh = built_in_memory(model)
+    inputs = batch(processor, QUESTIONS)
+    vlm = flashvlm.wrap(fresh, budget=budget)  # no processor
+    out, kept = vlm.generate(**inputs, return_kept=True, **greedy())
+    with_processor = flashvlm.wrap(model, budget=budget, processor=processor)
+    expected, expected_kept = with_processor.generate(**inputs, return_kept=True, **greedy())
+    assert torch.equal(out, expected)
+    assert all(torch.equal(a, b) for a, b in zip(kept.indices, expected_kept.indices, strict=True))
+    if budget is None:
+        assert torch.equal(out, fresh.generate(**inputs, **greedy()))
+    # What does need the processor says so: guide text to tokenize (when there is something to select) ...
+    if budget is not None:
+        with pytest.raises(ValueError, match="processor="):
+            vlm.generate(**inputs, guide_text=QUESTIONS, **greedy())
+    else:
+        assert torch.equal(vlm.generate(**inputs, guide_text=QUESTIONS, **greedy()), out)
+    # ... and prompts to build.
+    with pytest.raises(ValueError, match="processor="):
+        vlm.answer_video(clip(), ["What happens?"], max_new_tokens=1)
+
+
 def test_bad_inputs_are_value_errors_naming_them(llava):
     model, processor = llava
     with pytest.raises(ValueError, match="model"):
@@ -431,3 +476,5 @@ def test_bad_inputs_are_value_errors_naming_them(llava):
         vlm.answer_video(clip(), "q")
     with pytest.raises(ValueError, match="max_new_tokens"):
         vlm.answer_video(clip(), ["q"], max_new_tokens=0)
+    with pytest.raises(ValueError, match="fps"):
+        vlm.answer_video(clip(), ["q"], fps=0)

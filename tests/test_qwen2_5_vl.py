@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import pytest
 import torch
 
 from flashvlm.models.qwen2_5_vl import (
-    Qwen2_5_VLFlashVLM,
+    Qwen2_5_VLAdapter,
     merge_window_order,
     received_attention,
 )
@@ -164,7 +165,7 @@ def test_saliency_equals_eager_reference(tiny, windowed):
     clip, grid = patchify_frames(frames(4, seed=7), processor.geometry)
     pixels = torch.cat([inputs["pixel_values"], clip])
     grid_thw = torch.cat([inputs["image_grid_thw"], grid[None]])
-    vlm = Qwen2_5_VLFlashVLM(model, budget=4, processor=processor)
+    vlm = Qwen2_5_VLAdapter(model, budget=4, processor=processor)
     saved = visual.fullatt_block_indexes
     visual.fullatt_block_indexes = [] if windowed else saved
     try:
@@ -206,22 +207,23 @@ def test_received_attention_chunking_is_exact():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("budget", [None, 10_000])
+@pytest.mark.parametrize("budget", [None, 16, 10_000])  # 16: every image and temporal patch has at most 16 tokens
 def test_nothing_pruned_is_identical_to_model_generate(tiny, batch, budget):
     model, processor = tiny
     model.model.rope_deltas = None
     with LMInputs(model) as seen_ref:
         reference = generate(model, batch, output_logits=True, return_dict_in_generate=True)
-    vlm = Qwen2_5_VLFlashVLM(model, budget=budget, processor=processor)
+    vlm = Qwen2_5_VLAdapter(model, budget=budget, processor=processor)
     with LMInputs(model) as seen:
-        ours = generate(vlm, batch, output_logits=True, return_dict_in_generate=True)
+        ours, kept = generate(vlm, batch, output_logits=True, return_dict_in_generate=True, return_kept=True)
     assert torch.equal(ours.sequences, reference.sequences)
     for a, b in zip(ours.logits, reference.logits):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # Same positions on every step, prefill and decode (the model's own get_rope_index + rope_deltas).
     for mine, theirs in zip(seen.calls, seen_ref.calls):
         assert torch.equal(mine["position_ids"], theirs["position_ids"])
-    assert [len(k) for k in vlm.last_kept] == [16, 8, 32]
+    assert [k.tolist() for k in kept.indices] == [list(range(16)), list(range(8)), list(range(32))]
+    assert kept.important == [None, None, None]
 
 
 def test_kept_tokens_keep_original_positions_and_decoding_continues_them(tiny, batch):
@@ -236,15 +238,15 @@ def test_kept_tokens_keep_original_positions_and_decoding_continues_them(tiny, b
     )  # (3, B, S)
     with LMInputs(model) as seen_ref:
         generate(model, batch)
-    vlm = Qwen2_5_VLFlashVLM(model, budget=3, processor=processor)
+    vlm = Qwen2_5_VLAdapter(model, budget=3, processor=processor)
     with LMInputs(model) as seen:
-        generate(vlm, batch, guide_text=QUESTIONS)
+        _, kept = generate(vlm, batch, guide_text=QUESTIONS, return_kept=True)
     prefill = seen.calls[0]["position_ids"]  # (4, B, S'): 1-D row, then t, h, w
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
     visual = (ids == model.config.image_token_id) | (ids == model.config.video_token_id)
     # Expected kept original columns: every real text token, and each item's kept placeholders.
     keep_visual = torch.cat(
-        [torch.zeros(n, dtype=torch.bool).index_fill_(0, k, True) for k, n in zip(vlm.last_kept, [16, 8, 32])]
+        [torch.zeros(n, dtype=torch.bool).index_fill_(0, k, True) for k, n in zip(kept.indices, [16, 8, 32])]
     )
     keep = mask & ~visual
     keep[visual] = keep_visual  # placeholders are filled row-major: row 0's two images, then row 1's clip
@@ -263,14 +265,16 @@ def test_kept_tokens_keep_original_positions_and_decoding_continues_them(tiny, b
 @pytest.mark.parametrize("budget", [1, 3, 8])
 def test_language_model_sees_exactly_the_budget(tiny, batch, budget):
     model, processor = tiny
-    vlm = Qwen2_5_VLFlashVLM(model, budget=budget, processor=processor)
+    vlm = Qwen2_5_VLAdapter(model, budget=budget, processor=processor)
     with LMInputs(model) as seen:
-        out = generate(vlm, batch, guide_text=QUESTIONS)
+        out, kept = generate(vlm, batch, guide_text=QUESTIONS, return_kept=True)
     assert out.shape[1] == batch["input_ids"].shape[1] + 6  # original prompt, then the answer
     expected = [min(budget, 16), min(budget, 8), 2 * budget]  # image, image, clip of 2 temporal patches
-    assert [len(k) for k in vlm.last_kept] == expected
-    for k in vlm.last_kept:
+    assert [len(k) for k in kept.indices] == expected
+    for k, important, total in zip(kept.indices, kept.important, [16, 8, 32]):
         assert torch.equal(k, k.unique()) and k.dtype == torch.long  # distinct, ascending
+        # Important flags for what was pruned; none for an item that kept every token.
+        assert important is None if len(k) == total else important.shape == k.shape and important.dtype == torch.bool
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
     text = (mask & (ids != model.config.image_token_id) & (ids != model.config.video_token_id)).sum(-1)
     lm_mask = seen.calls[0]["attention_mask"]
@@ -281,17 +285,19 @@ def test_language_model_sees_exactly_the_budget(tiny, batch, budget):
 
 def test_batch_of_two_images_and_a_video_matches_one_by_one(tiny, batch):
     model, processor = tiny
-    vlm = Qwen2_5_VLFlashVLM(model, budget=3, processor=processor)
-    batched = generate(vlm, batch, guide_text=QUESTIONS)[:, batch["input_ids"].shape[1] :]
-    kept_batched = [k.clone() for k in vlm.last_kept]
+    vlm = Qwen2_5_VLAdapter(model, budget=3, processor=processor)
+    batched, kept_batched = generate(vlm, batch, guide_text=QUESTIONS, return_kept=True)
+    batched = batched[:, batch["input_ids"].shape[1] :]
     images = [frames(1, 112, 112, seed=1)[0], frames(1, 56, 112, seed=2)[0]]
     row0 = processor(text=[chat_prompt(block(IMAGE_PAD) * 2 + QUESTIONS[0])], images=images)
     row1 = processor(text=[chat_prompt(block(VIDEO_PAD) + QUESTIONS[1])], videos=[frames(4, seed=3)])
-    single0 = generate(vlm, row0, guide_text=QUESTIONS[:1])[:, row0["input_ids"].shape[1] :]
-    kept0 = vlm.last_kept
-    single1 = generate(vlm, row1, guide_text=QUESTIONS[1:])[:, row1["input_ids"].shape[1] :]
-    kept1 = vlm.last_kept
-    for a, b in zip(kept_batched, [*kept0, *kept1]):
+    single0, kept0 = generate(vlm, row0, guide_text=QUESTIONS[:1], return_kept=True)
+    single0 = single0[:, row0["input_ids"].shape[1] :]
+    single1, kept1 = generate(vlm, row1, guide_text=QUESTIONS[1:], return_kept=True)
+    single1 = single1[:, row1["input_ids"].shape[1] :]
+    for a, b in zip(kept_batched.indices, [*kept0.indices, *kept1.indices], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(kept_batched.important, [*kept0.important, *kept1.important], strict=True):
         assert torch.equal(a, b)
     assert torch.equal(batched, torch.cat([single0, single1]))
 
@@ -299,29 +305,28 @@ def test_batch_of_two_images_and_a_video_matches_one_by_one(tiny, batch):
 def test_pruning_changes_the_answer_and_guide_text_changes_the_selection(tiny, batch):
     model, processor = tiny
     full = generate(model, batch)
-    vlm = Qwen2_5_VLFlashVLM(model, budget=1, processor=processor)
-    pruned = generate(vlm, batch, guide_text=QUESTIONS)
+    vlm = Qwen2_5_VLAdapter(model, budget=1, processor=processor)
+    pruned, kept_by_question = generate(vlm, batch, guide_text=QUESTIONS, return_kept=True)
     assert not torch.equal(full, pruned)  # the tiny model is sensitive to what it sees (non-vacuous identity test)
-    kept_by_question = [k.clone() for k in vlm.last_kept]
-    generate(vlm, batch, guide_text=["cat sofa sun", "red umbrella dog"])
-    assert any(not torch.equal(a, b) for a, b in zip(kept_by_question, vlm.last_kept))
+    _, kept = generate(vlm, batch, guide_text=["cat sofa sun", "red umbrella dog"], return_kept=True)
+    assert any(not torch.equal(a, b) for a, b in zip(kept_by_question.indices, kept.indices))
 
 
 def test_prompt_guide_uses_text_after_the_vision_block(tiny):
     """guide="prompt" with no guide_text: the question after the clip guides the selection."""
     model, processor = tiny
-    vlm = Qwen2_5_VLFlashVLM(model, budget=2, guide="prompt", processor=processor)
+    vlm = Qwen2_5_VLAdapter(model, budget=2, guide="prompt", processor=processor)
     kept = []
     for question in ("What is the man holding?", "Describe the cat sleeping on the sofa."):
-        generate(vlm, processor.video_question_inputs(frames(4, seed=8), question))
-        kept.append(vlm.last_kept[0])
+        _, selection = generate(vlm, processor.video_question_inputs(frames(4, seed=8), question), return_kept=True)
+        kept.append(selection.indices[0])
     assert not torch.equal(kept[0], kept[1])
 
 
 def test_answer_video_encodes_once_and_matches_generate(tiny):
     model, processor = tiny
     clip = frames(6, seed=9)  # 3 temporal patches of 4 x 4 merged tokens
-    vlm = Qwen2_5_VLFlashVLM(model, budget=5, processor=processor)
+    vlm = Qwen2_5_VLAdapter(model, budget=5, processor=processor)
     tower_calls = []
     handle = model.model.visual.register_forward_hook(lambda *a: tower_calls.append(1))
     try:
@@ -330,13 +335,29 @@ def test_answer_video_encodes_once_and_matches_generate(tiny):
         handle.remove()
     assert len(tower_calls) == 1  # one pass for both questions
     inputs = processor.video_question_inputs(clip, QUESTIONS)
-    out = vlm.generate(**inputs, guide_text=QUESTIONS, max_new_tokens=5, do_sample=False)
+    out, kept = vlm.generate(**inputs, guide_text=QUESTIONS, max_new_tokens=5, do_sample=False, return_kept=True)
     texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    for answer, text, kept in zip(answers, texts, vlm.last_kept):
+    for answer, text, indices, important in zip(answers, texts, kept.indices, kept.important, strict=True):
         assert answer.text == text.strip()
         assert answer.tokens_kept == 15 and answer.tokens_total == 48 and len(answer.kept) == 3
         flat = [t * 16 + p for t, frame in enumerate(answer.kept) for p in frame]
-        assert flat == kept.tolist()
+        assert flat == indices.tolist()
+        assert [f for frame in answer.important for f in frame] == important.tolist()
+
+
+@pytest.mark.parametrize("budget", [None, 16, 1000])  # 16: all the tokens of a temporal patch (4 x 4 merged)
+def test_answer_video_unpruned_matches_model_generate(tiny, budget):
+    model, processor = tiny
+    clip = frames(4, seed=10)
+    answers = Qwen2_5_VLAdapter(model, budget=budget, processor=processor).answer_video(clip, QUESTIONS, max_new_tokens=6)
+    model.model.rope_deltas = None
+    inputs = processor.video_question_inputs(clip, QUESTIONS)
+    out = generate(model, inputs)[:, inputs["input_ids"].shape[1] :]
+    texts = processor.batch_decode(out, skip_special_tokens=True)
+    for answer, text in zip(answers, texts, strict=True):
+        assert answer.text == text.strip()
+        assert answer.tokens_kept == answer.tokens_total == 32
+        assert answer.kept == [list(range(16))] * 2 and answer.important is None
 
 
 def test_wrap_dispatches_and_errors_are_clear(tiny, batch):
@@ -344,7 +365,7 @@ def test_wrap_dispatches_and_errors_are_clear(tiny, batch):
 
     model, processor = tiny
     vlm = flashvlm.wrap(model, budget=4, processor=processor)
-    assert isinstance(vlm, Qwen2_5_VLFlashVLM)
+    assert isinstance(vlm, Qwen2_5_VLAdapter)
     bad = dict(batch, input_ids=batch["input_ids"][:, 1:], attention_mask=batch["attention_mask"][:, 1:])
     bad["mm_token_type_ids"] = batch["mm_token_type_ids"][:, 1:]
     bad["input_ids"] = bad["input_ids"].masked_fill(bad["input_ids"] == model.config.video_token_id, 0)
@@ -352,6 +373,28 @@ def test_wrap_dispatches_and_errors_are_clear(tiny, batch):
         vlm.generate(**bad, max_new_tokens=1)
     with pytest.raises(ValueError, match="frames"):
         vlm.answer_video(np.zeros((2, 56, 56), dtype=np.uint8), QUESTIONS)
+
+
+@pytest.mark.parametrize("budget", [None, 3])
+def test_generate_needs_no_processor(tiny, batch, budget):
+    """A model built in memory (no name_or_path): generate reads its token ids off the config."""
+    import flashvlm
+
+    model, processor = tiny
+    config = copy.deepcopy(model.config)
+    config.name_or_path = ""
+    fresh = type(model)(config).eval()
+    fresh.load_state_dict(model.state_dict())
+    vlm = flashvlm.wrap(fresh, budget=budget)  # no processor
+    out, kept = generate(vlm, batch, return_kept=True)
+    expected, expected_kept = generate(Qwen2_5_VLAdapter(model, budget=budget, processor=processor), batch, return_kept=True)
+    assert torch.equal(out, expected)
+    assert all(torch.equal(a, b) for a, b in zip(kept.indices, expected_kept.indices, strict=True))
+    if budget is not None:
+        with pytest.raises(ValueError, match="processor="):
+            generate(vlm, batch, guide_text=QUESTIONS)
+    with pytest.raises(ValueError, match="processor="):
+        vlm.answer_video(frames(4), QUESTIONS, max_new_tokens=1)
 
 
 def test_load_tiny_by_name_and_answer(tiny_qwen_path):

@@ -65,6 +65,27 @@ def test_matches_straightforward_rule_exactly_in_float64(s, budget, config, with
     assert torch.equal(kept, expected)
 
 
+@settings(max_examples=80, deadline=None)
+@given(shapes, st.integers(1, 6), st.integers(1, 60), configs, st.booleans())
+def test_matches_straightforward_rule_exactly_on_ties(s, distinct, budget, config, with_text):
+    """Copies of a few vision rows (some scaled by 2: the same unit vector) and saliency on three levels.
+
+    ALGORITHM.md: ties keep the lower index first. Copies must tie exactly, whatever the rounding of
+    the matrix products they sit in.
+    """
+    vision, projected, saliency, text = make_inputs(**s)
+    B, N, Dv = vision.shape
+    g = torch.Generator().manual_seed(s["seed"] + 2)
+    copy_of = torch.randint(0, min(distinct, N), (B, N), generator=g)  # token n is a copy of row copy_of[n]
+    scale = torch.where(torch.rand(B, N, 1, generator=g, dtype=vision.dtype) < 0.3, 2.0, 1.0)
+    vision = vision.gather(1, copy_of[..., None].expand(-1, -1, Dv)) * scale
+    saliency = torch.randint(0, 3, (B, N), generator=g).to(saliency.dtype) / 2
+    text = text if with_text else None
+    kept = select_tokens(vision, projected, saliency, text, budget, config=config)
+    expected = reference_select_tokens(vision, projected, saliency, text, budget, config=config)
+    assert torch.equal(kept, expected)
+
+
 @settings(max_examples=25, deadline=None)
 @given(shapes, st.integers(1, 60))
 def test_deterministic(s, budget):

@@ -1,8 +1,10 @@
 """Load a VLM and wrap it with FlashVLM token selection.
 
     model, processor = flashvlm.load("llava-hf/llava-1.5-7b-hf", dtype="float16", device="cuda")
-    vlm = flashvlm.wrap(model, budget=64)
+    vlm = flashvlm.wrap(model, budget=64, processor=processor)
     out = vlm.generate(**processor(images=..., text=..., return_tensors="pt"), guide_text=[...], max_new_tokens=32)
+    out, kept = vlm.generate(..., return_kept=True)  # kept.indices[i], kept.important[i]: image i's
+    answers = vlm.answer_video(frames, ["What happens?"])  # one VideoAnswer per question
 
 One adapter per model family, found by the model's class name and imported on first use, so that a
 family's module (and its model internals) is only imported when such a model is wrapped.
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-from flashvlm.models.base import TokenSelectionAdapter, VideoAnswer, load_processor
+from flashvlm.models.base import KeptTokens, TokenSelectionAdapter, VideoAnswer, load_processor
 from flashvlm.selection import SelectionConfig
 
 # Model class name -> "module:adapter class".
@@ -27,7 +29,7 @@ ADAPTERS = {
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["ADAPTERS", "TokenSelectionAdapter", "VideoAnswer", "load", "wrap"]
+__all__ = ["ADAPTERS", "KeptTokens", "TokenSelectionAdapter", "VideoAnswer", "load", "wrap"]
 
 
 def _resolve_dtype(dtype: object) -> torch.dtype | str | None:
@@ -92,8 +94,9 @@ def wrap(
     """FlashVLM around `model`: `budget` visual tokens per image reach its language model (None: all).
 
     guide: "question" (the `guide_text` given to generate, else the prompt text) or "prompt" (every
-    non-image prompt token, as in the authors' release). processor: the model's processor, needed for
-    guide_text and answer_video; loaded from the model's own directory when not given. split /
+    non-image prompt token but BOS and padding, as the authors' LLaVA code guides). processor: the model's
+    processor, needed only for guide_text strings and answer_video; when not given it is loaded from the
+    model's own directory on first need, and a model built in memory raises a ValueError there. split /
     min_per_frame: how a video's budget spreads over its frames (`select_video_tokens`; None: its default).
     """
     name = type(model).__name__

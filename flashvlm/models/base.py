@@ -9,7 +9,9 @@ come from. Everything after that is the same for every decoder-only VLM and live
   and fill the kept placeholders with the kept rows of the one projection (`prune_sequences`);
 - generation on the pruned sequence, returning ids laid out as `model.generate` lays them out for the
   unpruned prompt (`generate_pruned`);
-- the per-video answer record (`VideoAnswer`) and the adapter's common state (`TokenSelectionAdapter`).
+- what a call kept (`KeptTokens`), the per-video answer record (`VideoAnswer`), and the adapter itself
+  (`TokenSelectionAdapter`): its settings, the ids it reads off the model's config, and `answer_video`,
+  whose family-specific part is `video_batch`.
 
 Shapes: B prompts (rows), S prompt length, M images in the batch, N visual tokens per image, D the
 language model's width, L guide-text tokens, K kept tokens.
@@ -18,7 +20,9 @@ language model's width, L guide-text tokens, K kept tokens.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,6 +32,21 @@ from torch import nn
 from flashvlm.selection import SelectionConfig
 
 GUIDES = ("question", "prompt")
+DEFAULT_MAX_NEW_TOKENS = 32  # answer_video's answer length
+
+
+@dataclass
+class KeptTokens:
+    """What the language model saw of each image or video of one `generate` call.
+
+    indices: per item (images, then videos, each in the order they fill the prompt), its kept token
+        indices, ascending, into its own tokens (a clip's are flat and frame-major).
+    important: parallel to `indices`, True where the token was kept as important (question-relevant or
+        salient) and False where it was kept as diverse background; None for an item that kept every token.
+    """
+
+    indices: list[torch.Tensor] = field(default_factory=list)
+    important: list[torch.Tensor | None] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +145,14 @@ def check_max_new_tokens(max_new_tokens: object) -> int:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     return max_new_tokens
+
+
+def check_fps(fps: object) -> float | None:
+    if fps is None:
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be None or a number > 0, got {fps!r}")
+    return float(fps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,36 +302,45 @@ def generate_pruned(model: Any, original_ids: torch.Tensor, pruned: PrunedPrompt
     return out
 
 
-def split_by_frame(
-    kept: torch.Tensor, frames: int, tokens_per_frame: int, values: torch.Tensor | None = None
-) -> list[list[torch.Tensor]]:
-    """(Q, K) flat frame-major clip indices -> for each row, T tensors of positions within the frame.
+def video_answers(
+    texts: Sequence[str], kept: torch.Tensor, important: torch.Tensor | None, frames: int, tokens_per_frame: int
+) -> list[VideoAnswer]:
+    """One VideoAnswer per question: its decoded text, and its kept tokens split by frame.
 
-    With `values` (Q, K), the same split of those values instead (e.g. the important flags).
+    kept: (Q, K) flat frame-major indices into the clip's T * N tokens (T = frames, N = tokens_per_frame);
+    important: (Q, K) flags, or None when nothing was pruned.
     """
     kept = kept.cpu()
-    frame = kept // tokens_per_frame  # (Q, K)
-    out = kept % tokens_per_frame if values is None else values.cpu()  # (Q, K)
-    return [[out[q][frame[q] == t] for t in range(frames)] for q in range(kept.shape[0])]
-
-
-def video_answers(
-    texts: Sequence[str],
-    per_frame: list[list[torch.Tensor]],
-    tokens_total: int,
-    important: list[list[torch.Tensor]] | None = None,
-) -> list[VideoAnswer]:
-    """One VideoAnswer per question from its decoded text, its kept positions and important flags per frame."""
+    frame, position = kept // tokens_per_frame, kept % tokens_per_frame  # (Q, K) each
+    flags = None if important is None else important.cpu()
     return [
         VideoAnswer(
             text=text.strip(),
-            kept=[k.tolist() for k in frames_kept],
-            tokens_kept=sum(len(k) for k in frames_kept),
-            tokens_total=tokens_total,
-            important=None if important is None else [f.tolist() for f in important[q]],
+            kept=[position[q][frame[q] == t].tolist() for t in range(frames)],
+            tokens_kept=kept.shape[1],
+            tokens_total=frames * tokens_per_frame,
+            important=None if flags is None else [flags[q][frame[q] == t].tolist() for t in range(frames)],
         )
-        for q, (text, frames_kept) in enumerate(zip(texts, per_frame))
+        for q, text in enumerate(texts)
     ]
+
+
+@dataclass
+class VideoBatch:
+    """One clip and its questions, selected and pruned: what `answer_video` generates from.
+
+    kept: (Q, K) flat frame-major indices into the clip's `frames * tokens_per_frame` tokens, per question.
+    important: (Q, K) flags, or None when nothing was pruned.
+    generate_kwargs: what the family's generate needs besides the pruned prompt (e.g. position ids).
+    """
+
+    input_ids: torch.Tensor  # (Q, S) the full prompts
+    pruned: PrunedPrompt
+    kept: torch.Tensor
+    important: torch.Tensor | None
+    frames: int  # T: frames (LLaVA) or temporal patches (Qwen2.5-VL)
+    tokens_per_frame: int  # N
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,15 +368,17 @@ def load_processor(path: str, model_class: str, *, trust_remote_code: bool = Fal
 
 
 # --------------------------------------------------------------------------------------------------
-# The adapter's common state
+# The adapter
 # --------------------------------------------------------------------------------------------------
 
 
-class TokenSelectionAdapter:
+class TokenSelectionAdapter(ABC):
     """A VLM with FlashVLM token selection in front of its language model.
 
-    Subclasses (one per model family) implement `generate` and `answer_video`; this class holds the
-    budget, the rule's constants, the guide mode, the processor, and the guide-text embedding.
+    This class holds the budget, the rule's constants, the guide mode and the processor, reads the token
+    ids it needs off the model's config, embeds the guide text, and answers questions about a video
+    (`answer_video`). A family (one subclass per model family) implements `generate` on its processor's
+    outputs and `video_batch`: a clip and its questions, selected and pruned.
     """
 
     def __init__(
@@ -366,16 +404,32 @@ class TokenSelectionAdapter:
         # How a clip's budget spreads over its frames: passed to select_video_tokens when set, so its
         # measured default applies otherwise.
         self.video_options = {k: v for k, v in (("split", split), ("min_per_frame", min_per_frame)) if v is not None}
-        self.last_kept: list[torch.Tensor] = []  # per image (or frame) of the last call: kept indices
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, budget={self.budget}, guide={self.guide!r})"
 
+    # -- what the model and its processor provide ------------------------------------------------------
+
     @property
     def processor(self) -> Any:
-        """The model's processor: the one given to `wrap`, else loaded from the model's own directory."""
+        """The model's processor: the one given to `wrap`, else loaded from the model's own directory.
+
+        Only guide_text strings and `answer_video` need it; `generate` on processor outputs does not.
+        """
         if self._processor is None:
-            self._processor = load_processor(self.model.name_or_path, type(self.model).__name__)
+            path = str(getattr(self.model, "name_or_path", "") or "")
+            if not path:
+                raise ValueError(
+                    "processor: guide_text and answer_video need the model's processor, and this model has no "
+                    "name_or_path to load it from (built in memory): pass processor= to flashvlm.wrap"
+                )
+            try:
+                self._processor = load_processor(path, type(self.model).__name__)
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"processor: guide_text and answer_video need the model's processor, and loading it from "
+                    f"{path!r} failed ({err}): pass processor= to flashvlm.wrap"
+                ) from err
         return self._processor
 
     @property
@@ -386,6 +440,34 @@ class TokenSelectionAdapter:
     def embed_tokens(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
+    def _configs(self) -> list[Any]:
+        """Where the model keeps its token ids: generation config, config, text config (first set wins)."""
+        config = self.model.config
+        sources = [getattr(self.model, "generation_config", None), config, getattr(config, "text_config", None)]
+        return [c for c in sources if c is not None]
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id generation pads with: the model's pad id (generation config first), else its first EOS.
+
+        Padded positions are masked out, so where the configs name neither, any id (0) will do.
+        """
+        for name in ("pad_token_id", "eos_token_id"):
+            for source in self._configs():
+                value = getattr(source, name, None)
+                value = value[0] if isinstance(value, (list, tuple)) and value else value
+                if isinstance(value, int):
+                    return value
+        return 0
+
+    @property
+    def special_token_ids(self) -> list[int]:
+        """BOS and padding ids, from the model's configs: prompt tokens that are no text to guide by."""
+        ids = {getattr(source, name, None) for source in self._configs() for name in ("bos_token_id", "pad_token_id")}
+        return sorted(i for i in ids if isinstance(i, int))
+
+    # -- guide text ------------------------------------------------------------------------------------
+
     def guide_embeddings(
         self,
         input_ids: torch.Tensor,
@@ -395,10 +477,59 @@ class TokenSelectionAdapter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, D) guide embeddings and (B, L) mask, one row per prompt.
 
-        guide="question" with guide_text: the question of each prompt. Otherwise (guide="prompt", or no
-        guide_text given): every real non-visual token of the prompt.
+        guide="question" with guide_text: the question of each prompt (tokenized: needs the processor).
+        Otherwise (guide="prompt", or no guide_text given): every real prompt token but `skip_ids` and the
+        configs' BOS and padding ids.
         """
         if self.guide == "question" and guide_text is not None:
             return embed_texts(guide_text, self.tokenizer, self.embed_tokens)
-        specials = [t for t in (self.tokenizer.bos_token_id, self.tokenizer.pad_token_id) if t is not None]
-        return embed_prompt_text(input_ids, attention_mask, self.embed_tokens, [*skip_ids, *specials])
+        return embed_prompt_text(input_ids, attention_mask, self.embed_tokens, [*skip_ids, *self.special_token_ids])
+
+    # -- what each family implements -------------------------------------------------------------------
+
+    @abstractmethod
+    def generate(self, *args: Any, return_kept: bool = False, **kwargs: Any) -> Any:
+        """`model.generate` on the processor's outputs with only the kept visual tokens reaching the language model.
+
+        Returns what `model.generate` returns; with return_kept=True, `(output, KeptTokens)`.
+        """
+
+    @abstractmethod
+    def video_batch(self, frames: np.ndarray, questions: list[str], fps: float | None) -> VideoBatch:
+        """The prompts of `questions` about one clip (frames: checked uint8 (T, H, W, 3)), selected and pruned."""
+
+    # -- video -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def answer_video(
+        self,
+        frames: np.ndarray | torch.Tensor,
+        questions: Sequence[str],
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        fps: float | None = None,
+    ) -> list[VideoAnswer]:
+        """Answer every question about one video in one batched, greedy generate call.
+
+        frames: uint8 (T, H, W, 3). The vision tower runs once for the clip; each question then chooses its
+        own visual tokens across the clip (`flashvlm.select_video_tokens`, `budget` per frame on average;
+        Qwen2.5-VL: per temporal patch of 2 frames). fps: the rate the frames were sampled at, for models
+        whose positions encode time (Qwen2.5-VL; None: its processor's default); LLaVA does not use it.
+        Needs the model's processor (given to `wrap`, or loadable from the model's directory).
+        """
+        frames = check_frames(frames)
+        questions = check_questions(questions)
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
+        fps = check_fps(fps)
+        batch = self.video_batch(frames, questions, fps)
+        out = generate_pruned(
+            self.model,
+            batch.input_ids,
+            batch.pruned,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad_token_id,
+            **batch.generate_kwargs,
+        )
+        texts = self.tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        return video_answers(texts, batch.kept, batch.important, batch.frames, batch.tokens_per_frame)

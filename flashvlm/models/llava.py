@@ -30,18 +30,14 @@ import torch
 from torch import nn
 
 from flashvlm.models.base import (
+    KeptTokens,
     TokenSelectionAdapter,
-    VideoAnswer,
-    check_frames,
+    VideoBatch,
     check_guide_text,
-    check_max_new_tokens,
     check_prompt,
-    check_questions,
     generate_pruned,
     kept_mask,
     prune_sequences,
-    split_by_frame,
-    video_answers,
     visual_placeholders,
 )
 from flashvlm.selection import select_tokens
@@ -186,6 +182,11 @@ class PixelTable:
         return torch.from_numpy(out)
 
 
+def check_pixel_values(pixel_values: object) -> None:
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be a tensor of shape (M, 3, H, W), got {getattr(pixel_values, 'shape', pixel_values)!r}")
+
+
 def feature_layer_index(vision_feature_layer: int, num_layers: int) -> int:
     """Index of the encoder layer whose output is `hidden_states[vision_feature_layer]`.
 
@@ -241,8 +242,7 @@ class LlavaAdapter(TokenSelectionAdapter):
         ([CLS] dropped), projected (M, N, D) their projection (the model's own, computed once) and
         saliency (M, N) float32, the head-averaged [CLS] attention of that layer.
         """
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be a tensor of shape (M, 3, H, W), got {getattr(pixel_values, 'shape', pixel_values)!r}")
+        check_pixel_values(pixel_values)
         tower = self.model.model.vision_tower
         pixel_values = pixel_values.to(device=tower.device, dtype=tower.dtype)
         # The tower runs up to the feature layer only: what get_image_features would compute, without
@@ -257,9 +257,6 @@ class LlavaAdapter(TokenSelectionAdapter):
             raise RuntimeError("the saliency hook did not fire: the vision tower skipped its attention layer")
         return vision, projected, hook.saliency
 
-    def _skip_ids(self) -> list[int]:
-        return [self.image_token_id]
-
     # ----------------------------------------------------------------------------------------------
     # Images
     # ----------------------------------------------------------------------------------------------
@@ -272,6 +269,7 @@ class LlavaAdapter(TokenSelectionAdapter):
         pixel_values: torch.Tensor | None = None,
         *,
         guide_text: str | Sequence[str] | None = None,
+        return_kept: bool = False,
         **generate_kwargs: Any,
     ) -> Any:
         """`model.generate` with only `budget` visual tokens per image reaching the language model.
@@ -279,62 +277,47 @@ class LlavaAdapter(TokenSelectionAdapter):
         Takes the processor's outputs unchanged (input_ids, attention_mask, pixel_values) plus generate's
         own arguments, and returns what `model.generate` returns: the prompt's ids followed by the new ids.
         guide_text: the question of each prompt (one str per prompt, or one for all), which guides the
-        selection when guide="question"; without it every non-image prompt token does.
-        Afterwards `last_kept[i]` holds image i's kept indices (ascending, into its N patches).
+        selection when guide="question"; without it every non-image prompt token does. Only guide_text
+        needs the processor. return_kept: return `(output, KeptTokens)`, image i's kept indices (ascending,
+        into its N patches) at `indices[i]`.
         """
         if "inputs_embeds" in generate_kwargs:
             raise ValueError("inputs_embeds is not supported: pass input_ids and pixel_values from the processor")
         input_ids, attention_mask = check_prompt(input_ids, attention_mask)
         guide = check_guide_text(guide_text, rows=input_ids.shape[0])
         if pixel_values is None:  # nothing to select
-            self.last_kept = []
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+            return (out, KeptTokens()) if return_kept else out
+        check_pixel_values(pixel_values)
 
         device = self.model.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        M = pixel_values.shape[0] if isinstance(pixel_values, torch.Tensor) else 0
-        is_visual = visual_placeholders(input_ids, self.image_token_id, self.tokens_per_image, M)  # (B, S)
+        M, N = pixel_values.shape[0], self.tokens_per_image
+        is_visual = visual_placeholders(input_ids, self.image_token_id, N, M)  # (B, S)
         vision, projected, saliency = self.encode_images(pixel_values)  # (M, N, Dv), (M, N, D), (M, N)
-        kept = self.select(input_ids, attention_mask, is_visual, vision, projected, saliency, guide)  # (M, K)
+        if self.budget is None or self.budget >= N:  # every image keeps all its tokens
+            kept, important = torch.arange(N, device=vision.device).expand(M, N), None
+        else:
+            text, text_mask = self.guide_embeddings(input_ids, attention_mask, guide, [self.image_token_id])  # (B, L, D)
+            row_of_image = torch.repeat_interleave(
+                torch.arange(input_ids.shape[0], device=device), is_visual.sum(dim=1) // N
+            )  # (M,) the prompt each image sits in, whose text guides it
+            kept, important = select_tokens(
+                vision, projected, saliency, text[row_of_image], self.budget,
+                text_mask=text_mask[row_of_image], config=self.config, return_important=True,
+            )  # (M, K) each
 
-        self.last_kept = [k.cpu() for k in kept]
-        keep_visual = kept_mask(kept, self.tokens_per_image).reshape(-1)  # (M * N,) row-major, as placeholders
+        keep_visual = kept_mask(kept, N).reshape(-1)  # (M * N,) row-major, as placeholders
         rows = projected.gather(1, kept[:, :, None].expand(-1, -1, projected.shape[-1]))  # (M, K, D) kept rows
         pruned = prune_sequences(
             input_ids, attention_mask, is_visual, keep_visual, rows.reshape(-1, rows.shape[-1]),
-            self.embed_tokens, self._pad_token_id(),
+            self.embed_tokens, self.pad_token_id,
         )
-        return generate_pruned(self.model, input_ids, pruned, **generate_kwargs)
-
-    def select(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        is_visual: torch.Tensor,
-        vision: torch.Tensor,
-        projected: torch.Tensor,
-        saliency: torch.Tensor,
-        guide_text: list[str] | None,
-    ) -> torch.Tensor:
-        """(M, K) kept indices per image, each image guided by the text of the prompt it sits in."""
-        M, N, _ = vision.shape
-        if self.budget is None or self.budget >= N:
-            return torch.arange(N, device=vision.device).expand(M, N).clone()
-        text, text_mask = self.guide_embeddings(input_ids, attention_mask, guide_text, self._skip_ids())  # (B, L, D)
-        row_of_image = torch.repeat_interleave(
-            torch.arange(input_ids.shape[0], device=input_ids.device), is_visual.sum(dim=1) // N
-        )  # (M,) the prompt each image belongs to
-        return select_tokens(
-            vision, projected, saliency, text[row_of_image], self.budget,
-            text_mask=text_mask[row_of_image], config=self.config,
-        )
-
-    def _pad_token_id(self) -> int:
-        for source in (self.model.generation_config, self.model.config, getattr(self.model.config, "text_config", None)):
-            pad = getattr(source, "pad_token_id", None)
-            if pad is not None:
-                return int(pad)
-        return 0  # any id will do: padded positions are masked out
+        out = generate_pruned(self.model, input_ids, pruned, **generate_kwargs)
+        if not return_kept:
+            return out
+        flags = [None] * M if important is None else list(important.cpu())
+        return out, KeptTokens(indices=list(kept.cpu()), important=flags)
 
     # ----------------------------------------------------------------------------------------------
     # Video
@@ -386,23 +369,12 @@ class LlavaAdapter(TokenSelectionAdapter):
             )
         return encoded["input_ids"], encoded["attention_mask"]
 
-    @torch.no_grad()
-    def answer_video(
-        self, frames: np.ndarray | torch.Tensor, questions: Sequence[str], *, max_new_tokens: int = 32
-    ) -> list[VideoAnswer]:
-        """Answer every question about one video in one batched generate call.
-
-        frames: uint8 (T, H, W, 3). The T frames are T images of one LLaVA-1.5 prompt per question; the
-        vision tower runs once for the clip, and each question chooses its own `budget * T` visual tokens
-        across the clip (`flashvlm.select_video_tokens`). Greedy decoding.
-        """
+    def video_batch(self, frames: np.ndarray, questions: list[str], fps: float | None) -> VideoBatch:
+        """The T frames are T images of one LLaVA-1.5 prompt per question; the vision tower runs once for
+        the clip, and each question chooses its own `budget * T` visual tokens across it. (fps: unused.)"""
         from flashvlm.video import select_video_tokens
 
-        frames = check_frames(frames)
-        questions = check_questions(questions)
-        max_new_tokens = check_max_new_tokens(max_new_tokens)
         T, N, Q = frames.shape[0], self.tokens_per_image, len(questions)
-
         pixel_values = self.pixel_values(frames)  # (T, 3, H, W)
         input_ids, attention_mask = self.video_prompts(questions, T)  # (Q, S)
         device = self.model.device
@@ -411,11 +383,10 @@ class LlavaAdapter(TokenSelectionAdapter):
 
         vision, projected, saliency = self.encode_images(pixel_values)  # (T, N, Dv), (T, N, D), (T, N): once
         if self.budget is None or self.budget >= N:  # every frame keeps all its tokens
-            kept = torch.arange(T * N, device=vision.device).expand(Q, T * N)  # (Q, T*N)
-            important = None
+            kept, important = torch.arange(T * N, device=vision.device).expand(Q, T * N), None  # (Q, T*N)
         else:
             text, text_mask = self.guide_embeddings(
-                input_ids, attention_mask, questions if self.guide == "question" else None, self._skip_ids()
+                input_ids, attention_mask, questions if self.guide == "question" else None, [self.image_token_id]
             )  # (Q, L, D)
             kept, important = select_video_tokens(
                 vision[None].expand(Q, -1, -1, -1),  # (Q, T, N, Dv) views: every question sees the same clip
@@ -429,17 +400,9 @@ class LlavaAdapter(TokenSelectionAdapter):
                 **self.video_options,
             )  # (Q, K) frame-major ascending into T*N, and (Q, K) important flags
 
-        flat_projected = projected.reshape(T * N, -1)  # (T*N, D)
-        rows = flat_projected[kept.reshape(-1)]  # (Q*K, D) the kept rows, question by question
+        rows = projected.reshape(T * N, -1)[kept.reshape(-1)]  # (Q*K, D) the kept rows, question by question
         keep_visual = kept_mask(kept, T * N).reshape(-1)  # (Q*T*N,)
         pruned = prune_sequences(
-            input_ids, attention_mask, is_visual, keep_visual, rows, self.embed_tokens, self._pad_token_id()
+            input_ids, attention_mask, is_visual, keep_visual, rows, self.embed_tokens, self.pad_token_id
         )
-        out = generate_pruned(self.model, input_ids, pruned, max_new_tokens=max_new_tokens, do_sample=False)
-        texts = self.tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-
-        per_frame = split_by_frame(kept, T, N)  # Q lists of T LongTensors
-        self.last_kept = [k for frames_kept in per_frame for k in frames_kept]  # question-major, frame by frame
-        flags = None if important is None else split_by_frame(kept, T, N, important)
-        return video_answers(texts, per_frame, T * N, flags)
-
+        return VideoBatch(input_ids, pruned, kept, important, frames=T, tokens_per_frame=N)

@@ -36,19 +36,16 @@ import torch
 from torch import nn
 
 from flashvlm.models.base import (
+    KeptTokens,
     PrunedPrompt,
     TokenSelectionAdapter,
-    VideoAnswer,
-    check_frames,
+    VideoBatch,
     check_guide_text,
-    check_max_new_tokens,
     check_prompt,
-    check_questions,
     generate_pruned,
+    kept_mask,
     left_align,
     prune_sequences,
-    split_by_frame,
-    video_answers,
 )
 from flashvlm.models.qwen2_5_vl_inputs import Qwen2_5_VLFrameProcessor, patchify_frames, video_prompt
 from flashvlm.selection import select_tokens
@@ -189,10 +186,11 @@ class EncodedVisual:
 
 @dataclass
 class PreparedPrompt:
-    """What generate needs after selection: the pruned prompt and (4, B, S') position ids."""
+    """What generate needs after selection: the pruned prompt and (4, B, S') position ids; and what was kept."""
 
     pruned: PrunedPrompt
     position_ids: torch.Tensor
+    kept: KeptTokens  # images, then videos
 
 
 def merge_window_order(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -210,44 +208,22 @@ def merge_window_order(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tenso
 # --------------------------------------------------------------------------------------------------
 
 
-class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
+class Qwen2_5_VLAdapter(TokenSelectionAdapter):
     """FlashVLM token selection in front of a `Qwen2_5_VLForConditionalGeneration`.
 
         vlm = flashvlm.wrap(model, budget=64)
-        out = vlm.generate(**inputs, guide_text=["What is the man holding?"], max_new_tokens=32)
-        vlm.last_kept  # per image, then per video: kept indices (a clip's are flat, frame-major)
+        out, kept = vlm.generate(**inputs, guide_text=["What is the man holding?"], max_new_tokens=32, return_kept=True)
+        kept.indices  # per image, then per video: kept indices (a clip's are flat, frame-major)
 
     split / min_per_frame: how a clip's budget is spread over its frames (see `select_video_tokens`).
     """
 
-    def __init__(
-        self,
-        model: Any,
-        budget: int | None = None,
-        *,
-        config: Any = None,
-        guide: str = "question",
-        processor: Any = None,
-        split: str | None = None,
-        min_per_frame: int | None = None,
-    ) -> None:
+    def __init__(self, model: Any, budget: int | None = None, **kwargs: Any) -> None:
         if not hasattr(model, "model") or not hasattr(model.model, "visual") or not hasattr(model.model, "get_rope_index"):
             raise ValueError(f"model must be a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
-        super().__init__(
-            model, budget, config=config, guide=guide, processor=processor, split=split, min_per_frame=min_per_frame
-        )
-        self.last_kept_images: list[torch.Tensor] = []
-        self.last_kept_videos: list[torch.Tensor] = []
-        self.last_important: dict[bool, list[torch.Tensor]] = {}  # is_video -> important flags per item
+        super().__init__(model, budget, **kwargs)
 
     # -- model facts --------------------------------------------------------------------------------------
-
-    @property
-    def processor(self) -> Any:
-        """The processor given to `wrap`, else the torchvision-free one from the model's own directory."""
-        if self._processor is None:
-            self._processor = Qwen2_5_VLFrameProcessor.from_pretrained(self.model.name_or_path)
-        return self._processor
 
     @property
     def visual(self) -> nn.Module:
@@ -266,13 +242,12 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
             "end": c.vision_end_token_id,
         }
 
-    def _pad_token_id(self) -> int:
-        for source in (self.model.generation_config, self.model.config.text_config):
-            pad = getattr(source, "pad_token_id", None)
-            if pad is not None:
-                return pad
-        eos = self.model.generation_config.eos_token_id
-        return (eos[0] if isinstance(eos, (list, tuple)) else eos) or 0
+    def frame_processor(self) -> Qwen2_5_VLFrameProcessor:
+        """The processor as the torchvision-free frame processor (same tokenizer and image processor)."""
+        processor = self.processor
+        if isinstance(processor, Qwen2_5_VLFrameProcessor):
+            return processor
+        return Qwen2_5_VLFrameProcessor(processor.tokenizer, getattr(processor, "image_processor", None))
 
     # -- vision ---------------------------------------------------------------------------------------------
 
@@ -329,25 +304,26 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         self,
         items: Sequence[EncodedVisual],
         rows: Sequence[int],
-        guide: torch.Tensor,
-        guide_mask: torch.Tensor,
+        guide: torch.Tensor | None,
+        guide_mask: torch.Tensor | None,
         *,
         is_video: bool,
-    ) -> list[torch.Tensor]:
-        """Kept token indices of every item (ascending LongTensors), items of the same shape selected together.
+    ) -> KeptTokens:
+        """Kept token indices of every item (ascending), items of the same shape selected together.
 
-        rows[i]: the prompt row item i belongs to, whose guide text ranks its tokens.
-        Images keep `budget` tokens each; a clip keeps `budget * frames` through `select_video_tokens`.
+        rows[i]: the prompt row item i belongs to, whose guide text ranks its tokens. guide (B, L, D) and
+        guide_mask (B, L): the guide text of every prompt row (None when no item needs pruning). Images keep
+        `budget` tokens each; a clip keeps `budget * frames` through `select_video_tokens`. Items that keep
+        every token have no important flags.
         """
         kept: list[torch.Tensor | None] = [None] * len(items)
-        important: list[torch.Tensor | None] = [None] * len(items)  # per item: important (True) or diverse
+        important: list[torch.Tensor | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
             if self._needs_pruning(item, is_video):
                 groups.setdefault(item.grid, []).append(i)
             else:
                 kept[i] = torch.arange(len(item), device=item.merged.device)
-                important[i] = torch.ones(len(item), dtype=torch.bool, device=item.merged.device)
         for grid, members in groups.items():
             member_rows = torch.tensor([rows[i] for i in members], device=guide.device)
             text, mask = guide[member_rows], guide_mask[member_rows]  # (G, L, D), (G, L)
@@ -376,8 +352,7 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
                 )
             for j, i in enumerate(members):
                 kept[i], important[i] = chosen[j], flags[j]
-        self.last_important[is_video] = important
-        return kept  # type: ignore[return-value]
+        return KeptTokens(indices=kept, important=important)  # type: ignore[arg-type]
 
     # -- the pruned prompt ----------------------------------------------------------------------------------
 
@@ -394,7 +369,7 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         second_per_grid_ts: torch.Tensor | None,
         guide_text: list[str] | None,
     ) -> PreparedPrompt:
-        """Select and prune: the language model's pruned prompt and its position ids.
+        """Select and prune: the language model's pruned prompt, its position ids, and what was kept.
 
         position_ids is (4, B, S'): row 0 the plain 1-D index of each kept token in its pruned row (what
         generate builds for Qwen2.5-VL, used for the attention mask), rows 1-3 the ORIGINAL (t, h, w)
@@ -418,18 +393,13 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
             attention_mask=attention_mask,
         )
 
-        prune = any(self._needs_pruning(x, False) for x in images) or any(self._needs_pruning(x, True) for x in videos)
-        if prune:
+        guide = guide_mask = None
+        if any(self._needs_pruning(x, False) for x in images) or any(self._needs_pruning(x, True) for x in videos):
             guide, guide_mask = self.guide_embeddings(
                 input_ids, attention_mask, guide_text, skip_ids=list(ids.values())
             )  # (B, L, D), (B, L)
-            kept_images = self.select(images, image_rows, guide, guide_mask, is_video=False)
-            kept_videos = self.select(videos, video_rows, guide, guide_mask, is_video=True)
-        else:
-            kept_images = [torch.arange(len(x), device=x.merged.device) for x in images]
-            kept_videos = [torch.arange(len(x), device=x.merged.device) for x in videos]
-        self.last_kept_images, self.last_kept_videos = kept_images, kept_videos
-        self.last_kept = [*kept_images, *kept_videos]
+        kept_images = self.select(images, image_rows, guide, guide_mask, is_video=False)
+        kept_videos = self.select(videos, video_rows, guide, guide_mask, is_video=True)
 
         # Which visual placeholders survive, and their rows, in the row-major order the model fills them.
         is_visual = is_image | is_video  # (B, S)
@@ -441,11 +411,11 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         for slots, items, kept in ((image_in_visual, images, kept_images), (~image_in_visual, videos, kept_videos)):
             if not items:
                 continue
-            keep_items = torch.cat([_mask_of(k, len(x)) for k, x in zip(kept, items)]).to(keep_visual.device)
-            keep_visual[slots] = keep_items
+            keep_items = torch.cat([kept_mask(k[None], len(x))[0] for k, x in zip(kept.indices, items)])
+            keep_visual[slots] = keep_items.to(keep_visual.device)
             visual_rows[slots] = torch.cat([x.merged for x in items]).to(visual_rows.device, embed_dtype)
         pruned = prune_sequences(
-            input_ids, attention_mask, is_visual, keep_visual, visual_rows[keep_visual], self.embed_tokens, self._pad_token_id()
+            input_ids, attention_mask, is_visual, keep_visual, visual_rows[keep_visual], self.embed_tokens, self.pad_token_id
         )
 
         # Kept columns of the original 3-D ids, and generate's 1-D row on the pruned sequence.
@@ -456,7 +426,11 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         # The offset a later cached forward without position_ids would add: last id + 1 - kept length,
         # the same rule as get_rope_index, now on the pruned row.
         inner.rope_deltas = (mrope.amax(dim=(0, 2)) + 1 - mask.sum(-1))[:, None]  # (B, 1)
-        return PreparedPrompt(pruned=pruned, position_ids=position_ids)
+        kept = KeptTokens(
+            indices=[k.cpu() for k in (*kept_images.indices, *kept_videos.indices)],
+            important=[None if f is None else f.cpu() for f in (*kept_images.important, *kept_videos.important)],
+        )
+        return PreparedPrompt(pruned=pruned, position_ids=position_ids, kept=kept)
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -472,12 +446,14 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         second_per_grid_ts: torch.Tensor | Sequence[float] | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
         guide_text: str | Sequence[str] | None = None,
+        return_kept: bool = False,
         **generate_kwargs: Any,
     ) -> Any:
         """`model.generate` on the processor's outputs, the language model seeing only the kept visual tokens.
 
         Returns what `model.generate(**inputs)` returns: the ORIGINAL prompt ids followed by the new tokens.
-        guide_text: one question per prompt (or one for all); None guides by the prompt's text tokens.
+        guide_text: one question per prompt (or one for all); None guides by the prompt's text tokens. Only
+        guide_text needs the processor. return_kept: return `(output, KeptTokens)`, images first, then videos.
         """
         input_ids, attention_mask = check_prompt(input_ids, attention_mask)
         device = self.embed_tokens.weight.device
@@ -505,7 +481,8 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
             second_per_grid_ts,
             guide_text,
         )
-        return generate_pruned(self.model, input_ids, prepared.pruned, position_ids=prepared.position_ids, **generate_kwargs)
+        out = generate_pruned(self.model, input_ids, prepared.pruned, position_ids=prepared.position_ids, **generate_kwargs)
+        return (out, prepared.kept) if return_kept else out
 
     def _mm_token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = self._token_ids()
@@ -514,22 +491,10 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         mm[input_ids == ids["video"]] = VIDEO
         return mm
 
-    @torch.no_grad()
-    def answer_video(
-        self, frames: Any, questions: Sequence[str], *, max_new_tokens: int = 32, fps: float | None = None
-    ) -> list[VideoAnswer]:
-        """Answer every question about one clip in one batched, left-padded generate.
-
-        frames: (T, H, W, 3) uint8 decoded frames. The clip goes through the vision tower ONCE; each question
-        then selects its own `budget * t` tokens (t = ceil(T / 2) temporal patches) from the shared features.
-        VideoAnswer.kept lists, per temporal patch, the kept positions in its merged-token grid.
-        """
-        frames = check_frames(frames)
-        questions = check_questions(questions)
-        max_new_tokens = check_max_new_tokens(max_new_tokens)
-        processor = self.processor
-        if not isinstance(processor, Qwen2_5_VLFrameProcessor):
-            processor = Qwen2_5_VLFrameProcessor(processor.tokenizer, getattr(processor, "image_processor", None))
+    def video_batch(self, frames: Any, questions: list[str], fps: float | None) -> VideoBatch:
+        """The clip goes through the vision tower ONCE; each question then selects its own `budget * t` tokens
+        (t = ceil(T / 2) temporal patches) from the shared features. A "frame" of the answer is a temporal patch."""
+        processor = self.frame_processor()
         fps = processor.fps if fps is None else fps
         pixel_values, grid = patchify_frames(
             frames, processor.geometry, min_pixels=processor.min_pixels, max_pixels=processor.max_pixels
@@ -540,10 +505,9 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
 
         text = processor.tokenize_prompts([video_prompt(q) for q in questions], image_counts=[], video_counts=[n] * Q)
         input_ids = text["input_ids"].to(device)
-        attention_mask = text["attention_mask"].to(device)
         prepared = self.prepare(
             input_ids,
-            attention_mask,
+            text["attention_mask"].to(device),
             text["mm_token_type_ids"].to(device),
             [],
             [clip] * Q,  # the same features for every question: no second pass through the tower
@@ -552,24 +516,13 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
             torch.full((Q,), processor.geometry.temporal_patch_size / fps),
             questions if self.guide == "question" else None,
         )
-        out = generate_pruned(
-            self.model,
-            input_ids,
-            prepared.pruned,
-            position_ids=prepared.position_ids,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self._pad_token_id(),
+        kept = torch.stack(prepared.kept.indices)  # (Q, K) flat frame-major
+        flags = prepared.kept.important  # every question's clip is pruned alike: all None or none
+        important = None if flags[0] is None else torch.stack(flags)  # (Q, K)
+        return VideoBatch(
+            input_ids, prepared.pruned, kept, important, frames=T, tokens_per_frame=n // T,
+            generate_kwargs={"position_ids": prepared.position_ids},
         )
-        texts = processor.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-        kept = torch.stack(self.last_kept_videos)  # (Q, K) flat frame-major
-        important = torch.stack(self.last_important[True])  # (Q, K)
-        flags = None if self.budget is None or bool(important.all()) else split_by_frame(kept, T, n // T, important)
-        return video_answers(texts, split_by_frame(kept, T, n // T), tokens_total=n, important=flags)
-
-
-# The name flashvlm.models.ADAPTERS uses.
-Qwen2_5_VLAdapter = Qwen2_5_VLFlashVLM
 
 
 def _item_rows(placeholders: torch.Tensor, sizes: Sequence[int], kind: str) -> list[int]:
@@ -589,8 +542,3 @@ def _item_rows(placeholders: torch.Tensor, sizes: Sequence[int], kind: str) -> l
     if bool((rows != ends).any()):
         raise ValueError(f"a {kind}'s placeholder tokens span two prompts; the {kind} grids do not match input_ids")
     return rows.tolist()
-
-
-def _mask_of(kept: torch.Tensor, n: int) -> torch.Tensor:
-    """(K,) kept indices into n tokens -> (n,) bool."""
-    return torch.zeros(n, dtype=torch.bool, device=kept.device).index_fill_(0, kept, True)

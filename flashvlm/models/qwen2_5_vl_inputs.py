@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flashvlm.models.base import check_frames
+
 # The defaults of Qwen2VLImageProcessorPil / Qwen2VLVideoProcessor.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -93,20 +95,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
-def _as_uint8_frames(frames) -> np.ndarray:
-    """(T, H, W, 3) uint8 numpy from numpy or torch, checked."""
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu().numpy()
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must have shape (T, H, W, 3), got {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8, got {frames.dtype}")
-    if frames.shape[0] < 1:
-        raise ValueError("frames is empty (T = 0)")
-    return frames
-
-
 def patchify_frames(
     frames,
     geometry: PatchGeometry | None = None,
@@ -117,7 +105,7 @@ def patchify_frames(
     """Decoded frames -> (pixel_values_videos, grid_thw) in Qwen's flat patch layout.
 
     Args:
-        frames: (T, H, W, 3) uint8. An odd T is padded by repeating the last frame, as the video processor does.
+        frames: (T, H, W, 3) uint8 array or tensor. An odd T is padded by repeating the last frame, as the video processor does.
         geometry: patch sizes and normalisation; Qwen2.5-VL's defaults when None.
 
     Returns:
@@ -125,7 +113,7 @@ def patchify_frames(
         grid_thw: (3,) int64 [t, h, w] in patches (the language model sees t * h * w / merge**2 tokens).
     """
     g = geometry or PatchGeometry()
-    frames = _as_uint8_frames(frames)
+    frames = check_frames(frames)
     T, H, W, C = frames.shape
     new_h, new_w = smart_resize(H, W, g.factor, min_pixels, max_pixels)
     if (new_h, new_w) != (H, W):
@@ -314,7 +302,7 @@ class Qwen2_5_VLFrameProcessor:
     ) -> dict[str, torch.Tensor]:
         """One clip and Q questions -> a left-padded batch of Q rows, each with its own copy of the clip.
 
-        For many questions about one clip, `Qwen2_5_VLFlashVLM.answer_video` encodes the clip once instead.
+        For many questions about one clip, `Qwen2_5_VLAdapter.answer_video` encodes the clip once instead.
         """
         qs = [questions] if isinstance(questions, str) else list(questions)
         return self(text=[video_prompt(q, system) for q in qs], videos=[frames] * len(qs), fps=fps)
@@ -323,24 +311,3 @@ class Qwen2_5_VLFrameProcessor:
 def _split_keep(text: str, tokens: tuple[str, ...]) -> list[str]:
     """Split text around any of `tokens`, keeping them as their own pieces, in order."""
     return re.split("(" + "|".join(re.escape(t) for t in tokens) + ")", text)
-
-
-def video_inputs(
-    frames,
-    question: str,
-    tokenizer,
-    image_processor=None,
-    *,
-    fps: float = DEFAULT_FPS,
-    min_pixels: int = DEFAULT_MIN_PIXELS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    system: str | None = SYSTEM_PROMPT,
-) -> dict[str, torch.Tensor]:
-    """Decoded frames (T, H, W, 3) uint8 and a question -> Qwen2.5-VL model inputs for one row.
-
-    Returns input_ids (1, L) with the vision block `<|vision_start|><|video_pad|> x n<|vision_end|>` before the
-    question in Qwen's chat format, attention_mask, mm_token_type_ids (2 on video tokens), pixel_values_videos,
-    video_grid_thw (1, 3) and second_per_grid_ts (1,) = temporal_patch / fps.
-    """
-    processor = Qwen2_5_VLFrameProcessor(tokenizer, image_processor, min_pixels=min_pixels, max_pixels=max_pixels, fps=fps)
-    return processor.video_question_inputs(frames, question, fps=fps, system=system)
