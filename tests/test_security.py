@@ -1,5 +1,6 @@
 """Security: no credential in output, logs or tables; trust_remote_code off unless configured; manifest
-and questions-file entries cannot leave the input location."""
+and questions-file entries cannot leave the input location; a commit manifest cannot move files outside
+the output location."""
 
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config, validate_config
+from pipeline.run import run, summary_text
 from pipeline.listing import list_videos
 from pipeline.questions import attach_questions, questions_by_video
 from pipeline.synthetic import make_clip
@@ -79,16 +81,52 @@ def test_questions_file_entries_cannot_escape_the_input_location(tmp_path):
         assert "questions_file entry" in rows[name]["error"]
 
 
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("entry", ["../x", "/ABS/victim.parquet", "s3://other/y.parquet", "answers/../../x", "notes/x"])
+def test_recover_refuses_manifest_entries_outside_the_staging_folder(tmp_path, entry):
+    from pipeline.commit import MANIFEST, STAGING, recover
+
+    out = tmp_path / "out"
+    stage = out / STAGING / "evil"
+    (stage / "answers" / "date=2026-01-01").mkdir(parents=True)
+    (stage / "answers" / "date=2026-01-01" / "ok.parquet").write_bytes(b"staged")
+    (out / STAGING / "x").write_bytes(b"not this run's")  # what '../x' names from the staging folder
+    (tmp_path / "victim.parquet").write_bytes(b"outside output.uri")
+    entry = entry.replace("/ABS", str(tmp_path))
+    (stage / MANIFEST).write_text(json.dumps({"run_id": "evil", "files": ["answers/date=2026-01-01/ok.parquet", entry]}))
+    before = tree(tmp_path)
+    with pytest.raises(ValueError, match="outside the run's staging folder") as info:
+        recover(str(out), None)
+    assert repr(entry) in str(info.value)  # the error names the entry
+    assert tree(tmp_path) == before  # nothing created, moved or deleted, inside output.uri or out of it
+
+
+def test_recover_refuses_a_manifest_without_a_list_of_files(tmp_path):
+    from pipeline.commit import MANIFEST, STAGING, recover
+
+    stage = tmp_path / STAGING / "odd"
+    stage.mkdir(parents=True)
+    (stage / MANIFEST).write_text(json.dumps({"run_id": "odd", "files": "answers/x.parquet"}))
+    with pytest.raises(ValueError, match="'files' must be a list"):
+        recover(str(tmp_path), None)
+    assert (stage / MANIFEST).exists()
+
+
 @pytest.mark.slow
 def test_credentials_never_printed_logged_or_written(ray_local, flashvlm_cache, s3_options, s3_bucket, tmp_path, capsys, monkeypatch):
     import s3fs
 
-    from pipeline.config import load_config
-    from pipeline.run import run, summary_text
 
     env_secret, option_secret = "ENVSECRET-7f3a9c", "OPTSECRET-2b8d41"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", env_secret)
-    options = dict(s3_options, secret=option_secret, key="OPTKEYID-5e1c")  # moto accepts any credentials
+    # moto accepts any credentials. s3fs hands s3_additional_kwargs to every S3 call that takes them (SSE-C on
+    # put and get) and drops the rest: names no list of secret-looking words catches still reach the config.
+    extra = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "SSECKEY-0c1d2e3f4a5b6c7d8e9f0a1b2c",
+             "accessKey": "ACCESSKEY-9a8b7c", "api-key": "APIKEY-4d5e6f"}
+    options = dict(s3_options, secret=option_secret, key="OPTKEYID-5e1c", s3_additional_kwargs=extra)
     fs = s3fs.S3FileSystem(**options)
     for i in range(2):
         fs.put_file(str(make_clip(tmp_path / f"c{i}.mp4", frames=4, seed=i)), f"{s3_bucket}/v/c{i}.mp4")
@@ -101,10 +139,11 @@ def test_credentials_never_printed_logged_or_written(ray_local, flashvlm_cache, 
         "output": {"uri": f"s3://{s3_bucket}/qa"}, "storage_options": options, "ray": {"decode_timeout_s": 30},
     }))
     cfg = load_config(config)
-    print(summary_text(cfg, run(cfg)))  # what jobs/video_qa.py prints
+    record = run(cfg)
+    print(summary_text(cfg, record))
     printed = capsys.readouterr()
     assert "1 failed" in printed.out  # the run did write an error row (messages are a leak path too)
-    secrets = (env_secret, option_secret, options["key"])
+    secrets = (env_secret, option_secret, options["key"], extra["SSECustomerKey"], extra["accessKey"], extra["api-key"])
     blobs = {"stdout": printed.out, "stderr": printed.err}
     for key in fs.find(f"{s3_bucket}/qa"):
         blobs[key] = fs.cat_file(key).decode("latin-1")  # Parquet pages are compressed: check the decoded rows too
@@ -119,4 +158,6 @@ def test_credentials_never_printed_logged_or_written(ray_local, flashvlm_cache, 
             blobs[str(log)] = log.read_text(errors="replace")
     leaks = [(where, s) for where, text in blobs.items() for s in secrets if s in text]
     assert not leaks, leaks
-    assert json.loads(blobs["table runs"])[0]["config"].count("***") >= 2
+    stored = json.loads(json.loads(blobs["table runs"])[0]["config"])["storage_options"]
+    assert stored["endpoint_url"] == s3_options["endpoint_url"] and stored["key"] == stored["secret"] == "***"
+    assert stored["s3_additional_kwargs"] == dict.fromkeys(extra, "***")
