@@ -310,9 +310,9 @@ def diversity_partition(
     sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
     k = min(NEIGHBOURS, M - 1)
     nearest, neighbours = sim.view(B * M, M).topk(k, dim=1)  # (B*M, k) most similar first
-    # Identical rows compute a cosine within (Dv + 8) * eps of 1 (the rounding of a Dv-term dot product of
-    # unit vectors); only images with such a pair are searched for identical rows, exactly.
-    maybe_identical = 1 - (unit.shape[-1] + 8) * torch.finfo(unit.dtype).eps
+    # Identical rows compute a cosine within 2 (Dv + 8) eps of 1 (worst-case rounding of their normalisation
+    # and of a Dv-term dot product); only images with such a pair are searched for identical rows, exactly.
+    maybe_identical = 1 - 2 * (unit.shape[-1] + 8) * torch.finfo(unit.dtype).eps
     flagged = (nearest[:, 0] >= maybe_identical).view(B, M).any(dim=1).nonzero().squeeze(1)  # (F,)
     if flagged.numel():
         identical_rows_as_one(unit, sim, flagged)
