@@ -13,8 +13,6 @@ Shapes: T frames, S sequence length, N = 576 patches a frame.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,55 +68,9 @@ def build_tokenizer() -> Any:
 
 def build_shapes_model(seed: int = 0) -> tuple[Any, Any]:
     """(model, processor): the untrained shapes LLaVA, randomly initialised from `seed`."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from flashvlm.tiny_models import llava_1_5
 
-    tokenizer = build_tokenizer()
-    vision = CLIPVisionConfig(image_size=336, patch_size=14, **VISION)
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        **TEXT,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # [CLS], dropped by the "default" strategy
-    )
-    return model, processor
-
-
-@dataclass
-class Example:
-    """One training sequence: a clip's frames and a conversation about it."""
-
-    pixel_values: torch.Tensor  # (T, 3, 336, 336)
-    input_ids: torch.Tensor  # (1, S)
-    labels: torch.Tensor  # (1, S): the answer tokens (and their </s>), IGNORE_INDEX elsewhere
+    return llava_1_5(build_tokenizer(), VISION, TEXT, seed=seed)
 
 
 def conversation(adapter: Any, frames: int, turns: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 # Names `flashvlm.load` resolves to a tiny checkpoint built here on first use (see `tiny_model_path`).
 TINY_LLAVA = "flashvlm-tiny/llava"
@@ -76,14 +77,14 @@ def _tiny_bpe_tokenizer(
     )
 
 
-def build_tiny_llava(path: str | os.PathLike) -> str:
-    """Build a tiny, randomly initialised LLaVA-1.5 with the real image geometry and save it to `path`.
+def llava_1_5(tokenizer: Any, vision: dict[str, Any], text: dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
+    """(model, processor): a randomly initialised LLaVA-1.5 with the real image geometry and the given widths.
 
     Real where the selection depends on it: CLIP vision tower at 336 px with patch 14 (N = 576 patches +
     [CLS]), features from layer -2 with [CLS] dropped ("default" strategy), a two-layer GELU projector, a
-    Llama text model, and the processor that expands each <image> into 576 placeholder tokens. Narrow
-    everywhere else, so that a generate call takes well under a second on CPU. Deterministic (fixed seed).
-    Returns the path, for `flashvlm.load`.
+    Llama text model, and the processor that expands each <image> into 576 placeholder tokens.
+    tokenizer: with bos, eos, pad and an atomic "<image>" token. vision / text: CLIPVisionConfig and
+    LlamaConfig widths. Deterministic for `seed`.
     """
     import torch
     from transformers import (
@@ -95,15 +96,45 @@ def build_tiny_llava(path: str | os.PathLike) -> str:
         LlavaProcessor,
     )
 
-    path = Path(path)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, **vision),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            **text,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the [CLS] token, dropped by the "default" strategy
+    )
+    return model, processor
+
+
+def build_tiny_llava(path: str | os.PathLike) -> str:
+    """Build a tiny, randomly initialised LLaVA-1.5 (`llava_1_5`) and save it to `path`; returns the path.
+
+    Narrow everywhere, so that a generate call takes well under a second on CPU. Deterministic (seed 0).
+    """
     tokenizer = _tiny_bpe_tokenizer(_LLAVA_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
     # Register <image> as a special token so that it is never merged with neighbouring text.
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-
-    vision = CLIPVisionConfig(
-        image_size=336,
-        patch_size=14,
+    vision = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=3,
@@ -113,36 +144,7 @@ def build_tiny_llava(path: str | os.PathLike) -> str:
         # rankings have no near-ties and batched vs one-by-one comparisons are meaningful.
         initializer_range=0.2,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        **_TINY_DECODER,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=image_token_id,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # the [CLS] token, dropped by the "default" strategy
-    )
+    model, processor = llava_1_5(tokenizer, vision, _TINY_DECODER, seed=0)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
