@@ -116,22 +116,33 @@ def s3_bucket(s3_options) -> str:
     return name
 
 
+_LIVE_WEBM = """
+import sys, av, numpy as np
+path, frames = sys.argv[1], int(sys.argv[2])
+with av.open(path, "w", format="webm", options={"live": "1"}) as container:
+    stream = container.add_stream("libvpx", rate=12)
+    stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+    for i in range(frames):
+        image = np.full((120, 160, 3), (i * 10) % 256, dtype=np.uint8)
+        image[40:80, (i * 5) % 120 : (i * 5) % 120 + 40] = (230, 40, 40)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+"""
+
+
 def make_live_webm(path: Path, frames: int = 24) -> Path:
     """A VP8 WebM written as a live stream writes it: no duration and no frame count in its header, which
-    decord refuses ("broken metadata") and PyAV decodes, like ../shared/videos/no_duration.webm."""
-    import av
-    import numpy as np
+    decord refuses ("broken metadata") and PyAV decodes, like ../shared/videos/no_duration.webm.
 
-    with av.open(str(path), "w", format="webm", options={"live": "1"}) as container:
-        stream = container.add_stream("libvpx", rate=12)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        for i in range(frames):
-            image = np.full((120, 160, 3), (i * 10) % 256, dtype=np.uint8)
-            image[40:80, (i * 5) % 120 : (i * 5) % 120 + 40] = (230, 40, 40)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    Written in a fresh interpreter: once decord has decoded in a process, PyAV's libvpx encoder there fails
+    to open (EINVAL; decord ships its own FFmpeg libraries).
+    """
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", _LIVE_WEBM, str(path), str(frames)], check=True)
     return path
 
 
