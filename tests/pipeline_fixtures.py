@@ -116,14 +116,16 @@ def s3_bucket(s3_options) -> str:
     return name
 
 
-def make_live_webm(path: Path, frames: int = 24) -> Path:
-    """A VP8 WebM written as a live stream writes it: no duration and no frame count in its header, which
-    decord refuses ("broken metadata") and PyAV decodes, like ../shared/videos/no_duration.webm."""
+def make_live_stream(path: Path, frames: int = 24) -> Path:
+    """A Matroska file (the container of WebM) written as a live stream writes it: no duration and no frame
+    count in its header, which decord refuses ("broken metadata") and PyAV decodes, like
+    ../shared/videos/no_duration.webm. H.264 inside, not VP8: PyAV cannot open its VP8 encoder once decord
+    is loaded in the same process."""
     import av
     import numpy as np
 
-    with av.open(str(path), "w", format="webm", options={"live": "1"}) as container:
-        stream = container.add_stream("libvpx", rate=12)
+    with av.open(str(path), "w", format="matroska", options={"live": "1"}) as container:
+        stream = container.add_stream("libx264", rate=12)
         stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
         for i in range(frames):
             image = np.full((120, 160, 3), (i * 10) % 256, dtype=np.uint8)
@@ -138,8 +140,8 @@ def make_live_webm(path: Path, frames: int = 24) -> Path:
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
     """A folder of clips for pipeline tests: the real ones named above when ../shared/videos exists,
-    else generated ones: healthy clips, a live WebM that needs the PyAV fallback, a zero-byte and a
-    truncated file (broken)."""
+    else generated ones: healthy clips, a live stream without duration that needs the PyAV fallback, a
+    zero-byte and a truncated file (broken)."""
     from conftest import SHARED_VIDEOS
 
     folder = tmp_path_factory.mktemp("clips")
@@ -152,7 +154,7 @@ def clip_dir(tmp_path_factory) -> Path:
     for i, name in enumerate(GOOD_CLIPS):
         make_clip(folder / (Path(name).stem + ".mp4"), seed=i)
     for name in FALLBACK_CLIPS:
-        make_live_webm(folder / name)
+        make_live_stream(folder / name)
     (folder / "empty.webm").write_bytes(b"")
     data = (folder / "chaplin.mp4").read_bytes()
     (folder / "corrupted.mp4").write_bytes(data[: len(data) // 3])
