@@ -116,41 +116,32 @@ def s3_bucket(s3_options) -> str:
     return name
 
 
-_LIVE_WEBM = """
-import sys, av, numpy as np
-path, frames = sys.argv[1], int(sys.argv[2])
-with av.open(path, "w", format="webm", options={"live": "1"}) as container:
-    stream = container.add_stream("libvpx", rate=12)
-    stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-    for i in range(frames):
-        image = np.full((120, 160, 3), (i * 10) % 256, dtype=np.uint8)
-        image[40:80, (i * 5) % 120 : (i * 5) % 120 + 40] = (230, 40, 40)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+def make_live_stream(path: Path, frames: int = 24) -> Path:
+    """A Matroska file (the container of WebM) written as a live stream writes it: no duration and no frame
+    count in its header, which decord refuses ("broken metadata") and PyAV decodes, like
+    ../shared/videos/no_duration.webm. H.264 inside, not VP8: PyAV cannot open its VP8 encoder once decord
+    is loaded in the same process."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format="matroska", options={"live": "1"}) as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(frames):
+            image = np.full((120, 160, 3), (i * 10) % 256, dtype=np.uint8)
+            image[40:80, (i * 5) % 120 : (i * 5) % 120 + 40] = (230, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
             container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-"""
-
-
-def make_live_webm(path: Path, frames: int = 24) -> Path:
-    """A VP8 WebM written as a live stream writes it: no duration and no frame count in its header, which
-    decord refuses ("broken metadata") and PyAV decodes, like ../shared/videos/no_duration.webm.
-
-    Written in a fresh interpreter: once decord has decoded in a process, PyAV's libvpx encoder there fails
-    to open (EINVAL; decord ships its own FFmpeg libraries).
-    """
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, "-c", _LIVE_WEBM, str(path), str(frames)], check=True)
     return path
 
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
     """A folder of clips for pipeline tests: the real ones named above when ../shared/videos exists,
-    else generated ones: healthy clips, a live WebM that needs the PyAV fallback, a zero-byte and a
-    truncated file (broken)."""
+    else generated ones: healthy clips, a live stream without duration that needs the PyAV fallback, a
+    zero-byte and a truncated file (broken)."""
     from conftest import SHARED_VIDEOS
 
     folder = tmp_path_factory.mktemp("clips")
@@ -163,7 +154,7 @@ def clip_dir(tmp_path_factory) -> Path:
     for i, name in enumerate(GOOD_CLIPS):
         make_clip(folder / (Path(name).stem + ".mp4"), seed=i)
     for name in FALLBACK_CLIPS:
-        make_live_webm(folder / name)
+        make_live_stream(folder / name)
     (folder / "empty.webm").write_bytes(b"")
     data = (folder / "chaplin.mp4").read_bytes()
     (folder / "corrupted.mp4").write_bytes(data[: len(data) // 3])

@@ -11,7 +11,7 @@ from pipeline.decode import DecodeVideos, StageError, read_and_decode
 from pipeline.listing import list_videos
 from pipeline.schema import DECODED, LISTED, frames_of
 from pipeline.synthetic import make_clip
-from pipeline_fixtures import make_live_webm
+from pipeline_fixtures import make_live_stream
 
 DECORD_OK = [
     "big_buck_bunny_0_30.webm", "chaplin.mp4", "example2.mp4", "fire2.mp4", "flipping_a_pancake.mkv",
@@ -101,9 +101,9 @@ def test_one_decoder_thread_gives_the_same_frames(shared_videos):
         assert np.array_equal(a, b), decode.__name__
 
 
-def test_a_webm_without_duration_decodes_through_pyav(tmp_path):
+def test_a_stream_without_duration_decodes_through_pyav(tmp_path):
     # What no_duration.webm checks above, on a generated file, so it runs without ../shared/videos too.
-    path = make_live_webm(tmp_path / "live.webm", frames=24)
+    path = make_live_stream(tmp_path / "live.mkv", frames=24)
     with pytest.raises(Exception, match="broken metadata"):
         _decode_decord(path.read_bytes(), Sampling(frames=4))
     row = DecodeVideos(frames=4, size=32, timeout_s=None)(listed_rows([path])).to_pylist()[0]
