@@ -88,6 +88,8 @@ def wrap(
     processor: Any = None,
     split: str | None = None,
     min_per_frame: int | None = None,
+    method: str = "flashvlm",
+    method_options: dict | None = None,
 ) -> TokenSelectionAdapter:
     """FlashVLM around `model`: `budget` visual tokens per image reach its language model (None: all).
 
@@ -95,6 +97,8 @@ def wrap(
     non-image prompt token, as in the authors' release). processor: the model's processor, needed for
     guide_text and answer_video; loaded from the model's own directory when not given. split /
     min_per_frame: how a video's budget spreads over its frames (`select_video_tokens`; None: its default).
+    method / method_options: the selector (`flashvlm.selectors.METHODS`, default "flashvlm") and its
+    own keywords (e.g. {"seed": 3} for random).
     """
     name = type(model).__name__
     if name not in ADAPTERS:
@@ -107,4 +111,5 @@ def wrap(
             raise
         raise ValueError(f"model {name} is not supported yet ({module_name} is missing)") from err
     adapter = getattr(module, class_name)
-    return adapter(model, budget, config=config, guide=guide, processor=processor, split=split, min_per_frame=min_per_frame)
+    return adapter(model, budget, config=config, guide=guide, processor=processor, split=split, min_per_frame=min_per_frame,
+                   method=method, method_options=method_options)

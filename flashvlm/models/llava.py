@@ -30,8 +30,11 @@ import torch
 from torch import nn
 
 from flashvlm.models.base import (
+    PrunedPrompt,
     TokenSelectionAdapter,
     VideoAnswer,
+    VideoFeatures,
+    check_budget,
     check_frames,
     check_guide_text,
     check_max_new_tokens,
@@ -394,46 +397,101 @@ class LlavaAdapter(TokenSelectionAdapter):
 
         frames: uint8 (T, H, W, 3). The T frames are T images of one LLaVA-1.5 prompt per question; the
         vision tower runs once for the clip, and each question chooses its own `budget * T` visual tokens
-        across the clip (`flashvlm.select_video_tokens`). Greedy decoding.
+        across the clip with the adapter's method (`flashvlm.selectors.select_video`; flashvlm by default).
+        Greedy decoding. Same as `answer_features(encode_video(frames), ...)` with the adapter's settings.
         """
-        from flashvlm.video import select_video_tokens
+        return self.answer_features(
+            self.encode_video(frames), questions, max_new_tokens=max_new_tokens,
+            budget=self.budget, method=self.method, options=self.method_options,
+        )
 
+    # ----------------------------------------------------------------------------------------------
+    # Features computed once per clip, reused across selection settings (the evaluation's sweep)
+    # ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray | torch.Tensor) -> VideoFeatures:
+        """The clip's vision features, projection and saliency: one vision-tower pass for uint8 (T, H, W, 3)."""
         frames = check_frames(frames)
-        questions = check_questions(questions)
-        max_new_tokens = check_max_new_tokens(max_new_tokens)
-        T, N, Q = frames.shape[0], self.tokens_per_image, len(questions)
+        vision, projected, saliency = self.encode_images(self.pixel_values(frames))  # (T, N, Dv), (T, N, D), (T, N)
+        return VideoFeatures(vision=vision, projected=projected, saliency=saliency)
 
-        pixel_values = self.pixel_values(frames)  # (T, 3, H, W)
-        input_ids, attention_mask = self.video_prompts(questions, T)  # (Q, S)
+    def _check_features(self, features: object) -> VideoFeatures:
+        if not isinstance(features, VideoFeatures) or features.vision.ndim != 3 or features.vision.shape[1] != self.tokens_per_image:
+            raise ValueError(f"features must be this adapter's encode_video(frames) result, got {type(features).__name__}")
+        return features
+
+    def select_clip(
+        self,
+        features: VideoFeatures,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        questions: list[str],
+        budget: int | None,
+        method: str,
+        options: dict[str, Any] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Q, K) kept flat frame-major indices into T*N and (Q, K) important flags (None when nothing is
+        pruned) for each prompt row, by `method` at `budget` tokens per frame (None: all)."""
+        from flashvlm.selectors import select_video
+
+        budget = check_budget(budget)
+        T, N = features.frames, self.tokens_per_image
+        Q = input_ids.shape[0]
+        if budget is None or budget >= N:  # every frame keeps all its tokens
+            return torch.arange(T * N, device=features.vision.device).expand(Q, T * N), None
+        text, text_mask = self.guide_embeddings(
+            input_ids, attention_mask, questions if self.guide == "question" else None, self._skip_ids()
+        )  # (Q, L, D)
+        return select_video(
+            method,
+            features.vision[None].expand(Q, -1, -1, -1),  # (Q, T, N, Dv) views: every question sees the same clip
+            features.projected[None].expand(Q, -1, -1, -1),
+            features.saliency[None].expand(Q, -1, -1),
+            text,
+            budget * T,
+            text_mask=text_mask,
+            return_important=True,
+            **self.clip_options(method, options),
+        )  # (Q, K) frame-major ascending into T*N, and (Q, K) important flags
+
+    def _pruned_clip_prompt(
+        self, features: VideoFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor, questions: list[str],
+        budget: int | None, method: str, options: dict[str, Any] | None,
+    ) -> tuple[PrunedPrompt, torch.Tensor, torch.Tensor | None]:
+        """The pruned (Q, S') prompt of Q rows over one clip, with the kept indices and flags."""
+        T, N, Q = features.frames, self.tokens_per_image, input_ids.shape[0]
         device = self.model.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         is_visual = visual_placeholders(input_ids, self.image_token_id, N, Q * T)  # (Q, S), T * N per row
-
-        vision, projected, saliency = self.encode_images(pixel_values)  # (T, N, Dv), (T, N, D), (T, N): once
-        if self.budget is None or self.budget >= N:  # every frame keeps all its tokens
-            kept = torch.arange(T * N, device=vision.device).expand(Q, T * N)  # (Q, T*N)
-            important = None
-        else:
-            text, text_mask = self.guide_embeddings(
-                input_ids, attention_mask, questions if self.guide == "question" else None, self._skip_ids()
-            )  # (Q, L, D)
-            kept, important = select_video_tokens(
-                vision[None].expand(Q, -1, -1, -1),  # (Q, T, N, Dv) views: every question sees the same clip
-                projected[None].expand(Q, -1, -1, -1),
-                saliency[None].expand(Q, -1, -1),
-                text,
-                budget=self.budget * T,
-                text_mask=text_mask,
-                config=self.config,
-                return_important=True,
-                **self.video_options,
-            )  # (Q, K) frame-major ascending into T*N, and (Q, K) important flags
-
-        flat_projected = projected.reshape(T * N, -1)  # (T*N, D)
-        rows = flat_projected[kept.reshape(-1)]  # (Q*K, D) the kept rows, question by question
+        kept, important = self.select_clip(features, input_ids, attention_mask, questions, budget, method, options)
+        rows = features.projected.reshape(T * N, -1)[kept.reshape(-1)]  # (Q*K, D) the kept rows, row by row
         keep_visual = kept_mask(kept, T * N).reshape(-1)  # (Q*T*N,)
         pruned = prune_sequences(
             input_ids, attention_mask, is_visual, keep_visual, rows, self.embed_tokens, self._pad_token_id()
+        )
+        return pruned, kept, important
+
+    @torch.no_grad()
+    def answer_features(
+        self,
+        features: VideoFeatures,
+        questions: Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        budget: int | None = None,
+        method: str = "flashvlm",
+        options: dict[str, Any] | None = None,
+    ) -> list[VideoAnswer]:
+        """`answer_video` on features from `encode_video`, at the given selection setting (not the
+        adapter's): budget per frame (None: all), method (`flashvlm.selectors.METHODS`), its options."""
+        features = self._check_features(features)
+        questions = check_questions(questions)
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
+        T, N = features.frames, self.tokens_per_image
+        input_ids, attention_mask = self.video_prompts(questions, T)  # (Q, S)
+        pruned, kept, important = self._pruned_clip_prompt(
+            features, input_ids, attention_mask, questions, budget, method, options
         )
         out = generate_pruned(self.model, input_ids, pruned, max_new_tokens=max_new_tokens, do_sample=False)
         texts = self.tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
@@ -443,3 +501,59 @@ class LlavaAdapter(TokenSelectionAdapter):
         flags = None if important is None else split_by_frame(kept, T, N, important)
         return video_answers(texts, per_frame, T * N, flags)
 
+    @torch.no_grad()
+    def score_choices(
+        self,
+        features: VideoFeatures,
+        question: str,
+        choices: Sequence[str],
+        *,
+        budget: int | None = None,
+        method: str = "flashvlm",
+        options: dict[str, Any] | None = None,
+    ) -> tuple[list[float], VideoAnswer]:
+        """Multiple choice as lmms-eval scores it: the log-likelihood of each option after the prompt.
+
+        Each option's score is the sum of the log-probabilities of its tokens (tokenized without special
+        tokens, appended right after "ASSISTANT:" with one space) given the pruned video prompt and the
+        option's earlier tokens. The selection is the question's own (guided by `question`, not by the
+        option), the same for every option. Returns (scores per option, the kept tokens as a VideoAnswer
+        whose text is the best option).
+        """
+        features = self._check_features(features)
+        question = check_questions([question])[0]
+        if isinstance(choices, str) or not isinstance(choices, (list, tuple)) or not choices \
+                or not all(isinstance(c, str) and c.strip() for c in choices):
+            raise ValueError(f"choices must be a non-empty list of non-empty str, got {choices!r}")
+        T, N, C = features.frames, self.tokens_per_image, len(choices)
+        prompt_ids, prompt_mask = self.video_prompts([question], T)  # (1, S)
+        option_ids = [self.tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(not ids for ids in option_ids):
+            raise ValueError(f"choices: an option tokenizes to nothing: {choices!r}")
+        # Rows: prompt + option, right-padded; prune_sequences drops the padding and left-pads afresh,
+        # so every pruned row ends with its option's tokens.
+        width = max(len(ids) for ids in option_ids)
+        pad = self._pad_token_id()
+        tail = torch.tensor([ids + [pad] * (width - len(ids)) for ids in option_ids], dtype=prompt_ids.dtype)  # (C, W)
+        tail_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in option_ids], dtype=prompt_mask.dtype)
+        input_ids = torch.cat([prompt_ids.expand(C, -1), tail], dim=1)  # (C, S + W)
+        attention_mask = torch.cat([prompt_mask.expand(C, -1), tail_mask], dim=1)
+        pruned, kept, important = self._pruned_clip_prompt(
+            features, input_ids, attention_mask, [question] * C, budget, method, options
+        )
+        # Positions count real tokens only, as generate does for a left-padded prompt.
+        position_ids = (pruned.attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (C, S')
+        logits = self.model(
+            inputs_embeds=pruned.inputs_embeds, attention_mask=pruned.attention_mask, position_ids=position_ids,
+        ).logits  # (C, S', V)
+        logprobs = logits.float().log_softmax(dim=-1)
+        scores = []
+        for c, ids in enumerate(option_ids):
+            n = len(ids)
+            target = torch.tensor(ids, device=logprobs.device)  # (n,) the option, at the row's last n positions
+            predicted = logprobs[c, -n - 1 : -1]  # (n, V) position i predicts token i + 1
+            scores.append(float(predicted.gather(1, target[:, None]).sum()))
+        per_frame = split_by_frame(kept[:1], T, N)
+        flags = None if important is None else split_by_frame(kept[:1], T, N, important[:1])
+        best = max(range(C), key=lambda i: scores[i])
+        return scores, video_answers([choices[best]], per_frame, T * N, flags)[0]

@@ -230,7 +230,14 @@ class Qwen2_5_VLFlashVLM(TokenSelectionAdapter):
         processor: Any = None,
         split: str | None = None,
         min_per_frame: int | None = None,
+        method: str = "flashvlm",
+        method_options: dict | None = None,
     ) -> None:
+        if method != "flashvlm" or method_options:
+            raise ValueError(
+                f"method {method!r} with options {method_options or {}}: the Qwen2.5-VL adapter selects with "
+                "flashvlm only (comparison selectors are wired into the LLaVA adapter so far)"
+            )
         if not hasattr(model, "model") or not hasattr(model.model, "visual") or not hasattr(model.model, "get_rope_index"):
             raise ValueError(f"model must be a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
         super().__init__(
