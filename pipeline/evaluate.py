@@ -462,27 +462,32 @@ def plot(results: list[dict[str, Any]], path: str, title: str, tokens_per_frame:
 
     full = next((r for r in results if r["method"] == FULL), None)
     labelled = any(r["accuracy"] is not None for r in results)
-    metric, ylabel = ("accuracy", "accuracy") if labelled else ("agreement", "agreement with full budget")
-    lines: dict[str, list[tuple[float, Optional[float], Optional[float]]]] = {}
+    left = ("accuracy", "accuracy") if labelled else ("agreement", "agreement with the full budget")
+    # Retention needs a full-budget accuracy above 0; without it the right panel shows agreement instead.
+    retained = any(r["retention"] is not None for r in results if r["method"] != FULL)
+    right = ("retention", "retention (accuracy / full budget)") if retained else ("agreement", "agreement with the full budget")
+    lines: dict[str, list[tuple[int, Optional[float], Optional[float]]]] = {}
     for r in results:
-        if r["method"] == FULL:
-            continue
-        label = r["method"] + (" " + json.dumps(r["options"], sort_keys=True) if r["options"] else "")
-        x = min(r["budget"], tokens_per_frame)
-        lines.setdefault(label, []).append((x, r[metric], r["retention"]))
+        if r["method"] != FULL:
+            label = r["method"] + (" " + json.dumps(r["options"], sort_keys=True) if r["options"] else "")
+            lines.setdefault(label, []).append((min(r["budget"], tokens_per_frame), r[left[0]], r[right[0]]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ticks = sorted({p[0] for points in lines.values() for p in points} | {tokens_per_frame})
     for label, points in lines.items():
         if full is not None:
-            points = points + [(tokens_per_frame, full[metric], 1.0 if full["accuracy"] else None)]
+            points = points + [(tokens_per_frame, full[left[0]], 1.0 if right[0] == "retention" else full[right[0]])]
         points.sort()
         xs = [p[0] for p in points]
         axes[0].plot(xs, [p[1] for p in points], marker="o", label=label)
         axes[1].plot(xs, [p[2] for p in points], marker="o", label=label)
-    for ax, name in zip(axes, (ylabel, "retention (accuracy / full budget)")):
+    for ax, (_, name) in zip(axes, (left, right)):
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("visual tokens per frame")
         ax.set_ylabel(name)
-        ax.grid(True, which="both", alpha=0.3)
+        ax.set_ylim(-0.02, 1.05)
+        ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
