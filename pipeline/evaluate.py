@@ -30,9 +30,11 @@ tables (tables.txt), the JSON summary (summary.json) and the plot (accuracy_vs_t
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
+import sys
 import time
 import traceback
 import uuid
@@ -44,7 +46,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config import (
-    FieldError, JobConfig, Method, _Strict, check_method_options, load_config,
+    ConfigError, FieldError, JobConfig, Method, _Strict, check_method_options, load_config,
 )
 from pipeline.schema import TIMESTAMP, _f, error_text, frames_of
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
@@ -206,10 +208,11 @@ def _base_of(input_uri: str) -> str:
     return base(input_uri)
 
 
-def items_by_video(cfg: EvalConfig, input_uri: str, videos: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """{canonical video URI: its items}: the labels file's rows of each listed video, then the config's
-    `questions` (unlabelled). Each item gets an `item` number, unique in the run."""
-    labelled = read_labels(cfg.questions_file, cfg.storage_options) if cfg.questions_file else []
+def items_by_video(
+    cfg: EvalConfig, input_uri: str, videos: Sequence[str], labelled: Sequence[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """{canonical video URI: its items}: the labels file's rows (`read_labels`) of each listed video, then
+    the config's `questions` (unlabelled). Each item gets an `item` number, unique in the run."""
     base = _base_of(input_uri)
     out: dict[str, list[dict[str, Any]]] = {normalize_uri(v): [] for v in videos}
     for item in labelled:
@@ -545,6 +548,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     run_id = cfg.run_id or f"eval-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     run_date = f"{started:%Y-%m-%d}"
     t0 = time.perf_counter()
+    input_uri = resolve_eval_input(cfg)
+    # A malformed labels file is refused before anything runs, naming the file and the row.
+    labelled = read_labels(cfg.questions_file, cfg.storage_options) if cfg.questions_file else []
     record: dict[str, Any] = {
         "run_id": run_id, "status": "failed", "started_at": started, "input_uri": cfg.input.uri,
         "output_uri": cfg.output.uri, "model": cfg.model.name, "settings_id": cfg.settings_id(),
@@ -554,11 +560,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     }
     try:
         recover(cfg.output.uri, cfg.storage_options, current_run_id=run_id)
-        input_uri = resolve_eval_input(cfg)
         listed, skipped = list_inputs(cfg, input_uri)
         if cfg.evaluation.max_videos is not None:
             listed = listed.slice(0, cfg.evaluation.max_videos)
-        items = items_by_video(cfg, input_uri, listed.column("video_uri").to_pylist())
+        items = items_by_video(cfg, input_uri, listed.column("video_uri").to_pylist(), labelled)
         record.update(videos_listed=listed.num_rows + skipped, videos_skipped=skipped, listing_s=time.perf_counter() - t0)
         grid = grid_of(cfg)
         n_items = sum(len(v) for v in items.values())
@@ -639,3 +644,45 @@ def report(cfg: EvalConfig, record: dict[str, Any], rows: list[dict[str, Any]]) 
         plot(results, plot_path, f"{cfg.model.name}: {summary['items']} items", tokens_per_frame, cfg.storage_options)
     return {"record": record, "results": results, "by_type": by_type, "tables": tables,
             "plot": plot_path if results else None, "summary": summary, "folder": folder}
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line (jobs/evaluate.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Measure what token pruning costs in answers (jobs/evaluate.py)", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/eval_demo.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set evaluation.budgets=[null,64] (repeatable; values are YAML)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_eval_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"config {args.config}: model {cfg.model.name}, budgets {cfg.evaluation.budgets}, methods "
+          f"{[s.label() for s in cfg.evaluation.settings]}, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
+    try:
+        out = evaluate(cfg)
+    except ValueError as exc:
+        if str(exc).startswith("labels file"):  # a malformed labels file: the message names file and row
+            print(exc, file=sys.stderr)
+            return 2
+        raise
+    record = out["record"]
+    print(f"\nevaluation {record['run_id']} {record['status']} in {record['wall_s']:.1f} s: {record['answers']} scored "
+          f"rows, {record['videos_failed']} videos failed; table {cfg.output.uri.rstrip('/')}/evaluations/", flush=True)
+    print(out["tables"], flush=True)
+    print(f"\ntables, summary and plot: {out['folder']}/", flush=True)
+    if out["plot"]:
+        print(f"plot: {out['plot']}", flush=True)
+    print(json.dumps(out["summary"]), flush=True)
+    return 0

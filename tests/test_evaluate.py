@@ -91,6 +91,19 @@ def test_labels_file_errors_name_the_file_and_the_row(tmp_path):
     assert read_labels(str(path))[0]["expected"] == "3"  # a count label written as a number
 
 
+def test_evaluate_job_refuses_a_malformed_labels_file_before_it_runs(tmp_path, capsys):
+    from pipeline.evaluate import main
+
+    (tmp_path / "videos").mkdir()
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"video_uri": "a.mp4", "question": "Q?"}) + "\n" + json.dumps({"video_uri": "a.mp4"}) + "\n")
+    code = main(["--set", f"input.uri={tmp_path / 'videos'}", "--set", f"questions_file={labels}",
+                 "--set", f"output.uri={tmp_path / 'out'}", "--set", "evaluation.generate_shapes=null"])
+    assert code == 2
+    assert f"labels file {labels}, row 2: question must be a non-empty string" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "evaluations").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # The adapter: features once, settings per call, multiple choice by likelihood
 # --------------------------------------------------------------------------------------------------
@@ -170,13 +183,10 @@ def shapes_split(tmp_path_factory):
 
 @pytest.mark.slow
 def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, flashvlm_cache, shapes_split, tmp_path, capsys):
-    import importlib.util
+    from pipeline.evaluate import main  # what jobs/evaluate.py runs
 
-    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     out_uri = tmp_path / "out"
-    code = job.main([
+    code = main([
         "--set", "model.name=flashvlm-tiny/llava", "--set", f"input.uri={shapes_split}",
         "--set", f"questions_file={shapes_split / 'questions.jsonl'}", "--set", f"output.uri={out_uri}",
         "--set", "sampling.frames=2", "--set", "evaluation.budgets=[null, 16]", "--set", "evaluation.generate_shapes=null",
