@@ -2,7 +2,8 @@
 
 The model loads once per actor, in __init__ (GPU when the pool asks for one, else CPU); batches carry
 frames and questions, never models. Each video is one `adapter.answer_video` call for all its
-questions. A video whose call fails becomes one error row (stage "answer"); the rest of the batch, and
+questions. With labels (a questions file with an `answer` column), each row carries `expected` and
+`correct` (pipeline.scoring.is_correct). A video whose call fails becomes one error row (stage "answer"); the rest of the batch, and
 the run, go on. Rows that arrive with an error (listing, read, decode) pass through as error rows.
 """
 
@@ -16,7 +17,25 @@ from typing import Any, Mapping
 
 import pyarrow as pa
 
+from pipeline.questions import label_key
 from pipeline.schema import ANSWERED, error_text, frames_of
+from pipeline.scoring import is_correct
+
+
+def load_adapter(model: Mapping[str, Any], selection: Mapping[str, Any], selection_options: Mapping[str, Any]):
+    """The config's model (`model` section) loaded with `flashvlm.load` and wrapped with its `selection`."""
+    import flashvlm
+    import torch
+
+    dtype = getattr(torch, model["dtype"]) if model.get("dtype") else None
+    loaded, _processor = flashvlm.load(
+        model["name"], dtype=dtype, device=model.get("device"), trust_remote_code=bool(model.get("trust_remote_code"))
+    )
+    config = flashvlm.SelectionConfig(**selection_options) if selection_options else None
+    return flashvlm.wrap(
+        loaded, selection.get("budget"), config=config, guide=selection.get("guide", "question"),
+        **AnswerQuestions._video_options(flashvlm.wrap, selection), **AnswerQuestions._method(selection),
+    )
 
 
 class AnswerQuestions:
@@ -30,20 +49,14 @@ class AnswerQuestions:
         frame_size: int,
         run_id: str,
         settings_id: str,
+        expected: Optional[Mapping[str, str]] = None,
     ):
-        import flashvlm
-        import torch
-
+        self.expected = dict(expected or {})  # {label_key(video_uri, question): label}
         self.model_name = model["name"]
         self.max_new_tokens = int(model.get("max_new_tokens") or 32)
         self.budget = selection.get("budget")
         self.frame_size, self.run_id, self.settings_id = frame_size, run_id, settings_id
-        dtype = getattr(torch, model["dtype"]) if model.get("dtype") else None
-        loaded, _processor = flashvlm.load(
-            self.model_name, dtype=dtype, device=model.get("device"), trust_remote_code=bool(model.get("trust_remote_code"))
-        )
-        config = flashvlm.SelectionConfig(**selection_options) if selection_options else None
-        self.adapter = flashvlm.wrap(loaded, self.budget, config=config, guide=selection.get("guide", "question"), **self._video_options(flashvlm.wrap, selection))
+        self.adapter = load_adapter(model, selection, selection_options)
 
     @staticmethod
     def _video_options(wrap: Any, selection: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,6 +68,16 @@ class AnswerQuestions:
         if refused:
             raise ValueError(f"selection.{refused[0]} is set but flashvlm.wrap does not accept {refused[0]}=")
         return wanted
+
+    @staticmethod
+    def _method(selection: Mapping[str, Any]) -> dict[str, Any]:
+        """method / method_options for flashvlm.wrap, passed only when not the default selector."""
+        method, options = selection.get("method") or "flashvlm", selection.get("method_options") or {}
+        if method == "flashvlm" and not options:
+            return {}
+        from pipeline.config import check_method_options
+
+        return {"method": method, "method_options": check_method_options(method, options)}
 
     def _row(self, row: Mapping[str, Any], now: datetime, **values: Any) -> dict[str, Any]:
         out = dict.fromkeys(ANSWERED.names)
@@ -90,6 +113,8 @@ class AnswerQuestions:
                 question_index=i,
                 question=question,
                 answer=answer.text,
+                expected=(label := self.expected.get(label_key(row["video_uri"], question))),
+                correct=is_correct(answer.text, label),
                 frames=int(row["frames_shape"][0]),
                 tokens_kept=int(answer.tokens_kept),
                 tokens_total=int(answer.tokens_total),

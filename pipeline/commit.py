@@ -18,7 +18,8 @@ A process killed:
 A run that fails with an exception is rolled back: none of its rows are committed, its run record
 (status failed) is written directly to runs/.
 A manifest is data anyone with write access to output.uri could have written: every entry must be a
-relative path inside the run's staging folder, under answers/, errors/ or runs/. One that is not ('..',
+relative path inside the run's staging folder, under answers/, errors/, evaluations/ (pipeline/evaluate.py)
+or runs/. One that is not ('..',
 an absolute path, another URI) stops the whole run's publication before any move, naming the entry.
 """
 
@@ -35,7 +36,7 @@ from pipeline.storage import filesystem, join, mtime_of, write_atomic
 STAGING = "_staging"
 MANIFEST = "_COMMIT.json"
 STALE_AFTER_S = 24 * 3600.0  # an uncommitted staging folder this old belongs to a dead run
-_ORDER = {"answers": 0, "errors": 0, "runs": 1}  # the run record moves last: runs/ lists only complete runs
+_ORDER = {"answers": 0, "errors": 0, "evaluations": 0, "runs": 1}  # the run record moves last: runs/ lists only complete runs
 
 
 def staging_uri(output_uri: str, run_id: str) -> str:

@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from flashvlm.models import _DTYPES
 from flashvlm.models.base import GUIDES
 from flashvlm.selection import SelectionConfig, split_budget
+from flashvlm.selectors import METHODS, method_options
 from flashvlm.video import SPLITS, select_video_tokens
 from pipeline.storage import redact_options
 
@@ -34,6 +35,21 @@ from pipeline.storage import redact_options
 Guide = Literal[GUIDES]
 Split = Literal[SPLITS]
 DType = Literal[tuple(_DTYPES)]
+Method = Literal[tuple(METHODS)]
+# Keywords of a selector the adapter fills itself (or the config sets elsewhere), never a method option.
+_ADAPTER_KEYWORDS = ("text_mask", "config", "return_important", "split", "min_per_frame")
+
+
+def check_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A selector's own options (seed for random, grid for uniform), refused by name when `method`
+    does not take them (split / min_per_frame have their own selection keys)."""
+    known = [k for k in method_options(method, video=True) if k not in _ADAPTER_KEYWORDS]
+    for name in options:
+        if name not in known:
+            raise ValueError(f"method {method!r} has no option {name!r}; its options: {', '.join(known) or 'none'}")
+    if "grid" in options and options["grid"] is not None:
+        options = {**options, "grid": tuple(options["grid"])}
+    return options
 # What the adapters use when selection.split is None: select_video_tokens' own default.
 DEFAULT_SPLIT = inspect.signature(select_video_tokens).parameters["split"].default
 
@@ -154,11 +170,26 @@ class SelectionOptions(_SelectionBase):  # type: ignore[misc, valid-type]
         default=None, ge=0, description='split "global" only: important tokens every frame gets at least'
     )
     guide: Guide = Field(default="question", description="what guides the selection (flashvlm.wrap's guide=)")
+    method: Method = Field(
+        default="flashvlm",
+        description="the selector (flashvlm.selectors.METHODS): flashvlm, saliency, diversity, uniform or random",
+    )
+    method_options: dict[str, Any] = Field(
+        default_factory=dict, description="the selector's own options, e.g. {seed: 3} for random, {grid: [r, c]} for uniform"
+    )
 
     @model_validator(mode="after")
     def _check_with_library(self) -> "SelectionOptions":
         # The library owns the ranges (e.g. top_p in [0, 1)); ask it now rather than in a model actor.
         SelectionConfig(**self.library_options())
+        try:
+            check_method_options(self.method, self.method_options)
+        except ValueError as exc:
+            raise FieldError("method_options", self.method_options, str(exc)) from None
+        video_keywords = method_options(self.method, video=True)
+        for key in ("split", "min_per_frame"):
+            if getattr(self, key) is not None and key not in video_keywords:
+                raise FieldError(key, getattr(self, key), f"method {self.method!r} takes no {key} (only flashvlm and saliency do)")
         if self.min_per_frame is not None:
             if self.budget is None:
                 raise FieldError("min_per_frame", self.min_per_frame, "needs a budget (selection.budget is null: nothing is pruned)")
@@ -356,7 +387,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
 
 
 def validate_config(data: Any, source: str = "<dict>", schema: type[BaseModel] = None) -> Any:
-    """`schema` (default JobConfig) validated from plain data; ConfigError names each bad key."""
+    """`schema` (default JobConfig; or e.g. pipeline.evaluate.EvalConfig, pipeline.training.TrainConfig)
+    validated from plain data; ConfigError names each bad key."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config ({source}): the top level must be a mapping, got {type(data).__name__}")
     try:

@@ -30,7 +30,28 @@ def read_questions_file(uri: str, storage_options: Optional[Mapping[str, Any]] =
     missing = {"video_uri", "question"} - set(table.column_names)
     if missing:
         raise ValueError(f"questions_file {uri}: missing column(s) {sorted(missing)}, has {table.column_names}")
-    return table.select(["video_uri", "question"])
+    return table.select(["video_uri", "question", *(["answer"] if "answer" in table.column_names else [])])
+
+
+def label_key(video_uri: str, question: str) -> str:
+    """The key of one (video, question) in `expected_answers`: the canonical URI and the question."""
+    return f"{normalize_uri(video_uri)}\x00{question}"
+
+
+def expected_answers(table: pa.Table, input_uri: str) -> dict[str, str]:
+    """{label_key: answer} from a questions table's `answer` column (empty without one); rows with a null
+    or empty answer are unlabelled. A label that is not a string (e.g. a number) is taken as its text."""
+    if "answer" not in table.column_names:
+        return {}
+    base = _base_of(input_uri)
+    out: dict[str, str] = {}
+    for uri, question, answer in zip(*(table.column(c).to_pylist() for c in ("video_uri", "question", "answer"))):
+        if not uri or not question or answer is None or str(answer).strip() == "":
+            continue
+        uri = str(uri)
+        full = uri if ("://" in uri or uri.startswith("/")) else f"{base}/{uri}"
+        out[label_key(full, str(question))] = str(answer)
+    return out
 
 
 def _base_of(input_uri: str) -> str:

@@ -38,7 +38,7 @@ from pipeline.commit import commit, final_path, recover, rollback, staging_uri
 from pipeline.config import JobConfig
 from pipeline.decode import DecodeVideos
 from pipeline.listing import list_videos
-from pipeline.questions import attach_questions, questions_by_video, read_questions_file
+from pipeline.questions import attach_questions, expected_answers, questions_by_video, read_questions_file
 from pipeline.schema import LISTED, error_text
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 from pipeline.synthetic import make_clips
@@ -114,6 +114,13 @@ def pool(size: Any):
 # --------------------------------------------------------------------------------------------------
 
 
+def labels(cfg: JobConfig, input_uri: str) -> dict[str, str]:
+    """The questions file's labels ({label_key: answer}; empty without an `answer` column or file)."""
+    if not cfg.questions_file:
+        return {}
+    return expected_answers(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
+
+
 def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
     """The videos to process, with their questions (LISTED), and how many listed videos had none."""
     listed = list_videos(input_uri, cfg.input.extensions, cfg.storage_options, cfg.input.allowed_prefixes)
@@ -160,7 +167,7 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table):
     )
 
 
-def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
+def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str, expected: dict[str, str] | None = None):
     """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows; the tables are
     written under _staging/<run_id>/ for pipeline.commit.commit to publish."""
     ds = decode_dataset(cfg, listed)
@@ -173,6 +180,7 @@ def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str):
             frame_size=cfg.sampling.size,
             run_id=run_id,
             settings_id=cfg.settings_id(),
+            expected=expected,
         ),
         batch_size=cfg.ray.model_batch_size,
         batch_format="pyarrow",
@@ -227,7 +235,8 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         for what in ("rolled_forward", "rolled_back"):
             if recovered[what]:
                 print(f"earlier interrupted runs {what.replace('_', ' ')}: {', '.join(recovered[what])}", flush=True)
-        listed, skipped = list_inputs(cfg, resolve_input(cfg))
+        input_uri = resolve_input(cfg)
+        listed, skipped = list_inputs(cfg, input_uri)
         already = 0
         if cfg.incremental:
             listed, already = drop_done(cfg, listed)
@@ -240,7 +249,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
             init_ray(cfg)
             record["ray_init_s"] = time.perf_counter() - t1
             t1 = time.perf_counter()
-            summaries = build_dataset(cfg, listed, run_id, run_date).take_all()
+            summaries = build_dataset(cfg, listed, run_id, run_date, labels(cfg, input_uri)).take_all()
             record["pipeline_s"] = time.perf_counter() - t1
         record["status"] = "succeeded"
         _totals(record, summaries, t0)

@@ -75,6 +75,8 @@ ANSWERS = pa.schema(
         _f("question_index", pa.int16(), "position of the question in the video's question list"),
         _f("question", pa.string(), "the question"),
         _f("answer", pa.string(), "the model's answer"),
+        _f("expected", pa.string(), "the label from the questions file's answer column; null when unlabelled"),
+        _f("correct", pa.bool_(), "answer matches expected after pipeline.scoring.normalize_answer; null when unlabelled"),
         _f("model", pa.string(), "model.name from the config"),
         _f("budget", pa.int32(), "selection.budget: kept visual tokens per frame on average over the clip (Qwen2.5-VL: per frame pair); null: no pruning"),
         _f("frames", pa.int16(), "frames sampled from the video and shown to the model"),

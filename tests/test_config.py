@@ -31,7 +31,10 @@ def with_(section: str, **values) -> dict:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
-    cfg = load_config(path)
+    from pipeline.evaluate import load_eval_config
+
+    # eval_*.yaml are jobs/evaluate.py's (the job config plus an evaluation section).
+    cfg = load_eval_config(path) if path.name.startswith("eval_") else load_config(path)
     assert cfg.model.name and cfg.output.uri and (cfg.questions or cfg.questions_file)
 
 

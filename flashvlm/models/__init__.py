@@ -90,6 +90,8 @@ def wrap(
     processor: Any = None,
     split: str | None = None,
     min_per_frame: int | None = None,
+    method: str = "flashvlm",
+    method_options: dict | None = None,
 ) -> TokenSelectionAdapter:
     """FlashVLM around `model`: `budget` visual tokens per image reach its language model (None: all).
 
@@ -98,6 +100,8 @@ def wrap(
     processor, needed only for guide_text strings and answer_video; when not given it is loaded from the
     model's own directory on first need, and a model built in memory raises a ValueError there. split /
     min_per_frame: how a video's budget spreads over its frames (`select_video_tokens`; None: its default).
+    method / method_options: the selector (`flashvlm.selectors.METHODS`, default "flashvlm") and its
+    own keywords (e.g. {"seed": 3} for random).
     """
     name = type(model).__name__
     if name not in ADAPTERS:
@@ -110,4 +114,5 @@ def wrap(
             raise
         raise ValueError(f"model {name} is not supported yet ({module_name} is missing)") from err
     adapter = getattr(module, class_name)
-    return adapter(model, budget, config=config, guide=guide, processor=processor, split=split, min_per_frame=min_per_frame)
+    return adapter(model, budget, config=config, guide=guide, processor=processor, split=split, min_per_frame=min_per_frame,
+                   method=method, method_options=method_options)

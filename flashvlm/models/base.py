@@ -66,6 +66,23 @@ class VideoAnswer:
     important: list[list[bool]] | None = None
 
 
+@dataclass
+class VideoFeatures:
+    """A clip's vision side, computed once and reused by every selection setting and question.
+
+    vision (T, N, Dv), projected (T, N, D) and saliency (T, N), as `encode_images` returns them for
+    the T frames; pixel-free, so any number of `answer_features` / `score_choices` calls can share it.
+    """
+
+    vision: torch.Tensor
+    projected: torch.Tensor
+    saliency: torch.Tensor
+
+    @property
+    def frames(self) -> int:
+        return int(self.vision.shape[0])
+
+
 # --------------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------------
@@ -391,7 +408,10 @@ class TokenSelectionAdapter(ABC):
         processor: Any = None,
         split: str | None = None,
         min_per_frame: int | None = None,
+        method: str = "flashvlm",
+        method_options: dict[str, Any] | None = None,
     ) -> None:
+        from flashvlm.selectors import METHODS
         from flashvlm.video import SPLITS
 
         if split is not None and split not in SPLITS:
@@ -404,6 +424,23 @@ class TokenSelectionAdapter(ABC):
         # How a clip's budget spreads over its frames: passed to select_video_tokens when set, so its
         # measured default applies otherwise.
         self.video_options = {k: v for k, v in (("split", split), ("min_per_frame", min_per_frame)) if v is not None}
+        # Which selector picks the kept tokens (flashvlm.selectors.METHODS) and its own keywords (e.g.
+        # seed for random, grid for uniform); split / min_per_frame above go to the methods that take them.
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+        self.method = method
+        self.method_options = dict(method_options or {})
+
+    def clip_options(self, method: str, options: dict[str, Any] | None) -> dict[str, Any]:
+        """The keywords `flashvlm.selectors.select_video` gets for `method`: the adapter's split /
+        min_per_frame where the method takes them, the rule's constants, then `options` (which win)."""
+        from flashvlm.selectors import method_options
+
+        known = method_options(method, video=True)
+        out: dict[str, Any] = {k: v for k, v in self.video_options.items() if k in known}
+        out["config"] = self.config
+        out.update(options or {})
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__}, budget={self.budget}, guide={self.guide!r})"
@@ -521,7 +558,10 @@ class TokenSelectionAdapter(ABC):
         questions = check_questions(questions)
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         fps = check_fps(fps)
-        batch = self.video_batch(frames, questions, fps)
+        return self.answer_batch(self.video_batch(frames, questions, fps), max_new_tokens)
+
+    def answer_batch(self, batch: VideoBatch, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[VideoAnswer]:
+        """Greedy answers of a selected and pruned clip batch (`video_batch`, or a family's feature batch)."""
         out = generate_pruned(
             self.model,
             batch.input_ids,

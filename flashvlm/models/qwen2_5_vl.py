@@ -219,6 +219,11 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
     """
 
     def __init__(self, model: Any, budget: int | None = None, **kwargs: Any) -> None:
+        if kwargs.get("method", "flashvlm") != "flashvlm" or kwargs.get("method_options"):
+            raise ValueError(
+                f"method {kwargs.get('method')!r} with options {kwargs.get('method_options') or {}}: the Qwen2.5-VL "
+                "adapter selects with flashvlm only (comparison selectors are wired into the LLaVA adapter so far)"
+            )
         if not hasattr(model, "model") or not hasattr(model.model, "visual") or not hasattr(model.model, "get_rope_index"):
             raise ValueError(f"model must be a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
         super().__init__(model, budget, **kwargs)

@@ -1,0 +1,247 @@
+"""The evaluation: scoring rules, the labels file's checks, the adapter's feature reuse and multiple-choice
+likelihoods on the tiny random LLaVA, and (slow, Ray) jobs/evaluate.py on generated shapes clips plus a
+broken video, and the main job's expected/correct columns over labelled clips."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.evaluate import EVALUATIONS, choice_index, read_labels, summarize
+from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring rules
+# --------------------------------------------------------------------------------------------------
+
+
+def test_normalize_answer_drops_case_punctuation_and_whitespace():
+    assert normalize_answer("  Red! ") == "red"
+    assert normalize_answer("Left side.") == "leftside"
+    assert normalize_answer("“Yes,”\tplease") == "yesplease"
+    assert normalize_answer(None) == ""
+    with pytest.raises(ValueError, match="answer text"):
+        normalize_answer(3)
+
+
+def test_is_correct_and_agreement():
+    assert is_correct("Blue.", "blue") is True
+    assert is_correct("blue green", "blue") is False
+    assert is_correct("anything", None) is None  # unlabelled: no verdict
+    assert agrees("Up!", "up") is True and agrees("up", "down") is False and agrees("x", None) is None
+
+
+def test_object_recall_is_the_share_of_the_objects_patches_kept():
+    kept = [[0, 1, 2], [5]]  # frame 0 keeps 0, 1, 2; frame 1 keeps 5
+    assert object_recall(kept, [[0, 1], [0, 3], [1, 5], [1, 6]]) == 0.5
+    assert object_recall(kept, [[2, 0]]) == 0.0  # a frame the clip does not have: not kept
+    assert object_recall(kept, None) is None and object_recall(kept, []) is None
+
+
+def test_choice_index_reads_option_text_or_letter():
+    choices = ["A. red ball", "B. blue cube", "C. green cone"]
+    assert choice_index("B", choices) == 1
+    assert choice_index("c.", choices) == 2
+    assert choice_index("B. Blue cube", choices) == 1
+    assert choice_index("D", choices) is None and choice_index(None, choices) is None
+    assert choice_index("yes", ["no", "yes"]) == 1
+
+
+def test_summary_retention_is_accuracy_over_the_full_budgets():
+    def row(method, budget, correct, agree):
+        return {"method": method, "options": "{}", "budget": budget, "question_type": "t", "correct": correct,
+                "agrees_with_full": agree, "object_recall": None, "latency_ms": 10.0, "tokens_kept": 4, "frames": 1,
+                "error": None}
+
+    rows = [row("full", None, True, True), row("full", None, False, True),
+            row("random", 8, True, False), row("random", 8, False, True), row("random", 8, None, None)]
+    full, rand = summarize(rows)
+    assert full["accuracy"] == 0.5 and full["retention"] == 1.0 and full["agreement"] == 1.0
+    assert rand["accuracy"] == 0.5 and rand["retention"] == 1.0 and rand["agreement"] == 0.5 and rand["items"] == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# The labels file
+# --------------------------------------------------------------------------------------------------
+
+
+def test_labels_file_errors_name_the_file_and_the_row(tmp_path):
+    good = {"video_uri": "a.mp4", "question": "What colour?", "answer": "red", "object_patches": [[0, 3]]}
+    path = tmp_path / "labels.jsonl"
+    path.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"labels file .*labels.jsonl, row 2: not valid JSON"):
+        read_labels(str(path))
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "object_patches": [[0, "x"]]}) + "\n")
+    with pytest.raises(ValueError, match=r"labels.jsonl, row 2: object_patches must be"):
+        read_labels(str(path))
+    path.write_text(json.dumps({**good, "choices": ["only one"]}) + "\n")
+    with pytest.raises(ValueError, match=r"row 1: choices must be"):
+        read_labels(str(path))
+    path.write_text(json.dumps({"video_uri": "a.mp4"}) + "\n")
+    with pytest.raises(ValueError, match=r"row 1: question must be a non-empty string"):
+        read_labels(str(path))
+    path.write_text(json.dumps({**good, "answer": 3}) + "\n")
+    assert read_labels(str(path))[0]["expected"] == "3"  # a count label written as a number
+
+
+def test_evaluate_job_refuses_a_malformed_labels_file_before_it_runs(tmp_path, capsys):
+    from pipeline.evaluate import main
+
+    (tmp_path / "videos").mkdir()
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"video_uri": "a.mp4", "question": "Q?"}) + "\n" + json.dumps({"video_uri": "a.mp4"}) + "\n")
+    code = main(["--set", f"input.uri={tmp_path / 'videos'}", "--set", f"questions_file={labels}",
+                 "--set", f"output.uri={tmp_path / 'out'}", "--set", "evaluation.generate_shapes=null"])
+    assert code == 2
+    assert f"labels file {labels}, row 2: question must be a non-empty string" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "evaluations").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The adapter: features once, settings per call, multiple choice by likelihood
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapter(flashvlm_cache, one_thread):
+    import flashvlm
+
+    model, processor = flashvlm.load("flashvlm-tiny/llava", dtype=torch.float32, device="cpu")
+    return flashvlm.wrap(model, 16, processor=processor)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from flashvlm.shapes import render, sample_clip
+
+    return render(sample_clip(7, frames=2))  # (2, 336, 336, 3)
+
+
+def test_answer_features_reuses_features_at_any_setting(adapter, clip):
+    questions = ["What colour is the star?", "Is there a red circle?"]
+    direct = adapter.answer_video(clip, questions, max_new_tokens=3)
+    features = adapter.encode_video(clip)
+    again = adapter.answer_features(features, questions, max_new_tokens=3, budget=16, method="flashvlm")
+    assert [a.text for a in again] == [a.text for a in direct] and [a.kept for a in again] == [a.kept for a in direct]
+    for method in ("saliency", "diversity", "uniform", "random"):
+        out = adapter.answer_features(features, questions, max_new_tokens=2, budget=16, method=method)
+        assert all(a.tokens_kept == 32 and a.tokens_total == 2 * 576 for a in out)
+    full = adapter.answer_features(features, questions, max_new_tokens=2, budget=None)
+    assert all(a.tokens_kept == a.tokens_total == 2 * 576 for a in full)
+    with pytest.raises(ValueError, match="has no option 'seed'"):
+        adapter.answer_features(features, questions, budget=16, method="uniform", options={"seed": 1})
+
+
+def test_score_choices_is_the_sum_of_option_token_log_probs(adapter, clip):
+    """Worked by hand at full budget: the model's own forward over prompt + option, unpruned, and the
+    log-probabilities of the option's tokens summed; the pick is the option with the highest sum."""
+    features = adapter.encode_video(clip)
+    question, choices = "What colour is the star?", ["red", "blue green", "up"]
+    scores, best = adapter.score_choices(features, question, choices, budget=None)
+    prompt, _ = adapter.video_prompts([question], frames=2)  # (1, S)
+    pixel_values = adapter.pixel_values(clip)
+    for choice, score in zip(choices, scores):
+        option = adapter.tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+        ids = torch.cat([prompt[0], torch.tensor(option)])[None]  # (1, S + n)
+        with torch.no_grad():
+            logits = adapter.model(input_ids=ids, pixel_values=pixel_values).logits[0].float()
+        logprobs = logits.log_softmax(-1)
+        S = prompt.shape[1]
+        by_hand = sum(float(logprobs[S - 1 + i, t]) for i, t in enumerate(option))
+        assert math.isclose(score, by_hand, rel_tol=1e-4, abs_tol=1e-3), (choice, score, by_hand)
+    assert best.text == choices[int(np.argmax(scores))]
+    pruned, kept = adapter.score_choices(features, question, choices, budget=8, method="uniform")
+    assert kept.tokens_kept == 16 and len(pruned) == 3
+    with pytest.raises(ValueError, match="choices must be"):
+        adapter.score_choices(features, question, [])
+
+
+# --------------------------------------------------------------------------------------------------
+# The job (Ray)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes_split(tmp_path_factory):
+    """2 labelled shapes clips, plus a broken one with a labelled question."""
+    from flashvlm.shapes import write_split
+
+    folder = tmp_path_factory.mktemp("shapes")
+    labels = write_split(folder, "test", 2, frames=2)
+    (folder / "test" / "broken.mp4").write_bytes(b"not a video")
+    with labels.open("a") as f:
+        f.write(json.dumps({"video_uri": "broken.mp4", "question": "What colour is the star?", "answer": "red"}) + "\n")
+    return folder / "test"
+
+
+@pytest.mark.slow
+def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, flashvlm_cache, shapes_split, tmp_path, capsys):
+    from pipeline.evaluate import main  # what jobs/evaluate.py runs
+
+    out_uri = tmp_path / "out"
+    code = main([
+        "--set", "model.name=flashvlm-tiny/llava", "--set", f"input.uri={shapes_split}",
+        "--set", f"questions_file={shapes_split / 'questions.jsonl'}", "--set", f"output.uri={out_uri}",
+        "--set", "sampling.frames=2", "--set", "evaluation.budgets=[null, 16]", "--set", "evaluation.generate_shapes=null",
+        "--set", "evaluation.settings=[{method: flashvlm}, {method: random, options: {seed: 1}}]",
+    ])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = json.loads(printed.strip().splitlines()[-1])
+    labels = [json.loads(line) for line in (shapes_split / "questions.jsonl").read_text().splitlines()]
+    assert summary["model"] == "flashvlm-tiny/llava" and summary["items"] == len(labels)
+    assert [(r["method"], r["budget"]) for r in summary["results"]] == [("full", None), ("flashvlm", 16), ("random", 16)]
+    assert set(summary["results"][0]) == {"method", "budget", "options", "accuracy", "retention", "agreement",
+                                          "object_recall", "ms_per_answer"}
+    assert summary["results"][0]["agreement"] == 1.0 and summary["results"][0]["object_recall"] == 1.0
+    assert "per question type" in printed
+
+    files = list((out_uri / "evaluations").glob("date=*/*.parquet"))
+    assert len(files) == 1
+    table = pq.read_table(files[0])
+    assert table.schema.equals(EVALUATIONS, check_metadata=False)
+    rows = table.to_pylist()
+    errors = [r for r in rows if r["error"] is not None]
+    assert len(errors) == 1 and errors[0]["video_uri"].endswith("broken.mp4") and errors[0]["error_stage"] in ("read", "decode")
+    scored = [r for r in rows if r["error"] is None]
+    assert len(scored) == 3 * (len(labels) - 1)  # every good item at 3 settings
+    assert all(r["correct"] is not None and r["expected"] is not None for r in scored)
+    assert all(r["tokens_kept"] == (r["tokens_total"] if r["budget"] is None else 16 * 2) for r in scored)
+    assert all(json.loads(r["options"]) == ({"seed": 1} if r["method"] == "random" else {}) for r in scored)
+    with_patches = {(l["video_uri"], l["question"]) for l in labels if l.get("object_patches")}
+    for r in scored:
+        if (r["video_uri"].rsplit("/", 1)[-1], r["question"]) in with_patches:
+            assert 0.0 <= r["object_recall"] <= 1.0 and (r["budget"] is not None or r["object_recall"] == 1.0)
+        else:
+            assert r["object_recall"] is None
+    plot = next(line for line in printed.splitlines() if line.startswith("plot: ")).removeprefix("plot: ")
+    assert Path(plot).is_file() and Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = list((out_uri / "runs").glob("date=*/*.parquet"))
+    assert len(runs) == 1 and pq.read_table(runs[0]).column("status").to_pylist() == ["succeeded"]
+
+
+@pytest.mark.slow
+def test_answers_table_carries_expected_and_correct(ray_local, flashvlm_cache, shapes_split, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.run import run
+    from pipeline.tables import read_table
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [
+        f"input.uri={shapes_split}", f"questions_file={shapes_split / 'questions.jsonl'}", "questions=[]",
+        f"output.uri={tmp_path / 'out'}", "sampling.frames=2", "input.generate_if_missing=0",
+    ])
+    run(cfg)
+    answers = read_table(str(tmp_path / "out"), "answers").to_pylist()
+    labels = {(l["video_uri"], l["question"]): l["answer"] for l in map(json.loads, (shapes_split / "questions.jsonl").read_text().splitlines())}
+    assert len(answers) == len(labels) - 1  # the broken clip is an error row
+    for row in answers:
+        expected = labels[(row["video_uri"].rsplit("/", 1)[-1], row["question"])]
+        assert row["expected"] == expected
+        assert row["correct"] == (normalize_answer(row["answer"]) == normalize_answer(expected))
