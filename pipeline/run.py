@@ -30,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,7 +43,7 @@ from pipeline.questions import attach_questions, questions_by_video, read_questi
 from pipeline.schema import LISTED, error_text
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 from pipeline.synthetic import make_clips
-from pipeline.tables import done_keys
+from pipeline.tables import done_tables
 from pipeline.write import WriteTables, write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,20 +126,41 @@ def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
 
 def drop_done(cfg: JobConfig, listed: pa.Table) -> tuple[pa.Table, int]:
     """Incremental runs: remove the questions already answered under this settings_id (same video
-    version); returns (what is left to do, videos with nothing left). Error rows are always kept."""
-    answered, failed = done_keys(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
-    out, done = [], 0
-    for row in listed.to_pylist():
-        if row["error"] is not None:
-            out.append(row)
-            continue
-        uri, version = row["video_uri"], row["video_version"]
-        left = [q for q in row["questions"] or [] if (uri, version, q) not in answered]
-        if not left or (uri, version) in failed:
-            done += 1
-            continue
-        out.append({**row, "questions": left})
-    return pa.Table.from_pylist(out, schema=LISTED), done
+    version); returns (what is left to do, videos with nothing left). Error rows are always kept.
+
+    Two anti-joins in Arrow, never a Python set of keys: the listing's (video, version, question) rows
+    against the answered keys, then its (video, version) against the versions that failed for good."""
+    answered, failed = done_tables(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
+    return left_to_do(listed, answered, failed)
+
+
+def left_to_do(listed: pa.Table, answered: pa.Table, failed: pa.Table) -> tuple[pa.Table, int]:
+    """drop_done on given key tables (pipeline.tables.done_tables): (LISTED rows left, videos done)."""
+    import pyarrow.compute as pc
+
+    listed = listed.combine_chunks()
+    healthy = pc.is_null(listed.column("error"))
+    errors, ok = listed.filter(pc.invert(healthy)), listed.filter(healthy)
+    questions = ok.column("questions").combine_chunks() if ok.num_rows else pa.array([], LISTED.field("questions").type)
+    parent = pc.list_parent_indices(questions)  # (Q,) row of each question
+    # One row per (video, question), flat columns only (a join carries no list columns).
+    asked = pa.table({
+        "row": parent,
+        "position": pa.array(np.arange(len(parent), dtype=np.int64)),
+        "video_uri": ok.column("video_uri").take(parent),
+        "video_version": pc.fill_null(ok.column("video_version").take(parent), ""),
+        "question": pc.list_flatten(questions),
+    })
+    left = asked.join(answered, ["video_uri", "video_version", "question"], join_type="left anti", use_threads=False)
+    left = left.join(failed, ["video_uri", "video_version"], join_type="left anti", use_threads=False)
+    left = left.sort_by([("row", "ascending"), ("position", "ascending")])
+    rows = left.column("row").to_numpy()
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, dtype=np.int64)
+    offsets = pa.array(np.r_[starts, len(rows)].astype(np.int32))
+    todo = ok.take(rows[starts])
+    todo = todo.set_column(todo.schema.get_field_index("questions"), LISTED.field("questions"),
+                           pa.ListArray.from_arrays(offsets, left.column("question").combine_chunks()))
+    return pa.concat_tables([todo, errors]).sort_by("video_uri"), ok.num_rows - todo.num_rows
 
 
 def decode_dataset(cfg: JobConfig, listed: pa.Table):

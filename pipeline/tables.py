@@ -33,19 +33,7 @@ def read_table(
     output_uri: str, name: str, storage_options: Optional[Mapping[str, Any]] = None, columns: Optional[list[str]] = None
 ) -> pa.Table:
     """One output table (answers, errors or runs) across all run dates; empty (with schema) if none yet."""
-    schema = TABLES[name]
-    fs, root = filesystem(output_uri, storage_options)
-    fs.invalidate_cache()  # files may have been rewritten since this process last looked (s3fs caches ETags)
-    path = join(root, name)
-    full_schema = pa.schema([*schema, pa.field("date", pa.string())])
-    if not fs.exists(path):
-        empty = full_schema.empty_table()
-        return empty.select(columns) if columns else empty
-    dataset = pads.dataset(
-        path, filesystem=arrow_filesystem(fs), format="parquet", partitioning=PARTITIONING,
-        schema=full_schema, exclude_invalid_files=False,
-    )
-    return dataset.to_table(columns=columns)
+    return read_columns(output_uri, name, columns or [*TABLES[name].names, "date"], storage_options)
 
 
 # Newest row per (video_uri, question, settings_id): a changed object's new answers replace the old
@@ -82,24 +70,62 @@ def latest_answers(
     return result.cast(answers.schema)
 
 
+def read_columns(
+    output_uri: str, name: str, columns: list[str], storage_options: Optional[Mapping[str, Any]] = None, filter=None
+) -> pa.Table:
+    """Only `columns` of one output table, rows matching `filter` (a pyarrow.compute expression): Parquet
+    reads only those column chunks, so a key scan of millions of answers stays small."""
+    schema = TABLES[name]
+    fs, root = filesystem(output_uri, storage_options)
+    fs.invalidate_cache()
+    path = join(root, name)
+    full_schema = pa.schema([*schema, pa.field("date", pa.string())])
+    if not fs.exists(path):
+        return full_schema.empty_table().select(columns)
+    dataset = pads.dataset(
+        path, filesystem=arrow_filesystem(fs), format="parquet", partitioning=PARTITIONING,
+        schema=full_schema, exclude_invalid_files=False,
+    )
+    return dataset.to_table(columns=columns, filter=filter)
+
+
+def done_tables(
+    output_uri: str, settings_id: str, storage_options: Optional[Mapping[str, Any]] = None, retry: str = "transient"
+) -> tuple[pa.Table, pa.Table]:
+    """What an incremental run may skip, as Arrow tables (key columns only, nulls as ""):
+    (video_uri, video_version, question) answered under settings_id, and (video_uri, video_version) whose
+    decode failed for good under settings_id (empty when retry='all'). Each key appears once."""
+    import pyarrow.compute as pc
+
+    keys = ["video_uri", "video_version", "question"]
+    answered = read_columns(output_uri, "answers", keys, storage_options, pc.field("settings_id") == settings_id)
+    answered = _unique(_no_nulls(answered), keys)
+    if retry == "all":
+        return answered, pa.table({"video_uri": pa.array([], pa.string()), "video_version": pa.array([], pa.string())})
+    permanent = ((pc.field("settings_id") == settings_id) & (pc.field("stage") == "decode")
+                 & pc.field("video_version").is_valid() & ~pc.field("error_type").isin(list(_TRANSIENT_DECODE_ERRORS)))
+    failed = read_columns(output_uri, "errors", keys[:2], storage_options, permanent)
+    return answered, _unique(_no_nulls(failed), keys[:2])
+
+
+def _no_nulls(table: pa.Table) -> pa.Table:
+    """String key columns with null as "" (a join never matches nulls; the keys did match in a set)."""
+    import pyarrow.compute as pc
+
+    return pa.table({name: pc.fill_null(table.column(name), "") for name in table.column_names})
+
+
+def _unique(table: pa.Table, keys: list[str]) -> pa.Table:
+    return table.group_by(keys, use_threads=False).aggregate([]) if table.num_rows else table
+
+
 def done_keys(
     output_uri: str, settings_id: str, storage_options: Optional[Mapping[str, Any]] = None, retry: str = "transient"
 ) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]]]:
-    """What an incremental run may skip: ({(video_uri, video_version, question) answered under settings_id},
-    {(video_uri, video_version) whose decode failed for good under settings_id}; empty when retry='all')."""
-    import pyarrow.compute as pc
-
-    answers = read_table(output_uri, "answers", storage_options, ["video_uri", "video_version", "question", "settings_id"])
-    answers = answers.filter(pc.equal(answers.column("settings_id"), settings_id))
-    answered = set(zip(*(answers.column(c).to_pylist() for c in ("video_uri", "video_version", "question"))))
-    failed: set[tuple[str, str]] = set()
-    if retry != "all":
-        errors = read_table(output_uri, "errors", storage_options, ["video_uri", "video_version", "stage", "error_type", "settings_id"])
-        for row in errors.to_pylist():
-            if (row["settings_id"] == settings_id and row["stage"] == "decode" and row["video_version"]
-                    and row["error_type"] not in _TRANSIENT_DECODE_ERRORS):
-                failed.add((row["video_uri"], row["video_version"]))
-    return answered, failed
+    """done_tables as Python sets, for looking at a small output by hand (the job joins the tables instead)."""
+    answered, failed = done_tables(output_uri, settings_id, storage_options, retry)
+    return ({(u, v or None, q) for u, v, q in zip(*(answered.column(c).to_pylist() for c in answered.column_names))},
+            {(u, v or None) for u, v in zip(*(failed.column(c).to_pylist() for c in failed.column_names))})
 
 
 def table_glob(output_uri: str, name: str) -> str:
