@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.answer import AnswerQuestions
+from pipeline.cluster import check_shared_storage
 from pipeline.commit import commit, final_path, recover, rollback, staging_uri
 from pipeline.config import JobConfig
 from pipeline.decode import DecodeVideos
@@ -48,6 +49,7 @@ from pipeline.write import WriteTables, write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
+MAX_BLOCKS = 10_000
 _VERSIONED = ("flashvlm", "ray", "pyarrow", "torch", "transformers", "decord", "av", "s3fs", "fsspec")
 
 
@@ -80,6 +82,12 @@ def init_ray(cfg: JobConfig) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     # address="local": always a new Ray, never the latest `ray start` cluster found in /tmp/ray.
     ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.dashboard)
+
+
+def _ray_initialized() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def resolve_input(cfg: JobConfig) -> str:
@@ -167,7 +175,9 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table):
     """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
     import ray
 
-    per_block = cfg.ray.decode_batch_size  # small blocks, so every decode actor gets work early
+    # Small blocks, so every decode actor gets work early; at most MAX_BLOCKS of them, so a million videos
+    # are not a million object refs in the driver.
+    per_block = max(cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
     blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
     return ray.data.from_arrow(blocks).map_batches(
         DecodeVideos,
@@ -220,6 +230,7 @@ def _totals(record: dict[str, Any], summaries: list[dict[str, Any]], t0: float) 
         record[key] = sum(int(s[key]) for s in summaries)
     record["decode_s"] = sum(s["decode_ms"] for s in summaries) / 1000.0
     record["answer_s"] = sum(s["answer_ms"] for s in summaries) / 1000.0
+    record["nodes"] = sorted({n for s in summaries for n in s.get("nodes") or []})
     record["finished_at"] = datetime.now(timezone.utc)
     record["wall_s"] = time.perf_counter() - t0
 
@@ -244,6 +255,12 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     }
     summaries: list[dict[str, Any]] = []
     out_root = filesystem(cfg.output.uri, cfg.storage_options)[1]
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or _ray_initialized():
+        # An existing cluster may have several nodes: refuse local storage before anything is read or written.
+        t1 = time.perf_counter()
+        init_ray(cfg)
+        record["ray_init_s"] = time.perf_counter() - t1
+        check_shared_storage(cfg)
     try:
         recovered = recover(cfg.output.uri, cfg.storage_options, current_run_id=run_id)
         for what in ("rolled_forward", "rolled_back"):
@@ -260,7 +277,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         if listed.num_rows:
             t1 = time.perf_counter()
             init_ray(cfg)
-            record["ray_init_s"] = time.perf_counter() - t1
+            record["ray_init_s"] = record.get("ray_init_s") or time.perf_counter() - t1
             t1 = time.perf_counter()
             summaries = build_dataset(cfg, listed, run_id, run_date).take_all()
             record["pipeline_s"] = time.perf_counter() - t1
