@@ -57,20 +57,22 @@ def label(n: int) -> str:
 
 
 def make_files(root: Path, n: int) -> None:
-    """n files named part-PP/dDDD/vVVVVVVV.mp4; skipped when the last one exists already."""
-    last = n - 1
-    if (root / f"part-{last // PER_PART:02d}" / f"d{last // PER_FOLDER:04d}" / f"v{last:08d}.mp4").exists():
-        return
-    t0 = time.perf_counter()
+    """n files named part-PP/dDDD/vVVVVVVV.mp4; folders whose last file exists are kept as they are (their
+    mtimes are the versions of the prior answers)."""
+    t0, made = time.perf_counter(), 0
     for d in range(0, n, PER_FOLDER):
         folder = root / f"part-{d // PER_PART:02d}" / f"d{d // PER_FOLDER:04d}"
+        if (folder / f"v{min(n, d + PER_FOLDER) - 1:08d}.mp4").exists():
+            continue
+        made += 1
         folder.mkdir(parents=True, exist_ok=True)
         base = str(folder)
         for i in range(d, min(n, d + PER_FOLDER)):
             fd = os.open(f"{base}/v{i:08d}.mp4", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.write(fd, b"x")
             os.close(fd)
-    print(f"created {n} files under {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if made:
+        print(f"created {made} folders of files under {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
 def make_answers(input_uri: str, output_uri: str, storage_options=None) -> None:

@@ -28,7 +28,7 @@ import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +44,7 @@ from pipeline.questions import attach_questions, questions_by_video, read_questi
 from pipeline.schema import LISTED, error_text
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 from pipeline.synthetic import make_clips
-from pipeline.tables import done_tables
+from pipeline.tables import done_scans
 from pipeline.write import WriteTables, write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,31 +136,45 @@ def drop_done(cfg: JobConfig, listed: pa.Table) -> tuple[pa.Table, int]:
     """Incremental runs: remove the questions already answered under this settings_id (same video
     version); returns (what is left to do, videos with nothing left). Error rows are always kept.
 
-    Two anti-joins in Arrow, never a Python set of keys: the listing's (video, version, question) rows
-    against the answered keys, then its (video, version) against the versions that failed for good."""
-    answered, failed = done_tables(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
+    Joins in Arrow, never a Python set of keys: see left_to_do."""
+    answered, failed = done_scans(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
     return left_to_do(listed, answered, failed)
 
 
-def left_to_do(listed: pa.Table, answered: pa.Table, failed: pa.Table) -> tuple[pa.Table, int]:
-    """drop_done on given key tables (pipeline.tables.done_tables): (LISTED rows left, videos done)."""
+def left_to_do(listed: pa.Table, answered: Iterable, failed: Iterable) -> tuple[pa.Table, int]:
+    """drop_done on given keys: `answered` yields tables or record batches of (video_uri, video_version,
+    question), `failed` of (video_uri, video_version) (pipeline.tables.done_scans). Returns (LISTED rows
+    left, videos with nothing left).
+
+    Each key batch is joined on (video_uri, video_version) to the listing's row numbers, so only
+    (row, question) pairs of listed videos are kept; the listing's (row, question) pairs are then
+    anti-joined against them. Memory: the listing, its questions and one key batch."""
     import pyarrow.compute as pc
 
     listed = listed.combine_chunks()
     healthy = pc.is_null(listed.column("error"))
     errors, ok = listed.filter(pc.invert(healthy)), listed.filter(healthy)
-    questions = ok.column("questions").combine_chunks() if ok.num_rows else pa.array([], LISTED.field("questions").type)
-    parent = pc.list_parent_indices(questions)  # (Q,) row of each question
-    # One row per (video, question), flat columns only (a join carries no list columns).
-    asked = pa.table({
-        "row": parent,
-        "position": pa.array(np.arange(len(parent), dtype=np.int64)),
-        "video_uri": ok.column("video_uri").take(parent),
-        "video_version": pc.fill_null(ok.column("video_version").take(parent), ""),
-        "question": pc.list_flatten(questions),
+    videos = pa.table({
+        "video_uri": ok.column("video_uri"), "video_version": pc.fill_null(ok.column("video_version"), ""),
+        "row": pa.array(np.arange(ok.num_rows, dtype=np.int64)),
     })
-    left = asked.join(answered, ["video_uri", "video_version", "question"], join_type="left anti", use_threads=False)
-    left = left.join(failed, ["video_uri", "video_version"], join_type="left anti", use_threads=False)
+
+    def rows_of(parts: Iterable, extra: list[str]) -> pa.Table:
+        """(row, *extra) of the listed videos whose (video_uri, video_version) each key row names."""
+        found = [pa.table({"row": pa.array([], pa.int64()), **{c: pa.array([], pa.string()) for c in extra}})]
+        for part in ([parts] if isinstance(parts, (pa.Table, pa.RecordBatch)) else parts):
+            part = pa.table({c: part.column(c) for c in ("video_uri", "video_version", *extra)})
+            part = part.set_column(1, "video_version", pc.fill_null(part.column("video_version"), ""))
+            found.append(videos.join(part, ["video_uri", "video_version"], join_type="inner", use_threads=False)
+                         .select(["row", *extra]))
+        return pa.concat_tables(found)
+
+    questions = ok.column("questions").combine_chunks() if ok.num_rows else pa.array([], LISTED.field("questions").type)
+    parent = pc.list_parent_indices(questions)  # (Q,) row of each asked question
+    asked = pa.table({"row": parent, "position": pa.array(np.arange(len(parent), dtype=np.int64)),
+                      "question": pc.list_flatten(questions)})
+    left = asked.join(rows_of(answered, ["question"]), ["row", "question"], join_type="left anti", use_threads=False)
+    left = left.join(rows_of(failed, []), ["row"], join_type="left anti", use_threads=False)
     left = left.sort_by([("row", "ascending"), ("position", "ascending")])
     rows = left.column("row").to_numpy()
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, dtype=np.int64)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import pipeline.cluster
+from pipeline.cluster import check_shared_storage
 from pipeline.config import ConfigError
 from pipeline.run import run
 from pipeline.storage import filesystem
@@ -22,7 +24,6 @@ from pipeline.tables import read_table
 from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS, GOOD_CLIPS, QUESTIONS, tiny_job_config
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 # decode (1 CPU) + model (2 CPUs) do not fit on one 2-CPU worker: Ray must use both.
 WORKER_CPUS = 2
@@ -82,6 +83,7 @@ def check_every_input_ended_once(out: str, s3_options: dict, uris: list[str], re
     assert len(failed) >= len(BROKEN_CLIPS) * (len(uris) // len(GOOD_CLIPS + FALLBACK_CLIPS + BROKEN_CLIPS))
 
 
+@pytest.mark.slow
 def test_the_job_runs_on_two_nodes_and_lists_them(cluster, clip_dir, s3_options, s3_bucket):
     import ray
 
@@ -94,6 +96,7 @@ def test_the_job_runs_on_two_nodes_and_lists_them(cluster, clip_dir, s3_options,
     check_every_input_ended_once(out, s3_options, uris, record)
 
 
+@pytest.mark.slow
 def test_a_worker_removed_mid_run_loses_and_duplicates_nothing(cluster, clip_dir, s3_options, s3_bucket):
     uris = upload_clips(clip_dir, s3_options, s3_bucket, copies=2)
     out = f"s3://{s3_bucket}/out"
@@ -114,6 +117,7 @@ def test_a_worker_removed_mid_run_loses_and_duplicates_nothing(cluster, clip_dir
     check_every_input_ended_once(out, s3_options, uris, result["record"])
 
 
+@pytest.mark.slow
 def test_local_storage_on_a_multi_node_cluster_is_refused(cluster, tmp_path, s3_bucket, s3_options):
     for key, cfg in (
         ("input.uri", tiny_job_config(tmp_path / "in", f"s3://{s3_bucket}/o", RAY, storage_options=s3_options)),
@@ -122,3 +126,15 @@ def test_local_storage_on_a_multi_node_cluster_is_refused(cluster, tmp_path, s3_
         with pytest.raises(ConfigError, match=f"^{key}: .*local path.*3 nodes"):
             run(cfg)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_local_uris_are_refused_only_on_several_nodes(monkeypatch, tmp_path):
+    s3 = "s3://bucket/videos/"
+    monkeypatch.setattr(pipeline.cluster, "alive_nodes", lambda: 1)
+    check_shared_storage(tiny_job_config(tmp_path / "in", tmp_path / "out", RAY))  # one node: a local disk is fine
+    monkeypatch.setattr(pipeline.cluster, "alive_nodes", lambda: 2)
+    with pytest.raises(ConfigError, match="^input.uri: .*2 nodes"):
+        check_shared_storage(tiny_job_config(tmp_path / "in", "s3://bucket/out", RAY))
+    with pytest.raises(ConfigError, match="^output.uri: .*2 nodes"):
+        check_shared_storage(tiny_job_config(s3, f"file://{tmp_path}/out", RAY))
+    check_shared_storage(tiny_job_config(s3, "s3://bucket/out", RAY))

@@ -248,8 +248,8 @@ def test_left_to_do_is_an_anti_join_on_video_version_and_question():
         row("e", None, ["q1"]),              # no version, answered with none: done
         row("f", None, None, error="FileNotFoundError"),  # error rows are always kept
     ], schema=LISTED)
-    answered = pa.table({"video_uri": ["a", "b", "c", "e"], "video_version": ["1", "1", "1", ""],
-                         "question": ["q2", "q1", "q1", "q1"]})
+    answered = pa.table({"video_uri": ["a", "b", "c", "e", "a"], "video_version": ["1", "1", "1", None, "1"],
+                         "question": ["q2", "q1", "q1", "q1", "q2"]})  # a key may repeat
     failed = pa.table({"video_uri": ["d"], "video_version": ["1"]})
     todo, done = left_to_do(listed, answered, failed)
     assert done == 3 and todo.schema == LISTED
