@@ -13,7 +13,7 @@ the run itself is pipeline.run.run. Ray: `ray.address` from the config, else RAY
 answered under the same settings_id. A run is all or nothing (pipeline/commit.py).
 
 Exit status: 0 when the run succeeded (failed videos are error rows, not a failed run), 2 for a bad
-config (before Ray starts), 1 when the run failed (its record, status failed, is still written).
+config (before Ray starts, or a local input/output uri on a cluster of several nodes), 1 when the run failed (its record, status failed, is still written).
 """
 
 from __future__ import annotations
@@ -56,7 +56,11 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{cfg.sampling.frames} frames at {cfg.sampling.size}px, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
     if args.incremental:
         cfg.incremental = True
-    record = run(cfg)
+    try:
+        record = run(cfg)
+    except ConfigError as exc:  # e.g. a local output.uri on a cluster of several nodes, refused at start
+        print(exc, file=sys.stderr)
+        return 2
     print(summary_text(cfg, record), flush=True)
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import pyarrow as pa
 
+from pipeline.cluster import current_node
 from pipeline.questions import label_key
 from pipeline.schema import ANSWERED, error_text, frames_of
 from pipeline.scoring import is_correct
@@ -56,6 +57,7 @@ class AnswerQuestions:
         self.max_new_tokens = int(model.get("max_new_tokens") or 32)
         self.budget = selection.get("budget")
         self.frame_size, self.run_id, self.settings_id = frame_size, run_id, settings_id
+        self.node = current_node()
         self.adapter = load_adapter(model, selection, selection_options)
 
     @staticmethod
@@ -81,10 +83,10 @@ class AnswerQuestions:
 
     def _row(self, row: Mapping[str, Any], now: datetime, **values: Any) -> dict[str, Any]:
         out = dict.fromkeys(ANSWERED.names)
-        for name in ("video_uri", "video_version", "video_size", "decode_ms", "decode_backend", "duration_s", "fps", "width", "height"):
+        for name in ("video_uri", "video_version", "video_size", "decode_ms", "decode_backend", "duration_s", "fps", "width", "height", "decode_node"):
             out[name] = row.get(name)
         out.update(model=self.model_name, budget=self.budget, frame_size=self.frame_size,
-                   settings_id=self.settings_id, run_id=self.run_id, created_at=now)
+                   settings_id=self.settings_id, run_id=self.run_id, created_at=now, answer_node=self.node)
         out.update(values)
         return out
 

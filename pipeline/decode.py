@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from flashvlm.decode import Sampling, decode_bytes
+from pipeline.cluster import current_node
 from pipeline.schema import DECODED, error_text
 from pipeline.storage import filesystem
 
@@ -179,6 +180,7 @@ class DecodeVideos:
         self.storage_options = dict(storage_options or {})
         self.timeout_s = timeout_s
         self.helper = _Helper() if timeout_s else None
+        self.node = current_node()
 
     def _decode(self, uri: str) -> tuple[np.ndarray, dict]:
         if self.helper is None:
@@ -190,6 +192,7 @@ class DecodeVideos:
         for row in batch.to_pylist():
             out = dict.fromkeys(DECODED.names)
             out.update(row)
+            out["decode_node"] = self.node
             if row.get("error") is None:
                 start = time.perf_counter()
                 try:

@@ -9,6 +9,10 @@ An input URI is one of:
 
 The version is the S3 ETag when the store gives one, else "size:mtime"; it changes when the object does.
 A manifest entry that does not exist becomes a row with an error (stage "list"), so it is accounted for.
+
+Nothing here holds one Python object per video: folders and prefixes are walked as a stream (os.scandir,
+S3 list pages) into Arrow record batches of BATCH_ROWS rows, built column by column; manifest entries are
+resolved in chunks of BATCH_ROWS and checked (`info`, one HEAD each on S3) MANIFEST_CONCURRENCY at a time.
 A manifest entry may not leave the manifest's own folder (`../x.mp4`, an absolute path elsewhere,
 another scheme) unless it lies under one of `input.allowed_prefixes`: such an entry is never read and
 becomes an error row (stage "list", error_type PathOutsideInput) that names the entry.
@@ -16,15 +20,26 @@ becomes an error row (stage "list", error_type PathOutsideInput) that names the 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+import asyncio
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
+import fsspec
+import fsspec.asyn
+import fsspec.utils
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.schema import LISTED
 from pipeline.storage import TABLE_SUFFIXES, PathOutsideInput, filesystem, is_within, mtime_of, read_table_file, to_uri
 
 MANIFEST_SUFFIXES = (".txt", *TABLE_SUFFIXES)
 _GLOB_CHARS = set("*?[")
+BATCH_ROWS = 65_536  # rows per record batch of a listing
+MANIFEST_CONCURRENCY = 64  # manifest entries checked at once (S3: HEAD requests in flight)
 
 
 def version_of(info: Mapping[str, Any]) -> Optional[str]:
@@ -36,16 +51,131 @@ def version_of(info: Mapping[str, Any]) -> Optional[str]:
     return f"{info.get('size')}:{mtime}" if mtime is not None else None
 
 
-def _read_manifest(fs, path: str, storage_options: Mapping[str, Any]) -> list[str]:
-    """URIs listed in a manifest file, in file order."""
+class _Rows:
+    """LISTED rows built column by column and cut into record batches of BATCH_ROWS rows."""
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self.cols: dict[str, list] = {name: [] for name in ("video_uri", "video_version", "video_size", "error_type", "error")}
+
+    def add(self, uri: str, version: Optional[str], size: Optional[int], error: Optional[BaseException] = None) -> None:
+        c = self.cols
+        c["video_uri"].append(uri)
+        c["video_version"].append(version)
+        c["video_size"].append(size)
+        c["error_type"].append(None if error is None else type(error).__name__)
+        c["error"].append(None if error is None else (str(error) or type(error).__name__))
+        if len(c["video_uri"]) >= BATCH_ROWS:
+            self.flush()
+
+    def add_info(self, uri: str, info: Mapping[str, Any]) -> None:
+        self.add(uri, version_of(info), int(info["size"]) if info.get("size") is not None else None)
+
+    def flush(self) -> None:
+        c = self.cols
+        n = len(c["video_uri"])
+        if not n:
+            return
+        error_type = pa.array(c["error_type"], pa.string())
+        stage = pc.if_else(pc.is_valid(error_type), pa.scalar("list"), pa.scalar(None, pa.string()))
+        self.batches.append(pa.RecordBatch.from_arrays(
+            [pa.array(c["video_uri"], pa.string()), pa.array(c["video_version"], pa.string()),
+             pa.array(c["video_size"], pa.int64()), pa.nulls(n, LISTED.field("questions").type), stage, error_type,
+             pa.array(c["error"], pa.string())],
+            schema=LISTED,
+        ))
+        self._clear()
+
+    def table(self) -> pa.Table:
+        self.flush()
+        return pa.Table.from_batches(self.batches, schema=LISTED)
+
+
+# ---- walking a folder or prefix as a stream: (path, size, version) of every file under it -------------
+
+
+def _walk_local(root: str) -> Iterator[tuple[str, int, str]]:
+    """Files under a local folder, as fsspec's LocalFileSystem.find sees them (a symlink is an entry with its
+    target's size and its own mtime, and is not descended into), without holding the listing."""
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                size = st.st_size
+                if entry.is_symlink():
+                    try:
+                        size = entry.stat().st_size
+                    except OSError:
+                        size = 0
+                yield entry.path, size, f"{size}:{float(st.st_mtime)}"
+
+
+async def _s3_page(listing, n: int) -> list[dict]:
+    """Up to n more entries of an s3fs `_iterdir` listing (an async generator)."""
+    out = []
+    while len(out) < n:
+        try:
+            out.append(await listing.__anext__())
+        except StopAsyncIteration:
+            break
+    return out
+
+
+def _walk_s3(fs, path: str) -> Iterator[tuple[str, int, Optional[str]]]:
+    """Objects under an S3 prefix, one list page after another (s3fs keeps nothing in its cache)."""
+    bucket, _, key = path.strip("/").partition("/")
+    listing = fs._iterdir(bucket, delimiter="", prefix=f"{key}/" if key else "")
+    try:
+        while page := fsspec.asyn.sync(fs.loop, _s3_page, listing, BATCH_ROWS):
+            for info in page:
+                if info.get("type") != "directory":
+                    yield info["name"], int(info["size"]), version_of(info)
+    finally:
+        fsspec.asyn.sync(fs.loop, listing.aclose)
+
+
+def _walk(fs, path: str) -> Iterator[tuple[str, int, Optional[str]]]:
+    if fs.unstrip_protocol(path).startswith("file://"):
+        return _walk_local(path)
+    if hasattr(fs, "_iterdir"):  # s3fs
+        return _walk_s3(fs, path)
+    # Other fsspec stores: their own find (which returns the whole listing at once).
+    return ((p, info.get("size"), version_of(info)) for p, info in sorted(fs.find(path, detail=True).items())
+            if info.get("type") != "directory")
+
+
+# ---- manifests ---------------------------------------------------------------------------------------------
+
+
+def _read_manifest(fs, path: str, storage_options: Mapping[str, Any]) -> pa.Array:
+    """The entries of a manifest file (strings), in file order."""
     if path.lower().endswith(".txt"):
-        lines = (line.strip() for line in fs.cat_file(path).decode("utf-8").splitlines())
-        return [line for line in lines if line and not line.startswith("#")]
+        text = pa.array([fs.cat_file(path).decode("utf-8")])
+        lines = pc.utf8_trim_whitespace(pc.list_flatten(pc.split_pattern(text, "\n")))
+        keep = pc.and_(pc.not_equal(lines, ""), pc.invert(pc.starts_with(lines, "#")))
+        return lines.filter(keep)
     table = read_table_file(to_uri(fs, path), storage_options)
     column = next((c for c in ("video_uri", "uri") if c in table.column_names), None)
     if column is None:
         raise ValueError(f"manifest {path} needs a `video_uri` or `uri` column, has {table.column_names}")
-    return [str(u) for u in table.column(column).to_pylist() if u]
+    values = pc.cast(table.column(column), pa.string()).combine_chunks()
+    return values.filter(pc.and_(pc.is_valid(values), pc.not_equal(values, "")))
+
+
+def _first_of_each(table: pa.Table, key: str) -> pa.Table:
+    """The table with only the first row of each distinct `key`, order kept."""
+    if table.num_rows == 0:
+        return table
+    numbered = pa.table({"k": table.column(key), "i": np.arange(table.num_rows)})
+    first = numbered.group_by("k", use_threads=False).aggregate([("i", "min")]).column("i_min").to_numpy()
+    return table.take(np.sort(first))
 
 
 def _resolve(entry: str, base_uri: str) -> str:
@@ -55,26 +185,39 @@ def _resolve(entry: str, base_uri: str) -> str:
     return f"{base_uri.rstrip('/')}/{entry}"
 
 
-def _row(uri: str, info: Optional[Mapping[str, Any]], questions=None, error: Optional[BaseException] = None) -> dict:
-    row = {
-        "video_uri": uri,
-        "video_version": version_of(info) if info else None,
-        "video_size": int(info["size"]) if info and info.get("size") is not None else None,
-        "questions": questions,
-        "error_stage": None,
-        "error_type": None,
-        "error": None,
-    }
-    if error is not None:
-        row.update(error_stage="list", error_type=type(error).__name__, error=str(error) or type(error).__name__)
-    return row
+async def _info_all(fs, paths: Sequence[str]) -> list:
+    limit = asyncio.Semaphore(MANIFEST_CONCURRENCY)
+
+    async def one(path):
+        async with limit:
+            try:
+                return await fs._info(path)
+            except Exception as exc:  # missing or unreadable entry: an error row, not a failed listing
+                return exc
+
+    return await asyncio.gather(*(one(p) for p in paths))
+
+
+def _infos(fs, paths: Sequence[str]) -> list:
+    """fs.info of each path (or the exception it raised), MANIFEST_CONCURRENCY requests at a time."""
+    if isinstance(fs, fsspec.asyn.AsyncFileSystem):
+        return fsspec.asyn.sync(fs.loop, _info_all, fs, paths)
+
+    def one(path):
+        try:
+            return fs.info(path)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(MANIFEST_CONCURRENCY) as threads:
+        return list(threads.map(one, paths))
 
 
 class ListVideos:
     """Callable for `Dataset.map_batches(batch_format="pyarrow")`: column `input_uri` in, LISTED rows out.
 
-    The job calls it on the driver (a listing is small, and from a driver-side table Ray can split the
-    videos into even blocks for the decode pool); it works the same inside map_batches.
+    The job calls it on the driver (from a driver-side table Ray can split the videos into even blocks
+    for the decode pool); it works the same inside map_batches.
     """
 
     def __init__(
@@ -86,47 +229,59 @@ class ListVideos:
         self.storage_options = dict(storage_options or {})
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows: list[dict] = []
-        for uri in batch.column("input_uri").to_pylist():
-            rows.extend(self.list_one(uri))
-        rows.sort(key=lambda r: r["video_uri"])  # deterministic order, so reruns batch the same way
-        return pa.Table.from_pylist(rows, schema=LISTED)
+        tables = [self.list_one(uri) for uri in batch.column("input_uri").to_pylist()]
+        table = pa.concat_tables(tables) if tables else LISTED.empty_table()
+        return table.sort_by("video_uri")  # deterministic order, so reruns batch the same way
 
-    def list_one(self, uri: str) -> list[dict]:
+    def list_one(self, uri: str) -> pa.Table:
         fs, path = filesystem(uri, self.storage_options)
         fs.invalidate_cache()  # fsspec instances are shared per process: never list from a stale cache
+        rows = _Rows()
         if _GLOB_CHARS & set(path):
-            found = fs.glob(path, detail=True)
-            return [_row(to_uri(fs, p), info) for p, info in sorted(found.items()) if info.get("type") != "directory"]
-        if fs.isdir(path):
-            found = fs.find(path, detail=True)
-            return [
-                _row(to_uri(fs, p), info)
-                for p, info in sorted(found.items())
-                if info.get("type") != "directory" and p.lower().endswith(self.extensions)
-            ]
-        if path.lower().endswith(MANIFEST_SUFFIXES):
+            # Walk the folder above the first wildcard, keep what the pattern matches.
+            root = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+            pattern = re.compile(fsspec.utils.glob_translate(path))
+            found = _walk(fs, root) if fs.isdir(root) else ()
+            for p, size, version in found:
+                if pattern.match(p):
+                    rows.add(to_uri(fs, p), version, size)
+        elif fs.isdir(path):
+            for p, size, version in _walk(fs, path):
+                if p.lower().endswith(self.extensions):
+                    rows.add(to_uri(fs, p), version, size)
+        elif path.lower().endswith(MANIFEST_SUFFIXES):
             return self._list_manifest(fs, path)
-        return [_row(to_uri(fs, path), fs.info(path))]  # one video; FileNotFoundError if absent
+        else:
+            rows.add_info(to_uri(fs, path), fs.info(path))  # one video; FileNotFoundError if absent
+        return rows.table()
 
-    def _list_manifest(self, fs, path: str) -> list[dict]:
+    def _list_manifest(self, fs, path: str) -> pa.Table:
         base = to_uri(fs, path).rsplit("/", 1)[0]
-        rows, seen = [], set()
-        for entry in dict.fromkeys(_read_manifest(fs, path, self.storage_options)):  # drop duplicates, keep order
-            target = _resolve(entry, base)
-            if not is_within(target, (base, *self.allowed_prefixes)):
-                error = PathOutsideInput.entry("manifest", entry, base)
-                rows.append(_row(target, None, error=error))
-                continue
-            try:
-                entry_fs, entry_path = filesystem(target, self.storage_options)
-                uri = to_uri(entry_fs, entry_path)
-                if uri not in seen:  # two spellings of one file (a/../b.mp4, b.mp4): one row
-                    seen.add(uri)
-                    rows.append(_row(uri, entry_fs.info(entry_path)))
-            except Exception as exc:  # missing or unreadable entry: an error row, not a failed listing
-                rows.append(_row(target, None, error=exc))
-        return rows
+        entries = _first_of_each(pa.table({"e": _read_manifest(fs, path, self.storage_options)}), "e").column("e")
+        rows = _Rows()
+        for start in range(0, len(entries), BATCH_ROWS):
+            chunk = entries.slice(start, BATCH_ROWS).to_pylist()
+            to_check: dict[int, list[tuple[str, str, str]]] = {}  # id(fs) -> [(target, uri, path)]
+            filesystems = {}
+            for entry in chunk:
+                target = _resolve(entry, base)
+                if not is_within(target, (base, *self.allowed_prefixes)):
+                    rows.add(target, None, None, PathOutsideInput.entry("manifest", entry, base))
+                    continue
+                try:
+                    entry_fs, entry_path = filesystem(target, self.storage_options)
+                except Exception as exc:
+                    rows.add(target, None, None, exc)
+                    continue
+                filesystems[id(entry_fs)] = entry_fs
+                to_check.setdefault(id(entry_fs), []).append((target, to_uri(entry_fs, entry_path), entry_path))
+            for key, items in to_check.items():
+                for (target, uri, _), info in zip(items, _infos(filesystems[key], [p for _, _, p in items])):
+                    if isinstance(info, BaseException):
+                        rows.add(target, None, None, info)
+                    else:
+                        rows.add_info(uri, info)
+        return _first_of_each(rows.table(), "video_uri")  # two spellings of one file (a/../b.mp4, b.mp4): one row
 
 
 def list_videos(

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.schema import LISTED
 from pipeline.storage import PathOutsideInput, is_within, normalize_uri, read_table_file
@@ -75,31 +77,56 @@ def questions_by_video(table: pa.Table, input_uri: str) -> dict[str, list[str]]:
     return out
 
 
+def repeat_list(values: Sequence[str], n: int) -> pa.ListArray:
+    """n copies of one list of strings as an Arrow list column, built without a Python object per row."""
+    k = len(values)
+    flat = pa.array(list(values), pa.string()).take(np.tile(np.arange(k, dtype=np.int64), n)) if k else pa.array([], pa.string())
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * k), flat)
+
+
 def attach_questions(
     listed: pa.Table, common: Sequence[str], per_video: Optional[dict[str, list[str]]],
     input_uri: Optional[str] = None, allowed_prefixes: Sequence[str] = (),
 ) -> tuple[pa.Table, int]:
     """Fill the `questions` column of a LISTED table; returns (table, videos skipped for want of questions).
 
-    Every video gets `common` first, then its own questions from the file (duplicates dropped).
+    Every video gets `common` first, then its own questions from the file (duplicates dropped). Without a
+    questions file the column is built in Arrow (one list repeated); with one, batch by batch.
     """
-    rows = listed.to_pylist()
-    out, skipped = [], 0
-    seen: set[str] = set()
-    for row in rows:
-        key = normalize_uri(row["video_uri"])
-        seen.add(key)
-        own = (per_video or {}).get(key, [])
-        questions = list(dict.fromkeys([*common, *own]))
-        if not questions and row["error"] is None:
-            skipped += 1
-            continue
-        out.append({**row, "questions": questions})
-    for key in sorted(set(per_video or {}) - seen):
+    common = list(dict.fromkeys(common))
+    if not per_video:
+        if common:
+            return listed.set_column(listed.schema.get_field_index("questions"), LISTED.field("questions"),
+                                     repeat_list(common, listed.num_rows)), 0
+        failed = pc.is_valid(listed.column("error"))  # nothing to ask: only error rows stay
+        kept = listed.filter(failed)
+        kept = kept.set_column(kept.schema.get_field_index("questions"), LISTED.field("questions"), repeat_list([], kept.num_rows))
+        return kept, listed.num_rows - kept.num_rows
+    batches, skipped = [], 0
+    seen: set[str] = set()  # bounded by the questions file, not by the listing
+    for batch in listed.to_batches(max_chunksize=65_536):
+        uris, errors = batch.column(0).to_pylist(), batch.column("error").to_pylist()
+        keep, questions = [], []
+        for i, (uri, error) in enumerate(zip(uris, errors)):
+            key = normalize_uri(uri)
+            own = per_video.get(key)
+            if own is not None:
+                seen.add(key)
+            asked = list(dict.fromkeys([*common, *(own or [])]))
+            if not asked and error is None:
+                skipped += 1
+                continue
+            keep.append(i)
+            questions.append(asked)
+        table = pa.Table.from_batches([batch]).take(keep)
+        batches.append(table.set_column(table.schema.get_field_index("questions"), LISTED.field("questions"),
+                                        pa.array(questions, LISTED.field("questions").type)))
+    rows = []
+    for key in sorted(set(per_video) - seen):
         error_type, error = "FileNotFoundError", "named in questions_file but not found by the listing of input.uri"
         if input_uri is not None and not is_within(key, (_base_of(input_uri), *allowed_prefixes)):
             outside = PathOutsideInput.entry("questions_file", key, _base_of(input_uri))
             error_type, error = type(outside).__name__, str(outside)
-        out.append({**dict.fromkeys(LISTED.names), "video_uri": key, "questions": per_video[key],
-                    "error_stage": "list", "error_type": error_type, "error": error})
-    return pa.Table.from_pylist(out, schema=LISTED), skipped
+        rows.append({**dict.fromkeys(LISTED.names), "video_uri": key, "questions": per_video[key],
+                     "error_stage": "list", "error_type": error_type, "error": error})
+    return pa.concat_tables([*batches, pa.Table.from_pylist(rows, schema=LISTED)]), skipped

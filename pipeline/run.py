@@ -28,12 +28,14 @@ import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.answer import AnswerQuestions
+from pipeline.cluster import check_shared_storage
 from pipeline.commit import commit, final_path, recover, rollback, staging_uri
 from pipeline.config import JobConfig
 from pipeline.decode import DecodeVideos
@@ -42,11 +44,12 @@ from pipeline.questions import attach_questions, expected_answers, questions_by_
 from pipeline.schema import LISTED, error_text
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 from pipeline.synthetic import make_clips
-from pipeline.tables import done_keys
+from pipeline.tables import done_scans
 from pipeline.write import WriteTables, write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
+MAX_BLOCKS = 10_000
 _VERSIONED = ("flashvlm", "ray", "pyarrow", "torch", "transformers", "decord", "av", "s3fs", "fsspec")
 
 
@@ -79,6 +82,12 @@ def init_ray(cfg: JobConfig) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     # address="local": always a new Ray, never the latest `ray start` cluster found in /tmp/ray.
     ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.dashboard)
+
+
+def _ray_initialized() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def resolve_input(cfg: JobConfig) -> str:
@@ -132,27 +141,64 @@ def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
 
 def drop_done(cfg: JobConfig, listed: pa.Table) -> tuple[pa.Table, int]:
     """Incremental runs: remove the questions already answered under this settings_id (same video
-    version); returns (what is left to do, videos with nothing left). Error rows are always kept."""
-    answered, failed = done_keys(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
-    out, done = [], 0
-    for row in listed.to_pylist():
-        if row["error"] is not None:
-            out.append(row)
-            continue
-        uri, version = row["video_uri"], row["video_version"]
-        left = [q for q in row["questions"] or [] if (uri, version, q) not in answered]
-        if not left or (uri, version) in failed:
-            done += 1
-            continue
-        out.append({**row, "questions": left})
-    return pa.Table.from_pylist(out, schema=LISTED), done
+    version); returns (what is left to do, videos with nothing left). Error rows are always kept.
+
+    Joins in Arrow, never a Python set of keys: see left_to_do."""
+    answered, failed = done_scans(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
+    return left_to_do(listed, answered, failed)
+
+
+def left_to_do(listed: pa.Table, answered: Iterable, failed: Iterable) -> tuple[pa.Table, int]:
+    """drop_done on given keys: `answered` yields tables or record batches of (video_uri, video_version,
+    question), `failed` of (video_uri, video_version) (pipeline.tables.done_scans). Returns (LISTED rows
+    left, videos with nothing left).
+
+    Each key batch is joined on (video_uri, video_version) to the listing's row numbers, so only
+    (row, question) pairs of listed videos are kept; the listing's (row, question) pairs are then
+    anti-joined against them. Memory: the listing, its questions and one key batch."""
+    import pyarrow.compute as pc
+
+    listed = listed.combine_chunks()
+    healthy = pc.is_null(listed.column("error"))
+    errors, ok = listed.filter(pc.invert(healthy)), listed.filter(healthy)
+    videos = pa.table({
+        "video_uri": ok.column("video_uri"), "video_version": pc.fill_null(ok.column("video_version"), ""),
+        "row": pa.array(np.arange(ok.num_rows, dtype=np.int64)),
+    })
+
+    def rows_of(parts: Iterable, extra: list[str]) -> pa.Table:
+        """(row, *extra) of the listed videos whose (video_uri, video_version) each key row names."""
+        found = [pa.table({"row": pa.array([], pa.int64()), **{c: pa.array([], pa.string()) for c in extra}})]
+        for part in ([parts] if isinstance(parts, (pa.Table, pa.RecordBatch)) else parts):
+            part = pa.table({c: part.column(c) for c in ("video_uri", "video_version", *extra)})
+            part = part.set_column(1, "video_version", pc.fill_null(part.column("video_version"), ""))
+            found.append(videos.join(part, ["video_uri", "video_version"], join_type="inner", use_threads=False)
+                         .select(["row", *extra]))
+        return pa.concat_tables(found)
+
+    questions = ok.column("questions").combine_chunks() if ok.num_rows else pa.array([], LISTED.field("questions").type)
+    parent = pc.list_parent_indices(questions)  # (Q,) row of each asked question
+    asked = pa.table({"row": parent, "position": pa.array(np.arange(len(parent), dtype=np.int64)),
+                      "question": pc.list_flatten(questions)})
+    left = asked.join(rows_of(answered, ["question"]), ["row", "question"], join_type="left anti", use_threads=False)
+    left = left.join(rows_of(failed, []), ["row"], join_type="left anti", use_threads=False)
+    left = left.sort_by([("row", "ascending"), ("position", "ascending")])
+    rows = left.column("row").to_numpy()
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, dtype=np.int64)
+    offsets = pa.array(np.r_[starts, len(rows)].astype(np.int32))
+    todo = ok.take(rows[starts])
+    todo = todo.set_column(todo.schema.get_field_index("questions"), LISTED.field("questions"),
+                           pa.ListArray.from_arrays(offsets, left.column("question").combine_chunks()))
+    return pa.concat_tables([todo, errors]).sort_by("video_uri"), ok.num_rows - todo.num_rows
 
 
 def decode_dataset(cfg: JobConfig, listed: pa.Table):
     """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
     import ray
 
-    per_block = cfg.ray.decode_batch_size  # small blocks, so every decode actor gets work early
+    # Small blocks, so every decode actor gets work early; at most MAX_BLOCKS of them, so a million videos
+    # are not a million object refs in the driver.
+    per_block = max(cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
     blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
     return ray.data.from_arrow(blocks).map_batches(
         DecodeVideos,
@@ -206,6 +252,7 @@ def _totals(record: dict[str, Any], summaries: list[dict[str, Any]], t0: float) 
         record[key] = sum(int(s[key]) for s in summaries)
     record["decode_s"] = sum(s["decode_ms"] for s in summaries) / 1000.0
     record["answer_s"] = sum(s["answer_ms"] for s in summaries) / 1000.0
+    record["nodes"] = sorted({n for s in summaries for n in s.get("nodes") or []})
     record["finished_at"] = datetime.now(timezone.utc)
     record["wall_s"] = time.perf_counter() - t0
 
@@ -230,6 +277,12 @@ def run(cfg: JobConfig) -> dict[str, Any]:
     }
     summaries: list[dict[str, Any]] = []
     out_root = filesystem(cfg.output.uri, cfg.storage_options)[1]
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or _ray_initialized():
+        # An existing cluster may have several nodes: refuse local storage before anything is read or written.
+        t1 = time.perf_counter()
+        init_ray(cfg)
+        record["ray_init_s"] = time.perf_counter() - t1
+        check_shared_storage(cfg)
     try:
         recovered = recover(cfg.output.uri, cfg.storage_options, current_run_id=run_id)
         for what in ("rolled_forward", "rolled_back"):
@@ -247,7 +300,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         if listed.num_rows:
             t1 = time.perf_counter()
             init_ray(cfg)
-            record["ray_init_s"] = time.perf_counter() - t1
+            record["ray_init_s"] = record.get("ray_init_s") or time.perf_counter() - t1
             t1 = time.perf_counter()
             summaries = build_dataset(cfg, listed, run_id, run_date, labels(cfg, input_uri)).take_all()
             record["pipeline_s"] = time.perf_counter() - t1

@@ -33,6 +33,12 @@ _ERROR_FIELDS = [
     _f("error", pa.string(), "readable message"),
 ]
 
+# Which Ray node decoded and answered a row: carried between stages, summed into the run record's `nodes`.
+_NODE_FIELDS = [
+    _f("decode_node", pa.string(), "Ray node id of the decode actor (null outside Ray)"),
+    _f("answer_node", pa.string(), "Ray node id of the model actor (null outside Ray)"),
+]
+
 _VIDEO_FIELDS = [
     _f("video_uri", pa.string(), "full URI of the video (file:///..., s3://bucket/key)", nullable=False),
     _f("video_version", pa.string(), "S3 ETag, or size:mtime for files; a changed object gets a new version"),
@@ -64,6 +70,7 @@ DECODED = pa.schema(
         _f("height", pa.int32(), "source height as displayed"),
         _f("decode_backend", pa.string(), "decord or pyav (the fallback)"),
         _f("decode_ms", pa.float64(), "read + decode + resize time of this video"),
+        _NODE_FIELDS[0],
     ]
 )
 
@@ -112,7 +119,7 @@ ERRORS = pa.schema(
 )
 
 # What the answer stage emits: answer rows and error rows in one schema; the writer splits them.
-ANSWERED = pa.schema([*ANSWERS, *_ERROR_FIELDS])
+ANSWERED = pa.schema([*ANSWERS, *_ERROR_FIELDS, *_NODE_FIELDS])
 
 RUNS = pa.schema(
     [
@@ -143,6 +150,7 @@ RUNS = pa.schema(
         _f("decode_s", pa.float64(), "sum of per-video decode times (over all decode actors)"),
         _f("answer_s", pa.float64(), "sum of per-video model times (over all model actors)"),
         _f("error", pa.string(), "why the run failed (null when it succeeded)"),
+        _f("nodes", pa.list_(pa.string()), "Ray node ids that ran decode or answer work, sorted"),
     ]
 )
 
@@ -159,6 +167,7 @@ WRITE_SUMMARY = pa.schema(
         pa.field("decode_ms", pa.float64()),
         pa.field("answer_ms", pa.float64()),
         pa.field("files", pa.list_(pa.string())),
+        pa.field("nodes", pa.list_(pa.string())),
     ]
 )
 

@@ -18,7 +18,7 @@ offline; with internet access `INSTALL httpfs; LOAD httpfs;` and DuckDB's own S3
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -33,19 +33,7 @@ def read_table(
     output_uri: str, name: str, storage_options: Optional[Mapping[str, Any]] = None, columns: Optional[list[str]] = None
 ) -> pa.Table:
     """One output table (answers, errors or runs) across all run dates; empty (with schema) if none yet."""
-    schema = TABLES[name]
-    fs, root = filesystem(output_uri, storage_options)
-    fs.invalidate_cache()  # files may have been rewritten since this process last looked (s3fs caches ETags)
-    path = join(root, name)
-    full_schema = pa.schema([*schema, pa.field("date", pa.string())])
-    if not fs.exists(path):
-        empty = full_schema.empty_table()
-        return empty.select(columns) if columns else empty
-    dataset = pads.dataset(
-        path, filesystem=arrow_filesystem(fs), format="parquet", partitioning=PARTITIONING,
-        schema=full_schema, exclude_invalid_files=False,
-    )
-    return dataset.to_table(columns=columns)
+    return read_columns(output_uri, name, columns or _with_date(name).names, storage_options)
 
 
 # Newest row per (video_uri, question, settings_id): a changed object's new answers replace the old
@@ -82,24 +70,69 @@ def latest_answers(
     return result.cast(answers.schema)
 
 
+def _dataset(output_uri: str, name: str, storage_options: Optional[Mapping[str, Any]] = None):
+    """The pyarrow dataset of one output table, None when it has no files yet."""
+    fs, root = filesystem(output_uri, storage_options)
+    fs.invalidate_cache()  # files may have been rewritten since this process last looked (s3fs caches ETags)
+    path = join(root, name)
+    if not fs.exists(path):
+        return None
+    return pads.dataset(
+        path, filesystem=arrow_filesystem(fs), format="parquet", partitioning=PARTITIONING,
+        schema=_with_date(name), exclude_invalid_files=False,
+    )
+
+
+def _with_date(name: str) -> pa.Schema:
+    return pa.schema([*TABLES[name], pa.field("date", pa.string())])
+
+
+def read_columns(
+    output_uri: str, name: str, columns: list[str], storage_options: Optional[Mapping[str, Any]] = None, filter=None
+) -> pa.Table:
+    """Only `columns` of one output table, rows matching `filter` (a pyarrow.compute expression)."""
+    dataset = _dataset(output_uri, name, storage_options)
+    if dataset is None:
+        return _with_date(name).empty_table().select(columns)
+    return dataset.to_table(columns=columns, filter=filter)
+
+
+def scan_columns(
+    output_uri: str, name: str, columns: list[str], storage_options: Optional[Mapping[str, Any]] = None, filter=None,
+    batch_rows: int = 262_144,
+) -> Iterator[pa.RecordBatch]:
+    """read_columns as a stream of record batches, one file at a time: Parquet reads only those column
+    chunks, and memory stays at about a batch however many rows the table has."""
+    dataset = _dataset(output_uri, name, storage_options)
+    if dataset is None:
+        return iter(())
+    return dataset.to_batches(columns=columns, filter=filter, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
+
+
+def done_scans(
+    output_uri: str, settings_id: str, storage_options: Optional[Mapping[str, Any]] = None, retry: str = "transient"
+) -> tuple[Iterator[pa.RecordBatch], Iterator[pa.RecordBatch]]:
+    """What an incremental run may skip, as streams of key columns: (video_uri, video_version, question)
+    answered under settings_id, and (video_uri, video_version) whose decode failed for good under
+    settings_id (nothing when retry='all'). Keys may repeat; video_version may be null."""
+    import pyarrow.compute as pc
+
+    keys = ["video_uri", "video_version", "question"]
+    answered = scan_columns(output_uri, "answers", keys, storage_options, pc.field("settings_id") == settings_id)
+    if retry == "all":
+        return answered, iter(())
+    permanent = ((pc.field("settings_id") == settings_id) & (pc.field("stage") == "decode")
+                 & pc.field("video_version").is_valid() & ~pc.field("error_type").isin(list(_TRANSIENT_DECODE_ERRORS)))
+    return answered, scan_columns(output_uri, "errors", keys[:2], storage_options, permanent)
+
+
 def done_keys(
     output_uri: str, settings_id: str, storage_options: Optional[Mapping[str, Any]] = None, retry: str = "transient"
 ) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]]]:
-    """What an incremental run may skip: ({(video_uri, video_version, question) answered under settings_id},
-    {(video_uri, video_version) whose decode failed for good under settings_id}; empty when retry='all')."""
-    import pyarrow.compute as pc
-
-    answers = read_table(output_uri, "answers", storage_options, ["video_uri", "video_version", "question", "settings_id"])
-    answers = answers.filter(pc.equal(answers.column("settings_id"), settings_id))
-    answered = set(zip(*(answers.column(c).to_pylist() for c in ("video_uri", "video_version", "question"))))
-    failed: set[tuple[str, str]] = set()
-    if retry != "all":
-        errors = read_table(output_uri, "errors", storage_options, ["video_uri", "video_version", "stage", "error_type", "settings_id"])
-        for row in errors.to_pylist():
-            if (row["settings_id"] == settings_id and row["stage"] == "decode" and row["video_version"]
-                    and row["error_type"] not in _TRANSIENT_DECODE_ERRORS):
-                failed.add((row["video_uri"], row["video_version"]))
-    return answered, failed
+    """done_scans as Python sets, for looking at a small output by hand (the job joins the streams instead)."""
+    answered, failed = done_scans(output_uri, settings_id, storage_options, retry)
+    return ({tuple(r.values()) for b in answered for r in b.to_pylist()},
+            {tuple(r.values()) for b in failed for r in b.to_pylist()})
 
 
 def table_glob(output_uri: str, name: str) -> str:

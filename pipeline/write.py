@@ -92,6 +92,7 @@ class WriteTables:
             + float(pc.sum(failed_rows.column("decode_ms")).as_py() or 0.0),
             "answer_ms": float(pc.sum(answers.column("latency_ms")).as_py() or 0.0),
             "files": files,
+            "nodes": sorted({n for c in ("decode_node", "answer_node") for n in batch.column(c).to_pylist() if n}),
         }
         return pa.Table.from_pylist([summary], schema=WRITE_SUMMARY)
 

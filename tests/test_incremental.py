@@ -233,3 +233,27 @@ def test_a_killed_run_leaves_nothing_visible_and_the_next_run_finishes(ray_local
     assert errors["zz_hang.mp4"]["error_type"] == "TimeoutError" and errors["zz_hang.mp4"]["stage"] == "decode"
     (run_row,) = read_table(str(out), "runs").to_pylist()
     assert run_row["status"] == "succeeded" and run_row["run_id"] == "killed"
+
+
+def test_left_to_do_is_an_anti_join_on_video_version_and_question():
+    from pipeline.run import left_to_do
+    from pipeline.schema import LISTED
+
+    def row(uri, version, questions, error=None):
+        return {"video_uri": uri, "video_version": version, "video_size": 1, "questions": questions,
+                "error_stage": "list" if error else None, "error_type": error, "error": error}
+
+    listed = pa.Table.from_pylist([
+        row("a", "1", ["q1", "q2", "q3"]),   # q2 answered: q1, q3 left, in order
+        row("b", "2", ["q1"]),               # answered for version 1 only: redone
+        row("c", "1", ["q1"]),               # all answered: done
+        row("d", "1", ["q1"]),               # decode failed for good: done
+        row("e", None, ["q1"]),              # no version, answered with none: done
+        row("f", None, None, error="FileNotFoundError"),  # error rows are always kept
+    ], schema=LISTED)
+    answered = pa.table({"video_uri": ["a", "b", "c", "e", "a"], "video_version": ["1", "1", "1", None, "1"],
+                         "question": ["q2", "q1", "q1", "q1", "q2"]})  # a key may repeat
+    failed = pa.table({"video_uri": ["d"], "video_version": ["1"]})
+    todo, done = left_to_do(listed, answered, failed)
+    assert done == 3 and todo.schema == LISTED
+    assert {r["video_uri"]: r["questions"] for r in todo.to_pylist()} == {"a": ["q1", "q3"], "b": ["q1"], "f": None}

@@ -1,0 +1,243 @@
+"""Driver cost at scale: listing a prefix of a million videos and the incremental filter, time and memory.
+
+    python benchmarks/scale.py                        # local: 100,000 and 1,000,000 files
+    python benchmarks/scale.py --sizes 100000         # one size only
+    python benchmarks/scale.py --store s3             # a moto S3 server on 127.0.0.1: 2,000 and 20,000 objects
+
+Setup (once, outside the timing, reused when present): under --root (default /tmp/flashvlm-scale) the
+largest size as empty-ish files in folders of 1,000 (`part-NN/` holds 100,000 each, so the smaller size is
+a subfolder), and for each size an output folder whose answers table holds 2 prior rows per video in the
+real schema (pipeline.schema.ANSWERS), 5% of the videos at a stale version. The job asks both questions, so
+the filter must find the 5% (two questions each) left to do.
+
+Each size is measured in a fresh process: `pipeline.run.list_inputs` (listing + questions) and
+`pipeline.run.drop_done` (the incremental anti-join), and the driver's peak RSS above its RSS before the
+listing (psutil, sampled every 5 ms). JSON last line:
+    {"videos": 1000000, "listing_s": ..., "filter_s": ..., "driver_peak_rss_mb": ..., "at_100k": {...}}
+Targets at 1,000,000: listing + filter <= 120 s, driver peak RSS growth <= 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUESTIONS = ["What is happening?", "Who is in it?"]
+PER_FOLDER = 1_000
+PER_PART = 100_000
+STALE_EVERY = 20  # one video in 20 changed since its answers: 5% left to do
+
+
+def config(input_uri: str, output_uri: str, storage_options=None):
+    from pipeline.config import validate_config
+
+    return validate_config({
+        "input": {"uri": input_uri, "extensions": [".mp4"]}, "questions": QUESTIONS,
+        "model": {"name": "flashvlm-tiny/llava", "dtype": "float32", "device": "cpu"},
+        "output": {"uri": output_uri}, "incremental": True, "storage_options": storage_options or {},
+    })
+
+
+def label(n: int) -> str:
+    return f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+# ---- setup -------------------------------------------------------------------------------------------------
+
+
+def make_files(root: Path, n: int) -> None:
+    """n files named part-PP/dDDD/vVVVVVVV.mp4; folders whose last file exists are kept as they are (their
+    mtimes are the versions of the prior answers)."""
+    t0, made = time.perf_counter(), 0
+    for d in range(0, n, PER_FOLDER):
+        folder = root / f"part-{d // PER_PART:02d}" / f"d{d // PER_FOLDER:04d}"
+        if (folder / f"v{min(n, d + PER_FOLDER) - 1:08d}.mp4").exists():
+            continue
+        made += 1
+        folder.mkdir(parents=True, exist_ok=True)
+        base = str(folder)
+        for i in range(d, min(n, d + PER_FOLDER)):
+            fd = os.open(f"{base}/v{i:08d}.mp4", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, b"x")
+            os.close(fd)
+    if made:
+        print(f"created {made} folders of files under {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def make_answers(input_uri: str, output_uri: str, storage_options=None) -> None:
+    """2 answers per listed video in the ANSWERS schema, 5% at a stale version; skipped when present."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipeline.listing import list_videos
+    from pipeline.schema import ANSWERS
+    from pipeline.storage import filesystem, join
+    from pipeline.write import ParquetWriter, partition_dir
+
+    fs, root = filesystem(output_uri, storage_options)
+    if fs.exists(join(root, "answers")):
+        return
+    cfg = config(input_uri, output_uri, storage_options)
+    listed = list_videos(input_uri, [".mp4"], storage_options)
+    n = listed.num_rows
+    stale = np.arange(n) % STALE_EVERY == 0
+    version = pc.if_else(pa.array(stale), pc.binary_join_element_wise(listed.column("video_version"), "old", ""),
+                         listed.column("video_version"))
+    writer = ParquetWriter(output_uri, storage_options)
+    folder = partition_dir(writer.root, "answers", "2026-01-01")
+    per_file = 200_000
+    for start in range(0, n, per_file // 2):
+        rows = np.repeat(np.arange(start, min(n, start + per_file // 2)), 2)  # (2 m,) two questions per video
+        m = len(rows)
+        q = np.tile([0, 1], m // 2)
+        cols = {
+            "video_uri": listed.column("video_uri").take(rows), "video_version": version.take(rows),
+            "video_size": listed.column("video_size").take(rows), "question_index": pa.array(q, pa.int16()),
+            "question": pa.array(QUESTIONS).take(q), "answer": pa.array(["a short answer"] * m),
+            "model": pa.array([cfg.model.name] * m), "budget": pa.array([64] * m, pa.int32()),
+            "frames": pa.array([8] * m, pa.int16()), "frame_size": pa.array([336] * m, pa.int16()),
+            "tokens_kept": pa.array([512] * m, pa.int32()), "tokens_total": pa.array([4608] * m, pa.int32()),
+            "settings_id": pa.array([cfg.settings_id()] * m), "run_id": pa.array([f"prior-{start}"] * m),
+        }
+        table = pa.table({f.name: cols.get(f.name, pa.nulls(m, f.type)) for f in ANSWERS}, schema=ANSWERS)
+        writer.write(table, folder, f"prior-{start:08d}.parquet")
+    print(f"wrote {2 * n} prior answers under {output_uri}", file=sys.stderr, flush=True)
+
+
+# ---- one measurement, in a fresh process -------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Largest RSS of this process above its RSS at start, sampled in a thread."""
+
+    def __init__(self, every_s: float = 0.005):
+        self.proc, self.every_s = psutil.Process(), every_s
+        self.start = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.every_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        return (self.peak - self.start) / 2**20
+
+
+def measure(input_uri: str, output_uri: str, storage_options=None) -> dict:
+    from pipeline.run import drop_done, list_inputs
+
+    cfg = config(input_uri, output_uri, storage_options)
+    rss = PeakRSS()
+    t0 = time.perf_counter()
+    listed, _ = list_inputs(cfg, input_uri)
+    t1 = time.perf_counter()
+    todo, done = drop_done(cfg, listed)
+    t2 = time.perf_counter()
+    grew_mb = rss.stop()
+    left = sum(len(q) for q in todo.column("questions").to_pylist())
+    return {"videos": listed.num_rows, "listing_s": round(t1 - t0, 2), "filter_s": round(t2 - t1, 2),
+            "driver_peak_rss_mb": round(grew_mb, 1), "videos_left": todo.num_rows, "videos_done": done,
+            "questions_left": left}
+
+
+def run_child(input_uri: str, output_uri: str, storage_options=None) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", input_uri, output_uri, json.dumps(storage_options or {})],
+        check=True, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ---- S3 ----------------------------------------------------------------------------------------------------
+
+
+def start_moto():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    return proc, options
+
+
+def make_objects(options: dict, bucket: str, n: int) -> None:
+    import boto3
+    import s3fs
+
+    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="k", aws_secret_access_key="s",
+                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    fs = s3fs.S3FileSystem(**options)
+    keys = {f"{bucket}/in/part-{i // PER_PART:02d}/d{i // PER_FOLDER:04d}/v{i:08d}.mp4": b"x" for i in range(n)}
+    fs.pipe(keys, batch_size=256)  # s3fs sends these concurrently
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=["local", "s3"], default="local")
+    parser.add_argument("--sizes", type=int, nargs="+", help="videos (default local: 100000 1000000; s3: 2000 20000)")
+    parser.add_argument("--root", default="/tmp/flashvlm-scale")
+    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure[0], args.measure[1], json.loads(args.measure[2]) or None)))
+        return
+    sizes = sorted(args.sizes or ([100_000, 1_000_000] if args.store == "local" else [2_000, 20_000]))
+    results, moto = {}, None
+    try:
+        if args.store == "s3":
+            moto, options = start_moto()
+            bucket = "scale"
+            make_objects(options, bucket, sizes[-1])
+            base, out_base = f"s3://{bucket}/in", f"s3://{bucket}/out"
+        else:
+            options, root = None, Path(args.root)
+            make_files(root / "videos", sizes[-1])
+            base, out_base = str(root / "videos"), str(root)
+        for n in sizes:
+            # the smaller size is the first part(s) of the larger one: a subfolder when it is one part
+            input_uri = base if n == sizes[-1] else f"{base}/part-00"
+            if n != sizes[-1] and n != min(PER_PART, sizes[-1]):
+                raise SystemExit(f"--sizes: a smaller size must be {PER_PART} (one part folder)")
+            output_uri = f"{out_base}/out-{label(n)}"
+            make_answers(input_uri, output_uri, options)
+            results[n] = run_child(input_uri, output_uri, options)
+            print(f"{label(n):>5}: {json.dumps(results[n])}", flush=True)
+    finally:
+        if moto is not None:
+            moto.terminate()
+            moto.wait()
+    big = results[sizes[-1]]
+    print(json.dumps({**big, "store": args.store, **{f"at_{label(n)}": results[n] for n in sizes[:-1]}}))
+
+
+if __name__ == "__main__":
+    main()
