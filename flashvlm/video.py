@@ -300,8 +300,15 @@ def select_video_tokens(
                 rest = rest[torch.sort(cover, stable=True).indices]
                 more = take_fresh(unit[b], frame_of, kept_so_far, rest, need - spare.numel())
                 chosen[more] = True
-                last = torch.cat([rest, by_score[b][skipped_b[by_score[b]]]])  # skipped tokens last of all
-                diverse = torch.cat([share, spare, more, last[~chosen[last]]])[:k_div]
+                # Only then repeats: first those that repeat no kept BACKGROUND token of another frame (they
+                # repeat an important token, or only their own frame), so a nearly blank clip keeps its blank
+                # background in one frame; skipped tokens last of all.
+                last = torch.cat([rest, by_score[b][skipped_b[by_score[b]]]])
+                last = last[~chosen[last]]
+                background = torch.cat([share, spare, more])
+                again = take_fresh(unit[b], frame_of, background, last, need - spare.numel() - more.numel())
+                chosen[again] = True
+                diverse = torch.cat([background, again, last[~chosen[last]]])[:k_div]
         kept, where = torch.cat([imp, diverse]).sort()
         rows.append(kept)
         flags.append(where < n_imp)
