@@ -13,8 +13,6 @@ Indices are flat and frame-major: token n of frame t is t * N + n, so ascending 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +21,6 @@ from flashvlm.selection import (
     check_inputs,
     diversity_partition,
     fused_scores,
-    relevance,
     score_dtype,
     select_tokens,
     split_budget,
@@ -31,10 +28,10 @@ from flashvlm.selection import (
 
 SPLITS = ("global", "per_frame")
 
-# Two tokens are "near-identical" at this cosine of their vision features, and a token near-identical to a
-# kept token of ANOTHER frame is a repeat. 0.95 is the level the redundancy benchmark calls a
-# near-duplicate; it is a property of the feature space (measured on normalised pixel patches), not part
-# of the paper's rule.
+# A token is UNCHANGED when its vision feature has at least this cosine to the same place of the previous
+# frame, and two tokens are near-identical (one REPEATS the other) at this cosine. 0.95 is the level the
+# redundancy benchmark calls a near-duplicate; it is a property of the feature space (measured on normalised
+# pixel patches), not part of the paper's rule.
 NEAR_IDENTICAL = 0.95
 
 
@@ -64,13 +61,26 @@ def _check_split(split: str, min_per_frame: int | None, budget: int, T: int, N: 
 
 
 def static_tokens(unit: torch.Tensor, N: int) -> torch.Tensor:
-    """(B, T*N, Dv) unit features -> (B, T, N) bool: True where a token is near-identical to the same place
-    of the previous frame."""
+    """(B, T*N, Dv) unit features -> (B, T, N) bool: True where a token is unchanged since the same place of
+    the previous frame (cosine >= NEAR_IDENTICAL); frame 0 has no previous frame."""
     B, TN, _ = unit.shape
     frames = unit.view(B, TN // N, N, -1)
     cos = (frames[:, 1:] * frames[:, :-1]).sum(dim=-1)  # (B, T-1, N)
-    first = torch.zeros_like(cos[:, :1], dtype=torch.bool)  # frame 0 repeats nothing
+    first = torch.zeros_like(cos[:, :1], dtype=torch.bool)
     return torch.cat([first, cos >= NEAR_IDENTICAL], dim=1)
+
+
+def covered(kept: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+    """(B, T, N) bool: True where a token is kept, or unchanged since the same place of the previous frame
+    where it was kept or is itself covered, so its content is kept at that place in an earlier frame.
+
+    kept, static: (B, T, N) bool, `static` from `static_tokens`. The loop is over frames (each depends on the
+    one before); every step is batched over clips and places.
+    """
+    out = kept.clone()
+    for t in range(1, kept.shape[1]):
+        out[:, t] |= static[:, t] & out[:, t - 1]
+    return out
 
 
 def repeats(unit: torch.Tensor, frame_of: torch.Tensor, kept: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
@@ -135,39 +145,39 @@ def select_video_tokens(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Indices of the visual tokens FlashVLM keeps for each clip: importance per frame, background per clip.
 
-    The rule, per clip (ALGORITHM.md, video section). A token REPEATS when its vision feature has cosine
-    >= NEAR_IDENTICAL to a kept token of ANOTHER frame; it is STATIC when it has that cosine to the same
-    place of the previous frame.
-    1. Scores (steps 1-4) of every token from its own frame: `fused_scores` on the (B*T, N) view, the
-       guide text shared by all frames. A token "matches the question" when it is one of the ceil(p * N)
-       at or above its frame's top-p relevance quantile (the tokens step 2 leaves undamped) and is not
-       static: where a moving match is in each frame is the answer's information, so matches may repeat.
-    2. Important tokens, frame after frame: each frame's `floor` best tokens that are neither static nor
-       repeats of an earlier frame's important tokens (matches excepted); a frame with fewer takes fewer.
-       With split="global", the rest of floor(budget * important_ratio) important tokens are then the
-       clip's best-scoring tokens that repeat nothing kept (frames are min-max normalised, so scores
-       compare). With split="per_frame", floor = floor((budget // T) * important_ratio).
+    The rule, per clip (ALGORITHM.md, video section). A token is UNCHANGED when its vision feature has cosine
+    >= NEAR_IDENTICAL to the same place of the previous frame; it REPEATS when it has that cosine to a kept
+    token of ANOTHER frame, at any place.
+    1. Scores (steps 1-4) of every token from its own frame: `fused_scores` on the (B*T, N) view, the guide
+       text shared by all frames; each frame is min-max normalised, so scores compare across frames.
+    2. Important tokens, as the image rule ranks them: with split="per_frame", each frame's `floor` best
+       tokens, floor = floor((budget // T) * important_ratio), the image rule's important share of an equal
+       slice of the budget; with split="global", each frame's `min_per_frame` best, then the clip's
+       best-scoring others up to floor(budget * important_ratio). Of these, a token is skipped only when it
+       is unchanged since the same place of the previous frame and that token is important or skipped
+       itself (`covered`): its content is already kept at that place. A token that resembles one at another
+       place is never skipped: a moving object that matches the question is new content in every frame
+       (where it is, is what a motion question needs). The slots skipped tokens free go to the background.
     3. Background, per frame first: the spec's diversity partition (step 6) of each frame's tokens after
-       its important ones, batched over all frames, exactly as the image rule runs it with a per-frame
+       its `floor` best, batched over all frames, exactly as the image rule runs it with a per-frame
        background of (budget - important) // T: each frame's SHARE; the same rounds, stopped earlier,
        give a RESERVE of about twice that, which contains the share.
-    4. Across the clip: the shares, in descending score, less the tokens that repeat an important token or
-       an earlier share token. A background shown in several frames is kept once.
-    5. The slots those repeats freed: the reserve tokens of every frame that repeat nothing kept, thinned
-       to the free slots by the spec's partition over that pooled residual of the whole clip. Short of
-       them (a nearly static clip), tokens that repeat nothing kept, least covered by the kept ones first
-       (best cosine to a kept token, static tokens last); only then repeats.
+    4. Across the clip: the shares, in descending score, less skipped tokens and the tokens that repeat an
+       important token or an earlier share token. A background shown in several frames is kept once.
+    5. The slots those repeats and the skipped important tokens freed: the reserve tokens of every frame
+       that repeat nothing kept, thinned to the free slots by the spec's partition over that pooled
+       residual of the whole clip. Short of them (a nearly static clip), tokens that repeat nothing kept,
+       least covered by the kept ones first (best cosine to a kept token, unchanged tokens last); only then
+       repeats, and skipped tokens last of all.
     6. Kept indices ascending: (frame, position) order.
     With T = 1 a clip is an image: both splits return exactly `select_tokens(...)` of that frame.
 
     Default split: "per_frame". On the sample clips (benchmarks/video_redundancy.py: 8 frames, 64 tokens a
-    frame, 11 clips x 2 guide texts) against the image rule frame by frame with the same budget, worst
-    row: "per_frame" duplicate ratio 0.232, coverage -0.0002; "global" 0.165, -0.0031. The only negative
-    per_frame row is transparent.webm, a nearly blank clip whose every token the frame-by-frame rule
-    already covers at cosine 1.0 (any gain there needs a twin of its blank background in a second frame).
-    per_frame's worst coverage also held when the cosine matrix's rounding changed, which moved global's
-    from -0.0002 to -0.0031 (real clips hold exact ties, e.g. identical flat patches). Means: per_frame
-    0.028 / +0.028, global 0.019 / +0.026. global repeats less; per_frame guarantees every frame its share.
+    frame, 11 clips x 2 guide texts, against the image rule frame by frame with the same budget) both splits
+    keep every patch of a planted moving object (or cover it at its place) and no background token that
+    repeats another frame's; worst coverage change: per_frame -0.0001 (transparent.webm, nearly blank),
+    global -0.0326 (fire2.mp4 without text, whose clip-wide saliency ranking puts the important tokens in two
+    frames of flames). Means +0.025 / +0.022. Answer accuracy by split has not been measured yet.
 
     Args:
         vision: (B, T, N, Dv) vision-encoder features of every frame.
@@ -178,7 +188,8 @@ def select_video_tokens(
         text_mask: (B, L) bool, True for real text tokens.
         split: "per_frame" or "global", see above.
         min_per_frame: the per-frame floor of important tokens for split="global" (an error with
-            "per_frame", which fixes it); at most floor(budget * important_ratio) // T.
+            "per_frame", which fixes it); at most floor(budget * important_ratio) // T. Default:
+            floor(budget * important_ratio) // (2 * T).
         config: the rule's constants (SelectionConfig); the paper's defaults when None.
         return_important: also return which kept tokens were chosen as important.
 
@@ -186,9 +197,10 @@ def select_video_tokens(
         (B, min(budget, T * N)) int64 flat frame-major indices (t * N + n), distinct and ascending; with
         return_important also a bool tensor of that shape, True for important tokens.
 
-    Loops: step 2 over frames (each frame depends on the earlier ones' picks; every step is batched over
-    clips and tokens), steps 4-5 over clips (each has its own count of important and repeating tokens).
-    Step 3, the bulk of the work, is one batched partition over every frame. Nothing loops over tokens.
+    Loops: over frames for the skip chain (each frame depends on the one before; every step is batched over
+    clips and places), and over clips in steps 4-5 (each has its own count of important and repeating
+    tokens). Step 3, the bulk of the work, is one batched partition over every frame. Nothing loops over
+    tokens.
     """
     config = config or SelectionConfig()
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=2)
@@ -213,56 +225,36 @@ def select_video_tokens(
         frame_text = text.to(dtype)[:, None].expand(B, T, L, D).reshape(B * T, L, D)
         if text_mask is not None:
             frame_mask = text_mask[:, None].expand(B, T, L).reshape(B * T, L)
-    frame_projected = projected.reshape(B * T, N, D).to(dtype)
     score = fused_scores(
-        frame_projected, saliency.reshape(B * T, N).to(dtype), frame_text, frame_mask, config
+        projected.reshape(B * T, N, D).to(dtype), saliency.reshape(B * T, N).to(dtype), frame_text, frame_mask, config
     ).view(B, T, N)  # each frame min-max normalised to [0, 1], so scores compare across frames
-    # Tokens that match the question: the few at or above their frame's top-p relevance quantile (the
-    # tokens step 2 leaves undamped). Where they are in each frame is the answer's information, so they
-    # may repeat other frames.
     flat = vision.to(dtype).reshape(B, T * N, Dv)
     unit = F.normalize(flat, dim=-1)  # (B, T*N, Dv) for cosines; the partitions get `flat`, as the image rule does
     static = static_tokens(unit, N)  # (B, T, N)
-    matched = torch.zeros(B, T, N, dtype=torch.bool, device=device)
-    if text is not None:
-        r = relevance(frame_projected, frame_text, frame_mask, config)  # (B*T, N), zero without text
-        q = torch.quantile(r, 1 - config.top_p, dim=-1, keepdim=True, interpolation="linear")
-        # At most the count the quantile leaves above it when values are distinct: on a flat frame every
-        # token ties at the quantile, and "matching" all of them would let the whole frame repeat.
-        top = torch.zeros_like(r, dtype=torch.bool)
-        top.scatter_(1, torch.sort(r, dim=-1, descending=True, stable=True).indices[:, : math.ceil(config.top_p * N)], True)
-        matched = ((r >= q) & (r > 0) & top).view(B, T, N)
-        # ...and only where the frame changed: a match that repeats the same place of the previous frame
-        # says nothing new about where the answer is.
-        matched &= ~static
-    frame_of = torch.arange(T * N, device=device) // N  # (T*N,)
 
-    # 2. Each frame's `floor` important tokens, frame after frame: its best tokens that repeat no important
-    # token of an earlier frame (question matches excepted). A frame with fewer such tokens takes fewer,
-    # and the budget they leave goes to the background. (The loop is over frames; each step is batched.)
-    important = torch.zeros(B, T, N, dtype=torch.bool, device=device)
-    picked = torch.zeros(B, 0, dtype=torch.long, device=device)  # (B, t*floor) earlier frames' picks
-    valid = torch.zeros(B, 0, dtype=torch.bool, device=device)  # which of them are important
-    for t in range(T):
-        fresh = ~static[:, t]
-        if picked.shape[1]:
-            earlier = unit.gather(1, picked[:, :, None].expand(-1, -1, Dv))  # (B, t*floor, Dv)
-            cos = unit[:, t * N : (t + 1) * N] @ earlier.transpose(1, 2)  # (B, N, t*floor)
-            fresh = (fresh & ~((cos >= NEAR_IDENTICAL) & valid[:, None, :]).any(dim=-1)) | matched[:, t]
-        key = torch.where(fresh, score[:, t], score[:, t] - 2)  # scores are in [0, 1]: fresh tokens first
-        top = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :floor]  # (B, floor)
-        ok = fresh.gather(1, top)
-        important[:, t].scatter_(1, top, ok)
-        picked, valid = torch.cat([picked, top + t * N], dim=1), torch.cat([valid, ok], dim=1)
+    # 2. The image rule's important tokens: each frame's `floor` best, then (global) the clip's best others.
+    frame_order = torch.sort(score, dim=2, descending=True, stable=True).indices  # (B, T, N)
+    selected = torch.zeros(B, T, N, dtype=torch.bool, device=device)
+    selected.scatter_(2, frame_order[:, :, :floor], True)
+    if k_imp > T * floor:  # split="global": scores in [0, 1], so the floors' picks rank last here
+        key = torch.where(selected, score - 2, score).view(B, T * N)
+        extra = torch.sort(key, dim=1, descending=True, stable=True).indices[:, : k_imp - T * floor]
+        selected.view(B, T * N).scatter_(1, extra, True)
+    # Skip only what is unchanged since the same place of the previous frame, where it is kept (or skipped
+    # in turn, back to a kept token): `covered` of the previous frame.
+    chain = covered(selected, static)  # (B, T, N)
+    skipped = selected & static & torch.cat([torch.zeros_like(chain[:, :1]), chain[:, :-1]], dim=1)
+    important = selected & ~skipped
 
     # 3. Every frame's own background, as the image rule picks it: the spec's partition (step 6) of the
-    # frame's tokens after its important ones (descending score), batched over all frames, first down to a
-    # reserve of about twice its share, then on to its share `k_frame`. The second call continues the
-    # rounds of the first, so the share is exactly the image rule's background and the reserve holds it.
+    # frame's tokens after its `floor` best (selected first, then descending score), batched over all frames,
+    # first down to a reserve of about twice its share, then on to its share `k_frame`. The second call
+    # continues the rounds of the first, so the share is exactly the image rule's background and the reserve
+    # holds it.
     M = N - floor
     k_frame = min(M, (K - k_imp) // T)  # the frame-by-frame rule's background per frame
     reserve = min(M, k_frame + (M - k_frame) % step + step * -(-k_frame // step))  # ~2 k_frame, on a round
-    frame_order = torch.sort(torch.where(important, score + 2, score), dim=2, descending=True, stable=True).indices
+    frame_order = torch.sort(torch.where(selected, score + 2, score), dim=2, descending=True, stable=True).indices
     rest = (frame_order[:, :, floor:] + (torch.arange(T, device=device) * N)[None, :, None]).reshape(B, T * M)
     features = flat.gather(1, rest[:, :, None].expand(-1, -1, Dv)).view(B * T, M, Dv)
     reserved = diversity_partition(features, rest.view(B * T, M), reserve, step)  # (B*T, reserve), partition order
@@ -270,38 +262,31 @@ def select_video_tokens(
     shares = diversity_partition(features, reserved, k_frame, step).reshape(B, T * k_frame)
     reserved = reserved.reshape(B, T * reserve)
     by_score = torch.sort(score.view(B, T * N), dim=1, descending=True, stable=True).indices  # (B, T*N)
+    frame_of = torch.arange(T * N, device=device) // N  # (T*N,)
 
     rows, flags = [], []
-    for b in range(B):  # clips differ in how many important and fresh tokens they have
+    for b in range(B):  # clips differ in how many important and repeating tokens they have
         chosen = important[b].reshape(T * N).clone()
+        skipped_b = skipped[b].reshape(T * N)  # their content is kept at the same place of an earlier frame
 
         def ranked(tokens: torch.Tensor) -> torch.Tensor:
-            """`tokens` not chosen yet, best score first."""
+            """`tokens` neither chosen yet nor skipped, best score first."""
             mask = torch.zeros(T * N, dtype=torch.bool, device=device)
             mask[tokens] = True
-            return by_score[b][(mask & ~chosen)[by_score[b]]]
+            return by_score[b][(mask & ~chosen & ~skipped_b)[by_score[b]]]
 
         imp = by_score[b][chosen[by_score[b]]]
-        if split == "global" and imp.numel() < k_imp:
-            # Importance past the floors, ranked across the clip: the best tokens that repeat nothing kept.
-            rest_ranked = ranked(by_score[b])
-            extra = take_fresh(unit[b], frame_of, imp, rest_ranked, k_imp - imp.numel())
-            matches = rest_ranked[matched[b].reshape(T * N)[rest_ranked]]  # question matches may repeat
-            extra = ranked(torch.cat([extra, matches]))[: k_imp - imp.numel()]
-            chosen[extra] = True
-            imp = torch.cat([imp, extra])
         n_imp = imp.numel()
         k_div = K - n_imp
         # 4. Each frame's share, less the tokens that repeat a kept token of another frame: background
         # shown in several frames is kept once.
-        static_b = static[b].reshape(T * N)
         share = ranked(shares[b])
         share = share[~repeats(unit[b], frame_of, imp, share)]
         if share.numel() >= k_div:  # the shares alone fill the budget: the pooled partition thins them
             diverse = diversity_partition(flat[b, share][None], share[None], k_div, step * T)[0]
         else:
-            # 5. The slots the repeats freed go to the clip's pooled reserve: the reserve tokens of every
-            # frame that repeat nothing kept, thinned by the spec's partition over the whole clip.
+            # 5. The slots the repeats and skips freed go to the clip's pooled reserve: the reserve tokens of
+            # every frame that repeat nothing kept, thinned by the spec's partition over the whole clip.
             chosen[share] = True
             spare = ranked(reserved[b])
             spare = spare[~repeats(unit[b], frame_of, torch.cat([imp, share]), spare)]
@@ -312,12 +297,20 @@ def select_video_tokens(
                 chosen[spare] = True
                 kept_so_far = torch.cat([imp, share, spare])
                 rest = ranked(by_score[b])
-                # Least covered first, tokens that repeat the same place of the previous frame last.
-                covered = best_cosine(unit[b], rest, kept_so_far) + 3 * static_b[rest]
-                rest = rest[torch.sort(covered, stable=True).indices]
+                # Least covered first, tokens unchanged since the same place of the previous frame last.
+                cover = best_cosine(unit[b], rest, kept_so_far) + 3 * static[b].reshape(T * N)[rest]
+                rest = rest[torch.sort(cover, stable=True).indices]
                 more = take_fresh(unit[b], frame_of, kept_so_far, rest, need - spare.numel())
                 chosen[more] = True
-                diverse = torch.cat([share, spare, more, rest[~chosen[rest]]])[:k_div]
+                # Only then repeats: first those that repeat no kept BACKGROUND token of another frame (they
+                # repeat an important token, or only their own frame), so a nearly blank clip keeps its blank
+                # background in one frame; skipped tokens last of all.
+                last = torch.cat([rest, by_score[b][skipped_b[by_score[b]]]])
+                last = last[~chosen[last]]
+                background = torch.cat([share, spare, more])
+                again = take_fresh(unit[b], frame_of, background, last, need - spare.numel() - more.numel())
+                chosen[again] = True
+                diverse = torch.cat([background, again, last[~chosen[last]]])[:k_div]
         kept, where = torch.cat([imp, diverse]).sort()
         rows.append(kept)
         flags.append(where < n_imp)
