@@ -245,3 +245,27 @@ def test_answers_table_carries_expected_and_correct(ray_local, flashvlm_cache, s
         expected = labels[(row["video_uri"].rsplit("/", 1)[-1], row["question"])]
         assert row["expected"] == expected
         assert row["correct"] == (normalize_answer(row["answer"]) == normalize_answer(expected))
+
+
+# --------------------------------------------------------------------------------------------------
+# selection.method in the main job's config
+# --------------------------------------------------------------------------------------------------
+
+
+def test_selection_method_in_the_job_config_reaches_the_adapter(flashvlm_cache, one_thread, clip):
+    from pipeline.answer import load_adapter
+    from pipeline.config import ConfigError, load_config
+
+    demo = ROOT / "configs" / "demo.yaml"
+    cfg = load_config(demo, ["selection.method=random", "selection.method_options={seed: 3}", "selection.budget=8"])
+    adapter = load_adapter(cfg.model.model_dump(), cfg.selection.model_dump(), cfg.selection.library_options())
+    assert adapter.method == "random" and adapter.method_options == {"seed": 3}
+    first = adapter.answer_video(clip, ["Is there a red circle?"], max_new_tokens=1)[0]
+    features = adapter.encode_video(clip)
+    same = adapter.answer_features(features, ["Is there a red circle?"], max_new_tokens=1, budget=8, method="random",
+                                   options={"seed": 3})[0]
+    assert first.kept == same.kept and first.tokens_kept == 16
+    with pytest.raises(ConfigError, match=r"selection.method_options: method 'uniform' has no option 'seed'"):
+        load_config(demo, ["selection.method=uniform", "selection.method_options={seed: 1}"])
+    with pytest.raises(ConfigError, match=r"selection.split: method 'diversity' takes no split"):
+        load_config(demo, ["selection.method=diversity", "selection.split=global"])
