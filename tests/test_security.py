@@ -24,8 +24,11 @@ BASE = {
 
 @pytest.mark.parametrize("path", [p for p in sorted((ROOT / "configs").glob("*.yaml")) if not p.name.startswith("train_")], ids=lambda p: p.name)
 def test_shipped_configs_keep_trust_remote_code_off(path):
+    from pipeline.evaluate import EvalConfig
+
     assert "trust_remote_code" not in yaml.safe_load(path.read_text()).get("model", {})
-    assert load_config(path).model.trust_remote_code is False
+    schema = EvalConfig if path.name.startswith("eval_") else None  # evaluation configs extend the job's
+    assert load_config(path, schema=schema).model.trust_remote_code is False
 
 
 @pytest.mark.parametrize("setting, expected", [(None, False), (False, False), (True, True)])
