@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
-import string
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -27,7 +25,8 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}\\s]+")
+from pipeline.scoring import is_correct
+
 
 
 class _Strict(BaseModel):
@@ -73,11 +72,6 @@ class TrainConfig(_Strict):
     threads: Optional[int] = Field(default=2, ge=1, description="torch threads; None: torch's default")
     output: str = Field(default="flashvlm/checkpoints/shapes", description="checkpoint directory (save_pretrained)")
     save_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-
-
-def normalize_answer(text: Optional[str]) -> str:
-    """Lower-case, punctuation and whitespace stripped: how answers are compared with labels."""
-    return _PUNCTUATION.sub("", (text or "").lower())
 
 
 def decoded_clip(spec: Any) -> Any:
@@ -136,7 +130,7 @@ def qa_accuracy(adapter: Any, specs: list[Any]) -> dict[str, Any]:
         answers = adapter.answer_video(decoded_clip(spec), [q.question for q in items], max_new_tokens=4)
         for item, answer in zip(items, answers):
             count[item.question_type] += 1
-            right[item.question_type] += normalize_answer(answer.text) == normalize_answer(item.answer)
+            right[item.question_type] += bool(is_correct(answer.text, item.answer))
     per_type = {t: round(right[t] / count[t], 4) for t in shapes.QUESTION_TYPES if count[t]}
     overall = sum(right.values()) / max(1, sum(count.values()))
     return {"accuracy": per_type, "overall": round(overall, 4), "items": sum(count.values())}
