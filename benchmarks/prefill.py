@@ -1,11 +1,11 @@
 """Prefill time of a real-size VLM decoder: all visual tokens against FlashVLM's kept ones.
 
-    python benchmarks/prefill.py [--model llava-1.5-7b] [--layers 2] [--repeats 3] [--device cpu|cuda] [--threads T]
+    python benchmarks/prefill.py [--model llava-1.5-7b] [--layers 2] [--repeats 3] [--device cpu|cuda] [--dtype D] [--threads T]
 
 For each model shape (a function below per model; `--model` picks one) the decoder is built at its real
-width with random weights and a slice of `--layers` layers (float32 on CPU: a 2-layer slice keeps the run
-short, and prefill time grows linearly with layers, so the ratios hold for the full depth). One prompt
-holds one image's visual tokens plus a realistic ~40 text tokens. Timed:
+width with random weights and a slice of `--layers` layers (float32 on CPU, bfloat16 on CUDA by default,
+`--dtype` to choose; on CPU a 2-layer slice keeps the run short, and prefill time grows linearly with
+layers, so the ratios hold for the full depth). One prompt holds one image's visual tokens plus a realistic ~40 text tokens. Timed:
 
 - full: prefill of the prompt with all N visual tokens;
 - pruned K: `select_tokens` on that image's real-size features (vision Dv, projected D, saliency, the
@@ -301,13 +301,17 @@ def main() -> None:
                         help="CPU threads (default: torch's); 1 is steadier on a machine shared with other jobs")
     parser.add_argument("--weights", choices=["prepacked", "plain"], default="prepacked",
                         help="CPU only: decoder linears with oneDNN-prepacked weights, or plain nn.Linear")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="weights and activations (default: float32 on CPU, bfloat16 on CUDA)")
     args = parser.parse_args()
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    torch.set_default_dtype(getattr(torch, dtype))  # every weight and random input below is built in it
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shape = MODELS[args.model]()
     print(
-        f"{shape.name}: decoder width {shape.width}, {args.layers}-layer slice, float32, device {device}, "
+        f"{shape.name}: decoder width {shape.width}, {args.layers}-layer slice, {dtype}, device {device}, "
         f"weights {args.weights if device.type == 'cpu' else 'plain'}, "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}"
     )
@@ -317,7 +321,7 @@ def main() -> None:
     full = results["full"]
     print(f"\n  {'visual tokens':>14} {'prompt':>7} {'selection ms':>13} {'prefill+sel ms':>15} {'speedup':>8}")
     print(f"  {N:>14} {N + text:>7} {'-':>13} {full * 1e3:>15.1f} {1.0:>7.2f}x")
-    summary: dict[str, object] = {"model": shape.name, "layers": args.layers, "device": str(device),
+    summary: dict[str, object] = {"model": shape.name, "layers": args.layers, "device": str(device), "dtype": dtype,
                                   "weights": args.weights if device.type == "cpu" else "plain",
                                   "full_ms": round(full * 1e3, 1)}
     for budget in shape.budgets:

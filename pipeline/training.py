@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flashvlm.shapes_model import IGNORE_INDEX
 from pipeline.scoring import is_correct
 
 
@@ -35,7 +36,8 @@ class _Strict(BaseModel):
 
 class StageConfig(_Strict):
     kind: Literal["alignment", "qa"] = Field(description="alignment: captions, one turn a clip; qa: the task's questions")
-    steps: int = Field(ge=0, description="optimizer steps, one clip a step")
+    steps: int = Field(ge=0, description="optimizer steps")
+    batch: int = Field(default=1, ge=1, description="clips a step (one clip length a step), padded to the longest conversation")
     lr: float = Field(gt=0, description="peak learning rate (linear warm-up, cosine decay to 10%)")
     warmup: int = Field(default=100, ge=0, description="warm-up steps")
     frames: list[int] = Field(
@@ -81,6 +83,17 @@ def decoded_clip(spec: Any) -> Any:
 
     frames, _ = decode_bytes(shapes.encode_mp4(shapes.render(spec)), Sampling(frames=spec.frames, size=shapes.SIZE))
     return frames
+
+
+def collate(examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, S) input_ids, labels and attention_mask of (1, S_i) conversations, right-padded to the longest."""
+    length = max(ids.shape[1] for ids, _ in examples)
+    ids = torch.full((len(examples), length), pad_id)
+    labels = torch.full((len(examples), length), IGNORE_INDEX)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, : x.shape[1]], labels[row, : x.shape[1]], mask[row, : x.shape[1]] = x[0], y[0], 1
+    return ids, labels, mask
 
 
 def _lr_at(step: int, stage: StageConfig) -> float:
@@ -181,10 +194,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         running, t_stage, t_log = 0.0, time.time(), time.time()
         for step in range(stage.steps):
             frames = stage.frames[rng.randrange(len(stage.frames))]
-            spec = shapes.sample_clip(shapes.clip_seed("train", offset + step), frames)
-            ids, labels = conversation(adapter, frames, _turns(stage.kind, spec, rng, cfg.question_draws))  # (1, S), (1, S)
-            pixel_values = adapter.pixel_values(decoded_clip(spec))  # (T, 3, 336, 336)
-            loss = model(input_ids=ids, pixel_values=pixel_values, labels=labels).loss
+            specs = [shapes.sample_clip(shapes.clip_seed("train", offset + step * stage.batch + b), frames) for b in range(stage.batch)]
+            ids, labels, mask = collate(
+                [conversation(adapter, frames, _turns(stage.kind, spec, rng, cfg.question_draws)) for spec in specs],
+                adapter.tokenizer.pad_token_id,
+            )  # (B, S) each
+            pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
+            loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             for group in optimizer.param_groups:
@@ -194,7 +210,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             running += loss.item()
             if (step + 1) % cfg.log_every == 0 or step + 1 == stage.steps:
                 n = (step % cfg.log_every) + 1
-                rate = n / (time.time() - t_log)
+                rate = n * stage.batch / (time.time() - t_log)
                 curve.append((step + 1, round(running / n, 4)))
                 log(f"[{name}] step {step + 1}/{stage.steps}  loss {running / n:.4f}  lr {_lr_at(step, stage):.2e}  "
                     f"{rate:.2f} clips/s  {(time.time() - t_start) / 60:.1f} min")
@@ -202,7 +218,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < stage.steps:
                 scores.append((step + 1, validate(stage.kind, name)))
                 t_log = time.time()
-        offset += stage.steps
+        offset += stage.steps * stage.batch
         scores.append((stage.steps, validate(stage.kind, name)))
         save(model, processor, Path(cfg.output), cfg.save_dtype, log)  # each stage's end, so a stopped run keeps its work
         record["stages"].append({"kind": stage.kind, "frames": stage.frames, "steps": stage.steps, "minutes": round((time.time() - t_stage) / 60, 2),
