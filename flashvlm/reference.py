@@ -29,13 +29,13 @@ def reference_select_one(
     c = config or SelectionConfig()
     N = vision.shape[0]
     if budget >= N:
-        return torch.arange(N)
+        return torch.arange(N, device=vision.device)
     dtype = torch.float64 if torch.float64 in (vision.dtype, projected.dtype, saliency.dtype) else torch.float32
     V, P, a = vision.to(dtype), projected.to(dtype), saliency.to(dtype)
 
     # 1-2. relevance, sharpened
     if text is None or text.shape[0] == 0:
-        r = torch.zeros(N, dtype=dtype)
+        r = torch.zeros(N, dtype=dtype, device=P.device)  # on the inputs' device, as every other tensor here
     else:
         E = text.to(dtype)
         S = (P / P.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (E / E.norm(dim=1, keepdim=True).clamp_min(1e-12)).T

@@ -288,10 +288,16 @@ def test_cosine_matrix_is_the_full_product(seed, B, M, Dv):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_matches_cpu(dtype):
     inputs = [x.to(dtype) for x in make_inputs(11, 4, 576, 64, 96, 12, dtype=torch.float32)]
-    cpu = select_tokens(*inputs, 64)
-    gpu = select_tokens(*[x.cuda() for x in inputs], 64)
+    cpu, cpu_important = select_tokens(*inputs, 64, return_important=True)
+    gpu, gpu_important = select_tokens(*[x.cuda() for x in inputs], 64, return_important=True)
     assert gpu.device.type == "cuda"
-    # Rounding differs between devices, so near-ties may flip; nearly all kept tokens must agree.
-    overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(cpu, gpu.cpu())) / cpu.numel()
-    assert overlap > 0.9
     assert torch.equal(gpu, select_tokens(*[x.cuda() for x in inputs], 64)), "deterministic on CUDA"
+    # Rounding differs between devices, so near-ties may flip; nearly all important tokens must agree.
+    important = [(a[f], b[f2]) for a, f, b, f2 in zip(cpu, cpu_important, gpu.cpu(), gpu_important.cpu())]
+    assert sum(len(set(a.tolist()) & set(b.tolist())) for a, b in important) / cpu_important.sum() > 0.9
+    if dtype == torch.float32:
+        # Low-precision inputs tie often, and one tie broken the other way cascades through the greedy
+        # diversity step (a 1e-6 relative change of bfloat16 inputs moves ~40% of the background tokens
+        # on CPU alone): only in float32 must the background agree too.
+        overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(cpu, gpu.cpu())) / cpu.numel()
+        assert overlap > 0.9
