@@ -2,7 +2,7 @@
 """Train the small shapes LLaVA from a seed and save it where `flashvlm.load("flashvlm-tiny/shapes")` finds it.
 
     python jobs/train_shapes.py                                     # configs/train_shapes.yaml
-    python jobs/train_shapes.py --set seed=1 --set output=/tmp/shapes --set qa.steps=100
+    python jobs/train_shapes.py --set seed=1 --set output=/tmp/shapes --set stages.1.steps=100
 
 Prints the loss, clips/s and a validation score per stage, and ends with a JSON line: the test split's
 accuracy per question type at full budget (every visual token).
@@ -28,7 +28,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "train_shapes.yaml"), help="YAML config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set qa.steps=100 (repeatable; values are YAML)")
+                        help="override a config key, e.g. --set stages.1.steps=100 (repeatable; values are YAML)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides, schema=TrainConfig)
