@@ -5,8 +5,8 @@
     python benchmarks/scale.py --store s3             # a moto S3 server on 127.0.0.1: 2,000 and 20,000 objects
 
 Setup (once, outside the timing, reused when present): under --root (default /tmp/flashvlm-scale) the
-largest size as empty-ish files in folders of 1,000 (`part-NN/` holds 100,000 each, so the smaller size is
-a subfolder), and for each size an output folder whose answers table holds 2 prior rows per video in the
+largest size as empty-ish files in folders of 1,000 (`part-NN/` holds 100,000 each, or with --store s3 the
+smaller size, so the smaller size is a subfolder), and for each size an output folder whose answers table holds 2 prior rows per video in the
 real schema (pipeline.schema.ANSWERS), 5% of the videos at a stale version. The job asks both questions, so
 the filter must find the 5% (two questions each) left to do.
 
@@ -189,14 +189,14 @@ def start_moto():
     return proc, options
 
 
-def make_objects(options: dict, bucket: str, n: int) -> None:
+def make_objects(options: dict, bucket: str, n: int, per_part: int) -> None:
     import boto3
     import s3fs
 
     boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="k", aws_secret_access_key="s",
                  region_name="us-east-1").create_bucket(Bucket=bucket)
     fs = s3fs.S3FileSystem(**options)
-    keys = {f"{bucket}/in/part-{i // PER_PART:02d}/d{i // PER_FOLDER:04d}/v{i:08d}.mp4": b"x" for i in range(n)}
+    keys = {f"{bucket}/in/part-{i // per_part:02d}/d{i // PER_FOLDER:04d}/v{i:08d}.mp4": b"x" for i in range(n)}
     fs.pipe(keys, batch_size=256)  # s3fs sends these concurrently
 
 
@@ -211,12 +211,15 @@ def main() -> None:
         print(json.dumps(measure(args.measure[0], args.measure[1], json.loads(args.measure[2]) or None)))
         return
     sizes = sorted(args.sizes or ([100_000, 1_000_000] if args.store == "local" else [2_000, 20_000]))
+    # The smaller sizes are the first part folder of the largest: local files keep 100,000 a part (reused
+    # across runs); S3 objects are made fresh, in parts of the smallest size.
+    per_part = PER_PART if args.store == "local" else sizes[0]
     results, moto = {}, None
     try:
         if args.store == "s3":
             moto, options = start_moto()
             bucket = "scale"
-            make_objects(options, bucket, sizes[-1])
+            make_objects(options, bucket, sizes[-1], per_part)
             base, out_base = f"s3://{bucket}/in", f"s3://{bucket}/out"
         else:
             options, root = None, Path(args.root)
@@ -225,8 +228,8 @@ def main() -> None:
         for n in sizes:
             # the smaller size is the first part(s) of the larger one: a subfolder when it is one part
             input_uri = base if n == sizes[-1] else f"{base}/part-00"
-            if n != sizes[-1] and n != min(PER_PART, sizes[-1]):
-                raise SystemExit(f"--sizes: a smaller size must be {PER_PART} (one part folder)")
+            if n != sizes[-1] and n != min(per_part, sizes[-1]):
+                raise SystemExit(f"--sizes: a smaller size must be {per_part} (one part folder)")
             output_uri = f"{out_base}/out-{label(n)}"
             make_answers(input_uri, output_uri, options)
             results[n] = run_child(input_uri, output_uri, options)
