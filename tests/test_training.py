@@ -57,8 +57,9 @@ def test_a_padded_batch_has_the_loss_of_its_examples(model_and_adapter):
 
 
 @pytest.mark.slow
-def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path):
+def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path, monkeypatch):
     import flashvlm
+    import flashvlm.models
 
     cfg = TrainConfig(
         frames=1,
@@ -77,3 +78,10 @@ def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path):
     model, _ = flashvlm.load(str(tmp_path / "ckpt"))  # the from_pretrained path a hub id takes
     assert type(model).__name__ == "LlavaForConditionalGeneration" and model.dtype == torch.float16  # as saved
     assert flashvlm.load(str(tmp_path / "ckpt"), dtype="float32")[0].dtype == torch.float32
+
+    # "flashvlm-tiny/shapes" is the package's checkpoint directory, and a clear error while it has none
+    monkeypatch.setattr(flashvlm.models, "checkpoint_dir", lambda: tmp_path / "ckpt")
+    assert flashvlm.load("flashvlm-tiny/shapes")[0].config.text_config.hidden_size == 128
+    monkeypatch.setattr(flashvlm.models, "checkpoint_dir", lambda: tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="flashvlm-tiny/shapes: no trained checkpoint at .*none.*train_shapes"):
+        flashvlm.load("flashvlm-tiny/shapes")

@@ -20,6 +20,7 @@ import torch
 
 from flashvlm.models.base import KeptTokens, TokenSelectionAdapter, VideoAnswer, load_processor
 from flashvlm.selection import SelectionConfig
+from flashvlm.shapes_model import SHAPES_MODEL, checkpoint_dir
 
 # Model class name -> "module:adapter class".
 ADAPTERS = {
@@ -52,7 +53,8 @@ def load(
     """(model, processor) from a hub id or a local checkpoint directory, model in eval mode.
 
     "flashvlm-tiny/llava" and "flashvlm-tiny/qwen2_5_vl" name tiny random checkpoints built offline on
-    first use (see flashvlm.tiny_models) and then loaded through the same from_pretrained path. Where the
+    first use (see flashvlm.tiny_models) and then loaded through the same from_pretrained path;
+    "flashvlm-tiny/shapes" names the shapes model's checkpoint in the package (flashvlm.shapes_model). Where the
     AutoProcessor cannot be built without torchvision (Qwen2.5-VL's video processor), the family's
     torchvision-free processor with the same call is returned instead.
     dtype: a torch.dtype, "float32", "bfloat16", "float16" or "auto"; None keeps from_pretrained's default.
@@ -65,7 +67,17 @@ def load(
         raise ValueError(f"name_or_path must be a hub id or a directory, got {name_or_path!r}")
     if not isinstance(trust_remote_code, bool):
         raise ValueError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
-    path = tiny_models.tiny_model_path(name_or_path) if tiny_models.is_tiny_model(name_or_path) else str(name_or_path)
+    if str(name_or_path) == SHAPES_MODEL:  # the shapes model trained here: a checkpoint inside the package
+        path = str(checkpoint_dir())
+        if not (checkpoint_dir() / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{SHAPES_MODEL}: no trained checkpoint at {path}; `python jobs/train_shapes.py` writes one there "
+                "(or pass the directory another run wrote)"
+            )
+    elif tiny_models.is_tiny_model(name_or_path):
+        path = tiny_models.tiny_model_path(name_or_path)
+    else:
+        path = str(name_or_path)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     resolved = _resolve_dtype(dtype)
     if resolved is not None:
