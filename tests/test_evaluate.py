@@ -1,6 +1,7 @@
 """The evaluation: scoring rules, the labels file's checks, the adapter's feature reuse and multiple-choice
 likelihoods on the tiny random LLaVA, and (slow, Ray) jobs/evaluate.py on generated shapes clips plus a
-broken video, and the main job's expected/correct columns over labelled clips."""
+broken video (tiny LLaVA; tiny Qwen2.5-VL on one clip), and the main job's expected/correct columns over
+labelled clips."""
 
 import json
 import math
@@ -225,6 +226,42 @@ def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, fl
     assert Path(plot).is_file() and Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = list((out_uri / "runs").glob("date=*/*.parquet"))
     assert len(runs) == 1 and pq.read_table(runs[0]).column("status").to_pylist() == ["succeeded"]
+
+
+@pytest.mark.slow
+def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(ray_local, flashvlm_cache, tmp_path, capsys):
+    """Any model flashvlm.load takes: Qwen2.5-VL, whose "frames" are temporal patches of merged tokens, on one
+    clip with an open and a multiple-choice question, two methods at one budget besides the full one."""
+    from flashvlm.shapes import write_split
+    from pipeline.evaluate import main
+
+    split = write_split(tmp_path / "shapes", "test", 1, frames=2).parent
+    labels = split / "labels.jsonl"
+    labels.write_text(
+        json.dumps({"video_uri": "clip_00000.mp4", "question": "What colour is the star?", "answer": "red"}) + "\n"
+        + json.dumps({"video_uri": "clip_00000.mp4", "question": "Which shape moves?", "choices": ["A. star", "B. circle"],
+                      "answer": "A"}) + "\n"
+    )
+    out_uri = tmp_path / "out"
+    code = main([
+        "--set", "model.name=flashvlm-tiny/qwen2_5_vl", "--set", f"input.uri={split}", "--set", f"questions_file={labels}",
+        "--set", f"output.uri={out_uri}", "--set", "sampling.frames=2", "--set", "sampling.size=112",
+        "--set", "evaluation.budgets=[null, 4]", "--set", "evaluation.generate_shapes=null",
+        "--set", "evaluation.settings=[{method: uniform}, {method: random, options: {seed: 1}}]",
+    ])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert summary["model"] == "flashvlm-tiny/qwen2_5_vl" and summary["items"] == 2
+    assert [(r["method"], r["budget"]) for r in summary["results"]] == [("full", None), ("uniform", 4), ("random", 4)]
+    assert summary["results"][0]["agreement"] == 1.0
+    rows = pq.read_table(next((out_uri / "evaluations").glob("date=*/*.parquet"))).to_pylist()
+    assert len(rows) == 2 * 3 and all(r["error"] is None for r in rows), [r["error"] for r in rows]
+    for r in rows:  # 2 frames: one temporal patch of 4 x 4 merged tokens at 112 px
+        assert r["frames"] == 1 and r["tokens_total"] == 16
+        assert r["tokens_kept"] == (16 if r["budget"] is None else 4)
+        assert r["correct"] is not None and (r["choice_scores"] is None) == (r["choices"] is None)
+    assert Path(next(l for l in printed.splitlines() if l.startswith("plot: ")).removeprefix("plot: ")).is_file()
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -23,8 +24,10 @@ from flashvlm.models.qwen2_5_vl_inputs import (
     chat_prompt,
     patchify_frames,
 )
+from flashvlm.selectors import grid_positions
 
 QUESTIONS = ["What is the man holding?", "What happens in the video?"]
+METHODS = {"flashvlm": {}, "saliency": {}, "diversity": {}, "uniform": {}, "random": {"seed": 3}}  # with their options
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -404,3 +407,146 @@ def test_load_tiny_by_name_and_answer(tiny_qwen_path):
     model, processor = flashvlm.load(TINY_QWEN2_5_VL, dtype="float32")
     answers = flashvlm.wrap(model, budget=4, processor=processor).answer_video(frames(4), QUESTIONS, max_new_tokens=3)
     assert [a.tokens_kept for a in answers] == [8, 8]
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparison selectors (flashvlm.selectors.METHODS) and the evaluation's features-once API
+# ------------------------------------------------------------------------------------------------
+
+
+def full_positions(model, inputs):
+    """(3, B, S) MRoPE ids of the unpruned prompt, as the model computes them."""
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+        second_per_grid_ts=inputs.get("second_per_grid_ts"),
+        attention_mask=inputs["attention_mask"],
+    )
+    return positions
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("shape", [(4, 112, 112), (6, 112, 56)])  # 2 patches of 4 x 4 merged tokens; 3 of 4 x 2
+def test_every_method_keeps_the_budget_per_temporal_patch_at_original_positions(tiny, method, shape):
+    model, processor = tiny
+    clip = frames(*shape, seed=11)
+    T, rows, cols = shape[0] // 2, shape[1] // 28, shape[2] // 28  # temporal patches, merged-token grid
+    N, budget = rows * cols, 3
+    vlm = Qwen2_5_VLAdapter(model, budget=budget, processor=processor, method=method, method_options=METHODS[method])
+    with LMInputs(model) as seen:
+        answers = vlm.answer_video(clip, QUESTIONS, max_new_tokens=2)
+    for answer in answers:
+        assert answer.tokens_kept == budget * T and answer.tokens_total == N * T and len(answer.kept) == T
+        assert sum(len(k) for k in answer.kept) == budget * T
+        assert all(k == sorted(set(k)) and all(0 <= p < N for p in k) for k in answer.kept)
+        if method == "uniform":  # the same positions in every temporal patch, spread over its rows x cols grid
+            assert answer.kept == [grid_positions(rows, cols, budget).tolist()] * T
+        if method in ("diversity", "uniform", "random"):  # no important / background split: all False
+            assert not any(flag for frame in answer.important for flag in frame)
+    # The kept tokens keep their original MRoPE ids: the unpruned prompt's ids at the kept columns.
+    inputs = processor.video_question_inputs(clip, QUESTIONS)
+    positions = full_positions(model, inputs)  # (3, B, S)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    is_video = ids == model.config.video_token_id
+    prefill = seen.calls[0]["position_ids"]  # (4, B, S')
+    for b, answer in enumerate(answers):
+        flat = torch.tensor([t * N + p for t, kept in enumerate(answer.kept) for p in kept])
+        keep = mask[b] & ~is_video[b]
+        keep[is_video[b]] = torch.zeros(N * T, dtype=torch.bool).index_fill_(0, flat, True)
+        expected = positions[:, b, keep]  # (3, S'_b)
+        assert torch.equal(prefill[1:, b, -expected.shape[1] :], expected)
+
+
+def test_random_is_reproducible_by_seed(tiny):
+    model, processor = tiny
+    clip = frames(4, seed=12)
+
+    def kept(seed):
+        vlm = Qwen2_5_VLAdapter(model, budget=3, processor=processor, method="random", method_options={"seed": seed})
+        return [a.kept for a in vlm.answer_video(clip, QUESTIONS, max_new_tokens=1)]
+
+    assert kept(5) == kept(5) and kept(5) != kept(6)
+    # The same draw from features computed once (the evaluation's path).
+    vlm = Qwen2_5_VLAdapter(model, budget=None, processor=processor)
+    again = vlm.answer_features(vlm.encode_video(clip), QUESTIONS, max_new_tokens=1, budget=3, method="random", options={"seed": 5})
+    assert [a.kept for a in again] == kept(5)
+
+
+def test_uniform_takes_the_clips_own_grid_and_refuses_another(tiny):
+    model, processor = tiny
+    clip = frames(4, 112, 56, seed=13)  # each temporal patch: 4 rows x 2 columns of merged tokens
+
+    def uniform(**options):
+        vlm = Qwen2_5_VLAdapter(model, budget=2, processor=processor, method="uniform", method_options=options)
+        return vlm.answer_video(clip, QUESTIONS[:1], max_new_tokens=1)[0].kept
+
+    assert uniform() == uniform(grid=(4, 2)) == [grid_positions(4, 2, 2).tolist()] * 2
+    with pytest.raises(ValueError, match=r"grid: method_options grid \(2, 4\) is not the model's token grid \(4, 2\)"):
+        uniform(grid=(2, 4))
+
+
+def test_images_are_selected_by_the_method_too(tiny, batch):
+    """generate: the two images (4 x 4 and 2 x 4 merged tokens) and the clip all go through `uniform`."""
+    model, processor = tiny
+    vlm = Qwen2_5_VLAdapter(model, budget=3, processor=processor, method="uniform")
+    _, kept = generate(vlm, batch, guide_text=QUESTIONS, return_kept=True)
+    assert kept.indices[0].tolist() == grid_positions(4, 4, 3).tolist()
+    assert kept.indices[1].tolist() == grid_positions(2, 4, 3).tolist()
+    assert kept.indices[2].tolist() == [t * 16 + p for t in range(2) for p in grid_positions(4, 4, 3).tolist()]
+    assert not any(flags.any() for flags in kept.important)
+
+
+def test_answer_features_matches_answer_video_at_every_setting(tiny):
+    model, processor = tiny
+    clip = frames(4, 112, 56, seed=14)
+    vlm = Qwen2_5_VLAdapter(model, budget=None, processor=processor)
+    tower_calls = []
+    handle = model.model.visual.register_forward_hook(lambda *a: tower_calls.append(1))
+    try:
+        features = vlm.encode_video(clip)
+        settings = [vlm.answer_features(features, QUESTIONS, max_new_tokens=3, budget=3, method=m, options=o) for m, o in METHODS.items()]
+    finally:
+        handle.remove()
+    assert len(tower_calls) == 1  # one tower pass serves every setting
+    assert features.grid == (4, 2) and features.frames == 2 and features.tokens_per_frame == 8
+    for (method, options), again in zip(METHODS.items(), settings):
+        direct = Qwen2_5_VLAdapter(model, budget=3, processor=processor, method=method, method_options=options)
+        direct = direct.answer_video(clip, QUESTIONS, max_new_tokens=3)
+        assert [(a.text, a.kept, a.important) for a in again] == [(a.text, a.kept, a.important) for a in direct], method
+    full = vlm.answer_features(features, QUESTIONS, max_new_tokens=3)
+    assert [a.text for a in full] == [a.text for a in vlm.answer_video(clip, QUESTIONS, max_new_tokens=3)]
+    assert all(a.tokens_kept == a.tokens_total == 16 and a.important is None for a in full)
+    with pytest.raises(ValueError, match="features must be"):
+        vlm.answer_features(object(), QUESTIONS)
+    with pytest.raises(ValueError, match="has no option 'seed'"):
+        vlm.answer_features(features, QUESTIONS, budget=3, method="uniform", options={"seed": 1})
+
+
+def test_score_choices_is_the_sum_of_option_token_log_probs(tiny):
+    """Worked by hand at full budget: the model's own forward over the unpruned prompt + option, its own
+    MRoPE ids, and the log-probabilities of the option's tokens summed; the pick is the highest sum."""
+    model, processor = tiny
+    clip = frames(4, seed=15)
+    vlm = Qwen2_5_VLAdapter(model, budget=None, processor=processor)
+    features = vlm.encode_video(clip)
+    question, choices = QUESTIONS[0], ["a red ball", "blue", "up"]
+    scores, best = vlm.score_choices(features, question, choices)
+    inputs = processor.video_question_inputs(clip, question)  # (1, S)
+    S = inputs["input_ids"].shape[1]
+    for choice, score in zip(choices, scores):
+        option = processor.tokenizer(choice, add_special_tokens=False)["input_ids"]
+        ids = torch.cat([inputs["input_ids"][0], torch.tensor(option)])[None]  # (1, S + n)
+        full = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
+        full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(option), dtype=torch.int32)], 1)
+        model.model.rope_deltas = None
+        with torch.no_grad():
+            logprobs = model(**full).logits[0].float().log_softmax(-1)
+        by_hand = sum(float(logprobs[S - 1 + i, t]) for i, t in enumerate(option))
+        assert math.isclose(score, by_hand, rel_tol=1e-4, abs_tol=1e-3), (choice, score, by_hand)
+    assert best.text == choices[int(np.argmax(scores))]
+    _, pruned = vlm.score_choices(features, question, choices, budget=2, method="uniform")
+    assert pruned.tokens_kept == 4 and pruned.kept == [grid_positions(4, 4, 2).tolist()] * 2
+    with pytest.raises(ValueError, match="choices must be"):
+        vlm.score_choices(features, question, [])

@@ -10,8 +10,12 @@ come from. Everything after that is the same for every decoder-only VLM and live
 - generation on the pruned sequence, returning ids laid out as `model.generate` lays them out for the
   unpruned prompt (`generate_pruned`);
 - what a call kept (`KeptTokens`), the per-video answer record (`VideoAnswer`), and the adapter itself
-  (`TokenSelectionAdapter`): its settings, the ids it reads off the model's config, and `answer_video`,
-  whose family-specific part is `video_batch`.
+  (`TokenSelectionAdapter`): its settings, the ids it reads off the model's config, `answer_video`,
+  whose family-specific part is `video_batch`, and the evaluation's features-once API (`answer_features`,
+  `score_choices` on `encode_video`'s `VideoFeatures`), whose family-specific parts are `encode_video`,
+  `feature_prompts` and `feature_batch`;
+- which keywords a selector gets (`selector_options`): the rule's constants, split, the method's own
+  options, and the model's token grid for uniform.
 
 Shapes: B prompts (rows), S prompt length, M images in the batch, N visual tokens per image, D the
 language model's width, L guide-text tokens, K kept tokens.
@@ -70,17 +74,27 @@ class VideoAnswer:
 class VideoFeatures:
     """A clip's vision side, computed once and reused by every selection setting and question.
 
-    vision (T, N, Dv), projected (T, N, D) and saliency (T, N), as `encode_images` returns them for
-    the T frames; pixel-free, so any number of `answer_features` / `score_choices` calls can share it.
+    vision (T, N, Dv) the features diversity is measured on, projected (T, N, D) what the language model
+    reads, saliency (T, N) float32 (None only inside a family's `video_batch` when nothing is pruned), for
+    the T frames (Qwen2.5-VL: temporal patches), each frame's N tokens in raster order over `grid`
+    (rows, cols). seconds_per_frame: the time one frame covers, for models whose positions encode time
+    (Qwen2.5-VL), else None. Pixel-free, so any number of `answer_features` / `score_choices` calls can
+    share it.
     """
 
     vision: torch.Tensor
     projected: torch.Tensor
-    saliency: torch.Tensor
+    saliency: torch.Tensor | None
+    grid: tuple[int, int]
+    seconds_per_frame: float | None = None
 
     @property
     def frames(self) -> int:
         return int(self.vision.shape[0])
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return int(self.vision.shape[1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,8 +408,9 @@ class TokenSelectionAdapter(ABC):
 
     This class holds the budget, the rule's constants, the guide mode and the processor, reads the token
     ids it needs off the model's config, embeds the guide text, and answers questions about a video
-    (`answer_video`). A family (one subclass per model family) implements `generate` on its processor's
-    outputs and `video_batch`: a clip and its questions, selected and pruned.
+    (`answer_video`) or about a clip's features computed once (`answer_features`, `score_choices`). A family
+    (one subclass per model family) implements `generate` on its processor's outputs, `video_batch` (a clip
+    and its questions, selected and pruned), `encode_video`, `feature_prompts` and `feature_batch`.
     """
 
     def __init__(
@@ -431,15 +446,27 @@ class TokenSelectionAdapter(ABC):
         self.method = method
         self.method_options = dict(method_options or {})
 
-    def clip_options(self, method: str, options: dict[str, Any] | None) -> dict[str, Any]:
-        """The keywords `flashvlm.selectors.select_video` gets for `method`: the adapter's split /
-        min_per_frame where the method takes them, the rule's constants, then `options` (which win)."""
+    def selector_options(
+        self, method: str, options: dict[str, Any] | None, grid: tuple[int, int], *, video: bool = True
+    ) -> dict[str, Any]:
+        """The keywords `flashvlm.selectors.select_video` (video) or `select` (an image) gets for `method`:
+        the adapter's split / min_per_frame where the method takes them, the rule's constants, `options`
+        (which win), and for methods that take one (uniform) the token grid of the image or of each frame,
+        (rows, cols) in raster order. A grid in `options` must be that grid: the model's own is known."""
         from flashvlm.selectors import method_options
 
-        known = method_options(method, video=True)
+        known = method_options(method, video=video)
         out: dict[str, Any] = {k: v for k, v in self.video_options.items() if k in known}
         out["config"] = self.config
         out.update(options or {})
+        if "grid" in known:
+            given = out.get("grid")
+            if given is not None and (not isinstance(given, (tuple, list)) or tuple(given) != tuple(grid)):
+                raise ValueError(
+                    f"grid: method_options grid {given!r} is not the model's token grid {tuple(grid)} (rows, cols) of "
+                    f"this {'clip' if video else 'image'}; leave grid out, the adapter passes its own"
+                )
+            out["grid"] = tuple(grid)
         return out
 
     def __repr__(self) -> str:
@@ -535,6 +562,32 @@ class TokenSelectionAdapter(ABC):
     def video_batch(self, frames: np.ndarray, questions: list[str], fps: float | None) -> VideoBatch:
         """The prompts of `questions` about one clip (frames: checked uint8 (T, H, W, 3)), selected and pruned."""
 
+    @abstractmethod
+    def encode_video(self, frames: np.ndarray | torch.Tensor, fps: float | None = None) -> VideoFeatures:
+        """The clip's vision side, one vision-tower pass for uint8 (T, H, W, 3) frames, saliency included."""
+
+    @abstractmethod
+    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded (Q, S) input_ids and attention_mask of one video prompt per question about the clip."""
+
+    @abstractmethod
+    def feature_batch(
+        self,
+        features: VideoFeatures,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        questions: list[str],
+        budget: int | None,
+        method: str,
+        options: dict[str, Any] | None,
+    ) -> VideoBatch:
+        """Select with `method` (`flashvlm.selectors.METHODS`) and its `options` at `budget` tokens per frame
+        (None: all) and prune the (Q, S) prompts (rows may be right-padded) over one clip's features."""
+
+    # What separates the prompt from an option's text in `score_choices` (the prompt's last token and the
+    # option are tokenized apart, so the option's first token is the one the model would write there).
+    CHOICE_PREFIX = " "
+
     # -- video -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -573,3 +626,97 @@ class TokenSelectionAdapter(ABC):
         )
         texts = self.tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
         return video_answers(texts, batch.kept, batch.important, batch.frames, batch.tokens_per_frame)
+
+    # -- features computed once per clip, reused across selection settings (the evaluation's sweep) -----
+
+    def check_features(self, features: object) -> VideoFeatures:
+        """`features` as this adapter's `encode_video` returns them, or a ValueError."""
+        ok = isinstance(features, VideoFeatures) and features.vision.ndim == 3 and features.saliency is not None
+        if ok:
+            T, N = features.frames, features.tokens_per_frame
+            rows, cols = features.grid
+            ok = (
+                features.projected.shape[:2] == (T, N) and features.saliency.shape == (T, N) and rows * cols == N
+                and features.projected.shape[-1] == self.embed_tokens.weight.shape[1]
+            )
+        if not ok:
+            raise ValueError(f"features must be this adapter's encode_video(frames) result, got {type(features).__name__}")
+        return features
+
+    @torch.no_grad()
+    def answer_features(
+        self,
+        features: VideoFeatures,
+        questions: Sequence[str],
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        budget: int | None = None,
+        method: str = "flashvlm",
+        options: dict[str, Any] | None = None,
+    ) -> list[VideoAnswer]:
+        """`answer_video` on features from `encode_video`, at the given selection setting (not the
+        adapter's): budget per frame (None: all), method (`flashvlm.selectors.METHODS`), its options."""
+        features = self.check_features(features)
+        questions = check_questions(questions)
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
+        input_ids, attention_mask = self.feature_prompts(questions, features)  # (Q, S)
+        batch = self.feature_batch(features, input_ids, attention_mask, questions, budget, method, options)
+        return self.answer_batch(batch, max_new_tokens)
+
+    @torch.no_grad()
+    def score_choices(
+        self,
+        features: VideoFeatures,
+        question: str,
+        choices: Sequence[str],
+        *,
+        budget: int | None = None,
+        method: str = "flashvlm",
+        options: dict[str, Any] | None = None,
+    ) -> tuple[list[float], VideoAnswer]:
+        """Multiple choice as lmms-eval scores it: the log-likelihood of each option after the prompt.
+
+        Each option's score is the sum of the log-probabilities of its tokens (tokenized without special
+        tokens, appended right after the prompt with `CHOICE_PREFIX`) given the pruned video prompt and the
+        option's earlier tokens. The selection is the question's own (guided by `question`, not by the
+        option), the same for every option. Returns (scores per option, the kept tokens as a VideoAnswer
+        whose text is the best option).
+        """
+        features = self.check_features(features)
+        question = check_questions([question])[0]
+        if isinstance(choices, str) or not isinstance(choices, (list, tuple)) or not choices \
+                or not all(isinstance(c, str) and c.strip() for c in choices):
+            raise ValueError(f"choices must be a non-empty list of non-empty str, got {choices!r}")
+        T, N, C = features.frames, features.tokens_per_frame, len(choices)
+        prompt_ids, prompt_mask = self.feature_prompts([question], features)  # (1, S)
+        option_ids = [self.tokenizer(self.CHOICE_PREFIX + c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(not ids for ids in option_ids):
+            raise ValueError(f"choices: an option tokenizes to nothing: {choices!r}")
+        # Rows: prompt + option, right-padded; prune_sequences drops the padding and left-pads afresh,
+        # so every pruned row ends with its option's tokens.
+        width = max(len(ids) for ids in option_ids)
+        pad = self.pad_token_id
+        tail = torch.tensor([ids + [pad] * (width - len(ids)) for ids in option_ids], dtype=prompt_ids.dtype)  # (C, W)
+        tail_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in option_ids], dtype=prompt_mask.dtype)
+        input_ids = torch.cat([prompt_ids.expand(C, -1), tail], dim=1)  # (C, S + W)
+        attention_mask = torch.cat([prompt_mask.expand(C, -1), tail_mask], dim=1)
+        batch = self.feature_batch(features, input_ids, attention_mask, [question] * C, budget, method, options)
+        pruned = batch.pruned
+        # The family's own positions (Qwen2.5-VL: the kept tokens' original MRoPE ids), else positions that
+        # count real tokens only, as generate does for a left-padded prompt.
+        position_ids = batch.generate_kwargs.get("position_ids")
+        if position_ids is None:
+            position_ids = (pruned.attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (C, S')
+        logits = self.model(
+            inputs_embeds=pruned.inputs_embeds, attention_mask=pruned.attention_mask, position_ids=position_ids,
+        ).logits  # (C, S', V)
+        logprobs = logits.float().log_softmax(dim=-1)
+        scores = []
+        for c, ids in enumerate(option_ids):
+            n = len(ids)
+            target = torch.tensor(ids, device=logprobs.device)  # (n,) the option, at the row's last n positions
+            predicted = logprobs[c, -n - 1 : -1]  # (n, V) position i predicts token i + 1
+            scores.append(float(predicted.gather(1, target[:, None]).sum()))
+        best = max(range(C), key=lambda i: scores[i])
+        important = None if batch.important is None else batch.important[:1]
+        return scores, video_answers([choices[best]], batch.kept[:1], important, T, N)[0]

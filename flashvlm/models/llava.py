@@ -30,22 +30,17 @@ import torch
 from torch import nn
 
 from flashvlm.models.base import (
-    DEFAULT_MAX_NEW_TOKENS,
     KeptTokens,
     TokenSelectionAdapter,
-    VideoAnswer,
     VideoBatch,
     VideoFeatures,
     check_budget,
     check_frames,
     check_guide_text,
-    check_max_new_tokens,
-    check_questions,
     check_prompt,
     generate_pruned,
     kept_mask,
     prune_sequences,
-    video_answers,
     visual_placeholders,
 )
 from flashvlm.selection import select_tokens
@@ -233,7 +228,9 @@ class LlavaAdapter(TokenSelectionAdapter):
         self.feature_block = layers[self.feature_layer]
         self.attention = self.feature_block.self_attn
         vision = config.vision_config
-        self.tokens_per_image = (vision.image_size // vision.patch_size) ** 2  # N: 576 for LLaVA-1.5
+        side = vision.image_size // vision.patch_size
+        self.token_grid = (side, side)  # an image's patches, raster order: 24 x 24 for LLaVA-1.5
+        self.tokens_per_image = side * side  # N: 576 for LLaVA-1.5
         self.image_token_id = config.image_token_id
         self._pixel_tables: dict[tuple[int, int], PixelTable | None] = {}  # per frame size
         self._short_prompts: bool | None = None  # one <image> per frame, expanded: checked on first use
@@ -382,7 +379,7 @@ class LlavaAdapter(TokenSelectionAdapter):
         the clip, and each question chooses its own `budget * T` visual tokens across it with the adapter's
         method (`flashvlm.selectors.select_video`; flashvlm by default). (fps: unused.)"""
         features = self.encode_video(frames)
-        input_ids, attention_mask = self.video_prompts(questions, features.frames)  # (Q, S)
+        input_ids, attention_mask = self.feature_prompts(questions, features)  # (Q, S)
         return self.feature_batch(features, input_ids, attention_mask, questions, self.budget, self.method, self.method_options)
 
     # ----------------------------------------------------------------------------------------------
@@ -390,16 +387,21 @@ class LlavaAdapter(TokenSelectionAdapter):
     # ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_video(self, frames: np.ndarray | torch.Tensor) -> VideoFeatures:
-        """The clip's vision features, projection and saliency: one vision-tower pass for uint8 (T, H, W, 3)."""
+    def encode_video(self, frames: np.ndarray | torch.Tensor, fps: float | None = None) -> VideoFeatures:
+        """The clip's vision features, projection and saliency: one vision-tower pass for uint8 (T, H, W, 3).
+        (fps: unused, LLaVA's positions do not encode time.)"""
         frames = check_frames(frames)
         vision, projected, saliency = self.encode_images(self.pixel_values(frames))  # (T, N, Dv), (T, N, D), (T, N)
-        return VideoFeatures(vision=vision, projected=projected, saliency=saliency)
+        return VideoFeatures(vision=vision, projected=projected, saliency=saliency, grid=self.token_grid)
 
-    def _check_features(self, features: object) -> VideoFeatures:
-        if not isinstance(features, VideoFeatures) or features.vision.ndim != 3 or features.vision.shape[1] != self.tokens_per_image:
-            raise ValueError(f"features must be this adapter's encode_video(frames) result, got {type(features).__name__}")
+    def check_features(self, features: object) -> VideoFeatures:
+        features = super().check_features(features)
+        if features.tokens_per_frame != self.tokens_per_image:
+            raise ValueError(f"features must be this adapter's encode_video(frames) result ({self.tokens_per_image} tokens per frame)")
         return features
+
+    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.video_prompts(questions, features.frames)
 
     def feature_batch(
         self,
@@ -434,7 +436,7 @@ class LlavaAdapter(TokenSelectionAdapter):
                 budget * T,
                 text_mask=text_mask,
                 return_important=True,
-                **self.clip_options(method, options),
+                **self.selector_options(method, options, self.token_grid),
             )  # (Q, K) frame-major ascending into T*N, and (Q, K) important flags
         rows = features.projected.reshape(T * N, -1)[kept.reshape(-1)]  # (Q*K, D) the kept rows, question by question
         keep_visual = kept_mask(kept, T * N).reshape(-1)  # (Q*T*N,)
@@ -442,78 +444,3 @@ class LlavaAdapter(TokenSelectionAdapter):
             input_ids, attention_mask, is_visual, keep_visual, rows, self.embed_tokens, self.pad_token_id
         )
         return VideoBatch(input_ids, pruned, kept, important, frames=T, tokens_per_frame=N)
-
-    @torch.no_grad()
-    def answer_features(
-        self,
-        features: VideoFeatures,
-        questions: Sequence[str],
-        *,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-        budget: int | None = None,
-        method: str = "flashvlm",
-        options: dict[str, Any] | None = None,
-    ) -> list[VideoAnswer]:
-        """`answer_video` on features from `encode_video`, at the given selection setting (not the
-        adapter's): budget per frame (None: all), method (`flashvlm.selectors.METHODS`), its options."""
-        features = self._check_features(features)
-        questions = check_questions(questions)
-        max_new_tokens = check_max_new_tokens(max_new_tokens)
-        input_ids, attention_mask = self.video_prompts(questions, features.frames)  # (Q, S)
-        batch = self.feature_batch(features, input_ids, attention_mask, questions, budget, method, options)
-        return self.answer_batch(batch, max_new_tokens)
-
-    @torch.no_grad()
-    def score_choices(
-        self,
-        features: VideoFeatures,
-        question: str,
-        choices: Sequence[str],
-        *,
-        budget: int | None = None,
-        method: str = "flashvlm",
-        options: dict[str, Any] | None = None,
-    ) -> tuple[list[float], VideoAnswer]:
-        """Multiple choice as lmms-eval scores it: the log-likelihood of each option after the prompt.
-
-        Each option's score is the sum of the log-probabilities of its tokens (tokenized without special
-        tokens, appended right after "ASSISTANT:" with one space) given the pruned video prompt and the
-        option's earlier tokens. The selection is the question's own (guided by `question`, not by the
-        option), the same for every option. Returns (scores per option, the kept tokens as a VideoAnswer
-        whose text is the best option).
-        """
-        features = self._check_features(features)
-        question = check_questions([question])[0]
-        if isinstance(choices, str) or not isinstance(choices, (list, tuple)) or not choices \
-                or not all(isinstance(c, str) and c.strip() for c in choices):
-            raise ValueError(f"choices must be a non-empty list of non-empty str, got {choices!r}")
-        T, N, C = features.frames, self.tokens_per_image, len(choices)
-        prompt_ids, prompt_mask = self.video_prompts([question], T)  # (1, S)
-        option_ids = [self.tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in choices]
-        if any(not ids for ids in option_ids):
-            raise ValueError(f"choices: an option tokenizes to nothing: {choices!r}")
-        # Rows: prompt + option, right-padded; prune_sequences drops the padding and left-pads afresh,
-        # so every pruned row ends with its option's tokens.
-        width = max(len(ids) for ids in option_ids)
-        pad = self.pad_token_id
-        tail = torch.tensor([ids + [pad] * (width - len(ids)) for ids in option_ids], dtype=prompt_ids.dtype)  # (C, W)
-        tail_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in option_ids], dtype=prompt_mask.dtype)
-        input_ids = torch.cat([prompt_ids.expand(C, -1), tail], dim=1)  # (C, S + W)
-        attention_mask = torch.cat([prompt_mask.expand(C, -1), tail_mask], dim=1)
-        batch = self.feature_batch(features, input_ids, attention_mask, [question] * C, budget, method, options)
-        pruned = batch.pruned
-        # Positions count real tokens only, as generate does for a left-padded prompt.
-        position_ids = (pruned.attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (C, S')
-        logits = self.model(
-            inputs_embeds=pruned.inputs_embeds, attention_mask=pruned.attention_mask, position_ids=position_ids,
-        ).logits  # (C, S', V)
-        logprobs = logits.float().log_softmax(dim=-1)
-        scores = []
-        for c, ids in enumerate(option_ids):
-            n = len(ids)
-            target = torch.tensor(ids, device=logprobs.device)  # (n,) the option, at the row's last n positions
-            predicted = logprobs[c, -n - 1 : -1]  # (n, V) position i predicts token i + 1
-            scores.append(float(predicted.gather(1, target[:, None]).sum()))
-        best = max(range(C), key=lambda i: scores[i])
-        important = None if batch.important is None else batch.important[:1]
-        return scores, video_answers([choices[best]], batch.kept[:1], important, T, N)[0]

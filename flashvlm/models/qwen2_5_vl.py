@@ -21,7 +21,10 @@ What is Qwen2.5-VL-specific, and nothing else:
   `<|vision_end|>` and all text are never pruned.
 
 Budgets: for an image, `budget` tokens are kept; for a video, `budget` is the average per frame (temporal
-patch of 2 frames), so a clip of t temporal patches keeps `budget * t` tokens through `select_video_tokens`.
+patch of 2 frames), so a clip of t temporal patches keeps `budget * t` tokens. The adapter's `method`
+(`flashvlm.selectors.METHODS`, flashvlm by default) picks them: `select` for an image, `select_video` for a
+clip, over merged tokens; uniform gets the merged-token grid (h / 2, w / 2) of the image or of each
+temporal patch, which need not be square. Whatever the method, kept tokens keep their original ids.
 
 Shapes: B prompts, S prompt length, P vision-tower rows (patches), H vision heads, Dv tower width,
 D language-model width, n tokens of one image or clip, T temporal patches, N tokens per temporal patch.
@@ -35,11 +38,16 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from flashvlm import selectors
 from flashvlm.models.base import (
     KeptTokens,
     PrunedPrompt,
     TokenSelectionAdapter,
     VideoBatch,
+    VideoFeatures,
+    check_budget,
+    check_fps,
+    check_frames,
     check_guide_text,
     check_prompt,
     generate_pruned,
@@ -48,7 +56,6 @@ from flashvlm.models.base import (
     prune_sequences,
 )
 from flashvlm.models.qwen2_5_vl_inputs import Qwen2_5_VLFrameProcessor, patchify_frames, video_prompt
-from flashvlm.selection import select_tokens
 
 # Qwen's mm_token_type_ids convention.
 TEXT, IMAGE, VIDEO = 0, 1, 2
@@ -216,14 +223,14 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
         kept.indices  # per image, then per video: kept indices (a clip's are flat, frame-major)
 
     split / min_per_frame: how a clip's budget is spread over its frames (see `select_video_tokens`).
+    method / method_options: the selector (`flashvlm.selectors.METHODS`) and its own options, for images and
+    clips alike.
     """
 
+    # The chat prompt ends "<|im_start|>assistant\n": an option's text follows it directly.
+    CHOICE_PREFIX = ""
+
     def __init__(self, model: Any, budget: int | None = None, **kwargs: Any) -> None:
-        if kwargs.get("method", "flashvlm") != "flashvlm" or kwargs.get("method_options"):
-            raise ValueError(
-                f"method {kwargs.get('method')!r} with options {kwargs.get('method_options') or {}}: the Qwen2.5-VL "
-                "adapter selects with flashvlm only (comparison selectors are wired into the LLaVA adapter so far)"
-            )
         if not hasattr(model, "model") or not hasattr(model.model, "visual") or not hasattr(model.model, "get_rope_index"):
             raise ValueError(f"model must be a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
         super().__init__(model, budget, **kwargs)
@@ -290,20 +297,26 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
 
     # -- selection ------------------------------------------------------------------------------------------
 
-    def _needs_pruning(self, item: EncodedVisual, is_video: bool) -> bool:
-        if self.budget is None:
+    @staticmethod
+    def _needs_pruning(item: EncodedVisual, is_video: bool, budget: int | None) -> bool:
+        if budget is None:
             return False
-        return self.budget * (item.frames if is_video else 1) < len(item)
+        return budget * (item.frames if is_video else 1) < len(item)
 
-    def _prunes_any(self, grid_thw: torch.Tensor | None) -> bool:
+    def _prunes_any(self, grid_thw: torch.Tensor | None, budget: int | None) -> bool:
         """Whether any image or clip of these grids loses tokens: only then is saliency worth computing.
 
         An image keeps `budget` of t*h*w/4 tokens (t = 1); a clip `budget * t` of them: the same test,
         budget < h*w/4, tokens per frame.
         """
-        if self.budget is None or grid_thw is None:
+        if budget is None or grid_thw is None:
             return False
-        return bool((self.budget < grid_thw[:, 1] * grid_thw[:, 2] // self.merge_unit).any())
+        return bool((budget < grid_thw[:, 1] * grid_thw[:, 2] // self.merge_unit).any())
+
+    def token_grid(self, grid: tuple[int, int, int]) -> tuple[int, int]:
+        """(rows, cols) of the merged tokens of one image or temporal patch of patch grid (t, h, w)."""
+        m = self.visual.spatial_merge_size
+        return grid[1] // m, grid[2] // m
 
     def select(
         self,
@@ -313,19 +326,23 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
         guide_mask: torch.Tensor | None,
         *,
         is_video: bool,
+        budget: int | None,
+        method: str,
+        options: dict[str, Any] | None,
     ) -> KeptTokens:
         """Kept token indices of every item (ascending), items of the same shape selected together.
 
         rows[i]: the prompt row item i belongs to, whose guide text ranks its tokens. guide (B, L, D) and
         guide_mask (B, L): the guide text of every prompt row (None when no item needs pruning). Images keep
-        `budget` tokens each; a clip keeps `budget * frames` through `select_video_tokens`. Items that keep
-        every token have no important flags.
+        `budget` tokens each (`flashvlm.selectors.select`); a clip keeps `budget * frames` over its temporal
+        patches (`select_video`), by `method` with its `options`. Items that keep every token have no
+        important flags.
         """
         kept: list[torch.Tensor | None] = [None] * len(items)
         important: list[torch.Tensor | None] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
-            if self._needs_pruning(item, is_video):
+            if self._needs_pruning(item, is_video, budget):
                 groups.setdefault(item.grid, []).append(i)
             else:
                 kept[i] = torch.arange(len(item), device=item.merged.device)
@@ -335,26 +352,25 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
             vision = torch.stack([items[i].features for i in members])  # (G, n, Dv)
             projected = torch.stack([items[i].merged for i in members])  # (G, n, D)
             saliency = torch.stack([items[i].saliency for i in members])  # (G, n)
+            kwargs = self.selector_options(method, options, self.token_grid(grid), video=is_video)
             if is_video:
-                from flashvlm.video import select_video_tokens
-
-                T = grid[0]
-                N = vision.shape[1] // T
-                chosen, flags = select_video_tokens(
-                    vision.view(len(members), T, N, -1),
-                    projected.view(len(members), T, N, -1),
-                    saliency.view(len(members), T, N),
+                G, T = len(members), grid[0]
+                N = vision.shape[1] // T  # merged tokens per temporal patch, raster order
+                chosen, flags = selectors.select_video(
+                    method,
+                    vision.view(G, T, N, -1),
+                    projected.view(G, T, N, -1),
+                    saliency.view(G, T, N),
                     text,
-                    self.budget * T,
+                    budget * T,
                     text_mask=mask,
-                    config=self.config,
                     return_important=True,
-                    **self.video_options,
+                    **kwargs,
                 )  # (G, budget * T) flat frame-major, and important flags
             else:
-                chosen, flags = select_tokens(
-                    vision, projected, saliency, text, self.budget, text_mask=mask, config=self.config, return_important=True
-                )
+                chosen, flags = selectors.select(
+                    method, vision, projected, saliency, text, budget, text_mask=mask, return_important=True, **kwargs
+                )  # (G, budget) each
             for j, i in enumerate(members):
                 kept[i], important[i] = chosen[j], flags[j]
         return KeptTokens(indices=kept, important=important)  # type: ignore[arg-type]
@@ -373,8 +389,13 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
         video_grid_thw: torch.Tensor | None,
         second_per_grid_ts: torch.Tensor | None,
         guide_text: list[str] | None,
+        *,
+        budget: int | None,
+        method: str,
+        options: dict[str, Any] | None,
     ) -> PreparedPrompt:
-        """Select and prune: the language model's pruned prompt, its position ids, and what was kept.
+        """Select (`budget`, `method`, `options`: see `select`) and prune: the language model's pruned
+        prompt, its position ids, and what was kept.
 
         position_ids is (4, B, S'): row 0 the plain 1-D index of each kept token in its pruned row (what
         generate builds for Qwen2.5-VL, used for the attention mask), rows 1-3 the ORIGINAL (t, h, w)
@@ -399,12 +420,13 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
         )
 
         guide = guide_mask = None
-        if any(self._needs_pruning(x, False) for x in images) or any(self._needs_pruning(x, True) for x in videos):
+        if any(self._needs_pruning(x, False, budget) for x in images) or any(self._needs_pruning(x, True, budget) for x in videos):
             guide, guide_mask = self.guide_embeddings(
                 input_ids, attention_mask, guide_text, skip_ids=list(ids.values())
             )  # (B, L, D), (B, L)
-        kept_images = self.select(images, image_rows, guide, guide_mask, is_video=False)
-        kept_videos = self.select(videos, video_rows, guide, guide_mask, is_video=True)
+        setting = dict(budget=budget, method=method, options=options)
+        kept_images = self.select(images, image_rows, guide, guide_mask, is_video=False, **setting)
+        kept_videos = self.select(videos, video_rows, guide, guide_mask, is_video=True, **setting)
 
         # Which visual placeholders survive, and their rows, in the row-major order the model fills them.
         is_visual = is_image | is_video  # (B, S)
@@ -472,9 +494,9 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
             second_per_grid_ts = torch.tensor(list(second_per_grid_ts), dtype=torch.float32)
         images = videos = []
         if pixel_values is not None:
-            images = self.encode(pixel_values, image_grid_thw, saliency=self._prunes_any(image_grid_thw))
+            images = self.encode(pixel_values, image_grid_thw, saliency=self._prunes_any(image_grid_thw, self.budget))
         if pixel_values_videos is not None:
-            videos = self.encode(pixel_values_videos, video_grid_thw, saliency=self._prunes_any(video_grid_thw))
+            videos = self.encode(pixel_values_videos, video_grid_thw, saliency=self._prunes_any(video_grid_thw, self.budget))
         prepared = self.prepare(
             input_ids,
             attention_mask,
@@ -485,6 +507,9 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
             None if video_grid_thw is None else video_grid_thw.to(device),
             second_per_grid_ts,
             guide_text,
+            budget=self.budget,
+            method=self.method,
+            options=self.method_options,
         )
         out = generate_pruned(self.model, input_ids, prepared.pruned, position_ids=prepared.position_ids, **generate_kwargs)
         return (out, prepared.kept) if return_kept else out
@@ -496,36 +521,99 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
         mm[input_ids == ids["video"]] = VIDEO
         return mm
 
-    def video_batch(self, frames: Any, questions: list[str], fps: float | None) -> VideoBatch:
-        """The clip goes through the vision tower ONCE; each question then selects its own `budget * t` tokens
-        (t = ceil(T / 2) temporal patches) from the shared features. A "frame" of the answer is a temporal patch."""
+    # -- video: the clip's features once, then any selection setting --------------------------------------
+
+    def _clip_features(self, frames: Any, fps: float | None, *, saliency: bool | None) -> VideoFeatures:
+        """One vision-tower pass over checked uint8 (T, H, W, 3) frames. saliency: compute it (True), or
+        only when the adapter's budget prunes this clip (None; features for that budget alone)."""
         processor = self.frame_processor()
         fps = processor.fps if fps is None else fps
         pixel_values, grid = patchify_frames(
             frames, processor.geometry, min_pixels=processor.min_pixels, max_pixels=processor.max_pixels
         )  # (P, C*2*14*14), (3,)
-        clip = self.encode(pixel_values, grid[None], saliency=self._prunes_any(grid[None]))[0]
-        Q, T, n = len(questions), clip.frames, len(clip)
-        device = self.embed_tokens.weight.device
+        if saliency is None:
+            saliency = self._prunes_any(grid[None], self.budget)
+        clip = self.encode(pixel_values, grid[None], saliency=saliency)[0]
+        T = clip.frames
+        N = len(clip) // T  # merged tokens per temporal patch
+        return VideoFeatures(
+            vision=clip.features.view(T, N, -1),  # (T, N, Dv)
+            projected=clip.merged.view(T, N, -1),  # (T, N, D)
+            saliency=None if clip.saliency is None else clip.saliency.view(T, N),  # (T, N)
+            grid=self.token_grid(clip.grid),
+            seconds_per_frame=processor.geometry.temporal_patch_size / fps,  # one temporal patch
+        )
 
-        text = processor.tokenize_prompts([video_prompt(q) for q in questions], image_counts=[], video_counts=[n] * Q)
-        input_ids = text["input_ids"].to(device)
+    @torch.no_grad()
+    def encode_video(self, frames: Any, fps: float | None = None) -> VideoFeatures:
+        """The clip's vision side for every later selection setting: uint8 (T, H, W, 3) frames sampled at
+        `fps` (None: the processor's default, 2) -> VideoFeatures of its t = ceil(T / 2) temporal patches
+        (its "frames"), each N = h * w / 4 merged tokens on the (h / 2, w / 2) grid, saliency included."""
+        return self._clip_features(check_frames(frames), check_fps(fps), saliency=True)
+
+    def video_batch(self, frames: Any, questions: list[str], fps: float | None) -> VideoBatch:
+        """The clip goes through the vision tower ONCE; each question then selects its own `budget * t` tokens
+        (t = ceil(T / 2) temporal patches) from the shared features. A "frame" of the answer is a temporal patch."""
+        features = self._clip_features(frames, fps, saliency=None)
+        input_ids, attention_mask = self.feature_prompts(questions, features)  # (Q, S)
+        return self.feature_batch(features, input_ids, attention_mask, questions, self.budget, self.method, self.method_options)
+
+    def check_features(self, features: object) -> VideoFeatures:
+        features = super().check_features(features)
+        if features.seconds_per_frame is None:
+            raise ValueError("features must be this adapter's encode_video(frames) result (they have no seconds_per_frame)")
+        return features
+
+    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        n = features.frames * features.tokens_per_frame
+        text = self.frame_processor().tokenize_prompts([video_prompt(q) for q in questions], image_counts=[], video_counts=[n] * len(questions))
+        return text["input_ids"], text["attention_mask"]
+
+    @torch.no_grad()
+    def feature_batch(
+        self,
+        features: VideoFeatures,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        questions: list[str],
+        budget: int | None,
+        method: str,
+        options: dict[str, Any] | None,
+    ) -> VideoBatch:
+        """Select with `method` at `budget` tokens per temporal patch (None: all) and prune the (Q, S) prompts
+        over one clip; the kept tokens keep the MRoPE ids of the full prompt (`prepare`)."""
+        budget = check_budget(budget)
+        T, N = features.frames, features.tokens_per_frame
+        rows, cols = features.grid
+        m = self.visual.spatial_merge_size
+        clip = EncodedVisual(
+            merged=features.projected.reshape(T * N, -1),
+            features=features.vision.reshape(T * N, -1),
+            saliency=None if features.saliency is None else features.saliency.reshape(T * N),
+            grid=(T, rows * m, cols * m),
+        )
+        Q = input_ids.shape[0]
+        device = self.embed_tokens.weight.device
+        input_ids = input_ids.to(device)
         prepared = self.prepare(
             input_ids,
-            text["attention_mask"].to(device),
-            text["mm_token_type_ids"].to(device),
+            attention_mask.to(device),
+            self._mm_token_types(input_ids),
             [],
             [clip] * Q,  # the same features for every question: no second pass through the tower
             None,
-            grid[None].expand(Q, 3).to(device),
-            torch.full((Q,), processor.geometry.temporal_patch_size / fps),
+            torch.tensor([clip.grid] * Q, device=device),  # (Q, 3)
+            torch.full((Q,), float(features.seconds_per_frame)),
             questions if self.guide == "question" else None,
+            budget=budget,
+            method=method,
+            options=options,
         )
         kept = torch.stack(prepared.kept.indices)  # (Q, K) flat frame-major
         flags = prepared.kept.important  # every question's clip is pruned alike: all None or none
         important = None if flags[0] is None else torch.stack(flags)  # (Q, K)
         return VideoBatch(
-            input_ids, prepared.pruned, kept, important, frames=T, tokens_per_frame=n // T,
+            input_ids, prepared.pruned, kept, important, frames=T, tokens_per_frame=N,
             generate_kwargs={"position_ids": prepared.position_ids},
         )
 
