@@ -259,6 +259,23 @@ def test_guide_question_uses_the_question_tokens(llava):
     assert torch.equal(torch.stack(kept.indices), flashvlm.select_tokens(vision, projected, saliency, text, 48))
 
 
+def test_images_are_selected_by_the_adapters_method(llava):
+    from flashvlm.selectors import grid_positions, select
+
+    model, processor = llava
+    inputs = batch(processor, QUESTIONS)
+    uniform = flashvlm.wrap(model, budget=36, processor=processor, method="uniform")
+    _, kept = uniform.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **greedy(max_new_tokens=1))
+    assert all(torch.equal(k, grid_positions(24, 24, 36)) for k in kept.indices)
+    assert not any(f.any() for f in kept.important)  # uniform has no important/background split
+
+    randomly = flashvlm.wrap(model, budget=36, processor=processor, method="random", method_options={"seed": 4})
+    _, kept = randomly.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **greedy(max_new_tokens=1))
+    vision, projected, saliency = randomly.encode_images(inputs["pixel_values"])
+    expected = select("random", vision, projected, saliency, None, 36, seed=4)
+    assert torch.equal(torch.stack(kept.indices), expected)
+
+
 def test_guide_prompt_uses_every_non_image_prompt_token(llava):
     model, processor = llava
     inputs = batch(processor, QUESTIONS)

@@ -43,7 +43,7 @@ from flashvlm.models.base import (
     prune_sequences,
     visual_placeholders,
 )
-from flashvlm.selection import select_tokens
+from flashvlm.selectors import select, select_video
 
 VIDEO_PROMPT = "USER: {images}\n{question} ASSISTANT:"  # LLaVA-1.5 chat format, one <image> per frame
 
@@ -307,9 +307,10 @@ class LlavaAdapter(TokenSelectionAdapter):
             row_of_image = torch.repeat_interleave(
                 torch.arange(input_ids.shape[0], device=device), is_visual.sum(dim=1) // N
             )  # (M,) the prompt each image sits in, whose text guides it
-            kept, important = select_tokens(
-                vision, projected, saliency, text[row_of_image], self.budget,
-                text_mask=text_mask[row_of_image], config=self.config, return_important=True,
+            kept, important = select(
+                self.method, vision, projected, saliency, text[row_of_image], self.budget,
+                text_mask=text_mask[row_of_image], return_important=True,
+                **self.selector_options(self.method, self.method_options, self.token_grid, video=False),
             )  # (M, K) each
 
         keep_visual = kept_mask(kept, N).reshape(-1)  # (M * N,) row-major, as placeholders
@@ -414,7 +415,6 @@ class LlavaAdapter(TokenSelectionAdapter):
         options: dict[str, Any] | None,
     ) -> VideoBatch:
         """Select with `method` at `budget` tokens per frame (None: all) and prune the (Q, S) prompts over one clip."""
-        from flashvlm.selectors import select_video
 
         budget = check_budget(budget)
         T, N, Q = features.frames, self.tokens_per_image, input_ids.shape[0]
