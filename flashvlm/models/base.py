@@ -433,7 +433,8 @@ class TokenSelectionAdapter(ABC):
 
     def clip_options(self, method: str, options: dict[str, Any] | None) -> dict[str, Any]:
         """The keywords `flashvlm.selectors.select_video` gets for `method`: the adapter's split /
-        min_per_frame where the method takes them, the rule's constants, then `options` (which win)."""
+        min_per_frame where the method takes them, the rule's constants, then `options` (which win; an
+        option naming a SelectionConfig field, flashvlm's text_weighting, replaces that field of the constants)."""
         from flashvlm.selectors import method_options
 
         known = method_options(method, video=True)
