@@ -39,6 +39,8 @@ def reference_select_one(
     else:
         E = text.to(dtype)
         S = (P / P.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (E / E.norm(dim=1, keepdim=True).clamp_min(1e-12)).T
+        if c.text_weighting == "norm":  # each text token's column scaled by its raw norm over the largest
+            S = S * (E.norm(dim=1) / E.norm(dim=1).max().clamp_min(1e-12))[None, :]
         w = torch.softmax(S / c.token_temperature, dim=1)
         r = (S * w).sum(dim=1)
         r = torch.softmax(r / c.temperature, dim=0) ** c.gamma

@@ -22,6 +22,10 @@ import torch.nn.functional as F
 # The spec's fixed denominators for min-max normalisation (not the fusion clamp, which is configurable).
 _MINMAX_EPS = 1e-6
 
+# How the guide-text tokens weigh in the relevance (ALGORITHM.md, "Option: text weighting"): "none" (the
+# paper), or "norm": each token's cosines scaled by its raw embedding norm over the row's largest.
+TEXT_WEIGHTINGS = ("none", "norm")
+
 
 @dataclass(frozen=True)
 class SelectionConfig:
@@ -36,13 +40,17 @@ class SelectionConfig:
     eps: float = 1e-6  # clamp before the logarithm in the fusion
     important_ratio: float = 0.5  # alpha: share of the budget given to the top-ranked tokens
     diversity_step: int = 8  # tokens dropped per round of the diversity partition
+    text_weighting: str = "none"  # one of TEXT_WEIGHTINGS: how guide-text tokens weigh in the relevance
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, rule: str) -> None:
             if not ok:
                 raise ValueError(f"SelectionConfig.{name} must be {rule}, got {getattr(self, name)!r}")
 
+        check("text_weighting", self.text_weighting in TEXT_WEIGHTINGS, f"one of {TEXT_WEIGHTINGS}")
         for f in fields(self):
+            if f.name == "text_weighting":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"SelectionConfig.{f.name} must be a number, got {value!r}")
@@ -175,12 +183,20 @@ def relevance(
 
     Rows without guide text (text None, or an all-False mask) get zero relevance, so the fusion's clamp
     at eps leaves them ranked by saliency alone. `projected_norms` (B, N): the row norms of projected,
-    when the caller has them.
+    when the caller has them. With config.text_weighting "norm", token j's cosines are scaled by
+    ||E_j|| / max_k ||E_k|| over the row's real (unmasked) tokens, before the soft maximum.
     """
     B, N, _ = projected.shape
     if text is None:
         return projected.new_zeros(B, N)
-    E = F.normalize(text.to(projected.dtype), dim=-1)  # (B, L, D)
+    text = text.to(projected.dtype)
+    E = F.normalize(text, dim=-1)  # (B, L, D)
+    if config.text_weighting == "norm":
+        # Scaling E's rows scales S's rows; equal norms give a weight of exactly 1, so "none"'s exact result.
+        norms = torch.linalg.vector_norm(text, dim=-1)  # (B, L) raw, before normalisation
+        if text_mask is not None:
+            norms = norms.masked_fill(~text_mask, 0.0)  # padding neither sets the maximum nor counts
+        E = E * (norms / norms.amax(dim=1, keepdim=True).clamp_min(1e-12))[:, :, None]
     # Divide by the row norms of P instead of normalising P: P is the largest input (B x 576 x 4096).
     if projected_norms is None:
         projected_norms = torch.linalg.vector_norm(projected, dim=-1)

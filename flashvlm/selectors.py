@@ -21,13 +21,17 @@ such split and return all-False flags (also when they keep everything).
 
 The text-free selectors still take `text` and `text_mask` and check them as `select_tokens` does, so that
 any selector can replace another in the same call; `config` is read by flashvlm and saliency only.
+flashvlm also takes `text_weighting` ("none" or "norm", `flashvlm.selection.TEXT_WEIGHTINGS`) as an option
+of its own: it replaces that field of `config`, so a sweep can vary it per setting.
 
     kept = select("diversity", vision, projected, saliency, text, 64)
     kept = select_video("random", vision, projected, saliency, text, 64 * T, seed=3)
+    kept = select("flashvlm", vision, projected, saliency, text, 64, text_weighting="norm")
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import math
@@ -354,14 +358,19 @@ def random_video_tokens(
 
 @dataclass(frozen=True)
 class Method:
-    """A selector by name: its image form (`select_tokens`' signature) and clip form (`select_video_tokens`')."""
+    """A selector by name: its image form (`select_tokens`' signature) and clip form (`select_video_tokens`').
+
+    config_options: SelectionConfig fields the method also takes as options; each replaces that field of
+    the `config` it is given (or of the defaults).
+    """
 
     image: Callable[..., Kept]
     video: Callable[..., Kept]
+    config_options: tuple[str, ...] = ()
 
 
 METHODS: dict[str, Method] = {
-    "flashvlm": Method(select_tokens, select_video_tokens),
+    "flashvlm": Method(select_tokens, select_video_tokens, config_options=("text_weighting",)),
     "saliency": Method(saliency_tokens, saliency_video_tokens),
     "diversity": Method(diversity_tokens, diversity_video_tokens),
     "uniform": Method(uniform_tokens, uniform_video_tokens),
@@ -370,19 +379,27 @@ METHODS: dict[str, Method] = {
 
 
 def method_options(method: str, video: bool = False) -> tuple[str, ...]:
-    """The keyword options a method takes, e.g. ("text_mask", "seed", "config", "return_important")."""
+    """The keyword options a method takes, e.g. ("text_mask", "seed", "config", "return_important"), then
+    its `config_options` (flashvlm: "text_weighting")."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
     fn = METHODS[method].video if video else METHODS[method].image
-    return tuple(p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY)
+    keywords = tuple(p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY)
+    return keywords + METHODS[method].config_options
 
 
-def _selector(method: str, video: bool, options: dict) -> Callable[..., Kept]:
+def _selector(method: str, video: bool, options: dict) -> tuple[Callable[..., Kept], dict]:
+    """The method's function and the keywords it gets: `options` checked, config options folded into `config`."""
     known = method_options(method, video)
     for name in options:
         if name not in known:
             raise ValueError(f"method {method!r} has no option {name!r}; its options: {', '.join(known)}")
-    return METHODS[method].video if video else METHODS[method].image
+    fields = {k: options[k] for k in METHODS[method].config_options if k in options}
+    if fields:
+        config = options.get("config") or SelectionConfig()
+        options = {k: v for k, v in options.items() if k not in fields}
+        options["config"] = dataclasses.replace(config, **fields)  # validated by SelectionConfig
+    return (METHODS[method].video if video else METHODS[method].image), options
 
 
 def select(
@@ -397,7 +414,8 @@ def select(
     """Image selection by method name (one of METHODS): vision (B, N, Dv), projected (B, N, D), saliency
     (B, N), text (B, L, D) or None -> (B, min(budget, N)) ascending indices. `options` are the method's
     keywords (`method_options`); one it does not take is a ValueError naming it."""
-    return _selector(method, False, options)(vision, projected, saliency, text, budget, **options)
+    fn, options = _selector(method, False, options)
+    return fn(vision, projected, saliency, text, budget, **options)
 
 
 def select_video(
@@ -411,4 +429,5 @@ def select_video(
 ) -> Kept:
     """Clip selection by method name: vision (B, T, N, Dv), projected (B, T, N, D), saliency (B, T, N), text
     (B, L, D) or None, budget over the clip -> (B, min(budget, T*N)) ascending flat t * N + n indices."""
-    return _selector(method, True, options)(vision, projected, saliency, text, budget, **options)
+    fn, options = _selector(method, True, options)
+    return fn(vision, projected, saliency, text, budget, **options)

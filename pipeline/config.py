@@ -2,7 +2,7 @@
 
 Every model forbids unknown keys, so a typo (`selection.budgte`) is an error naming the key instead
 of a silently ignored setting; every field with a fixed set of values is a Literal taken from where the
-library defines that set (flashvlm's GUIDES, SPLITS, dtypes, SelectionConfig), and settings that must
+library defines that set (flashvlm's GUIDES, SPLITS, TEXT_WEIGHTINGS, dtypes, SelectionConfig), and settings that must
 agree (selection.min_per_frame with budget, split and sampling.frames) are checked together. So a bad
 config fails at load, before Ray starts, not inside a model actor. `load_config` turns pydantic's errors
 into one `ConfigError` whose message lists each offending key as a dotted path with the value it got.
@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from flashvlm.models import _DTYPES
 from flashvlm.models.base import GUIDES
-from flashvlm.selection import SelectionConfig, split_budget
+from flashvlm.selection import TEXT_WEIGHTINGS, SelectionConfig, split_budget
 from flashvlm.selectors import METHODS, method_options
 from flashvlm.video import SPLITS, select_video_tokens
 from pipeline.storage import redact_options
@@ -34,10 +34,14 @@ from pipeline.storage import redact_options
 # Literal["a", "b"]): a value the library would refuse in a model actor is refused at load instead.
 Guide = Literal[GUIDES]
 Split = Literal[SPLITS]
+TextWeighting = Literal[TEXT_WEIGHTINGS]
 DType = Literal[tuple(_DTYPES)]
 Method = Literal[tuple(METHODS)]
-# Keywords of a selector the adapter fills itself (or the config sets elsewhere), never a method option.
-_ADAPTER_KEYWORDS = ("text_mask", "config", "return_important", "split", "min_per_frame")
+# Keywords of a selector the adapter fills itself (or the config sets elsewhere: split, min_per_frame and
+# the SelectionConfig fields such as text_weighting are selection keys), never a method option.
+_ADAPTER_KEYWORDS = ("text_mask", "config", "return_important", "split", "min_per_frame") + tuple(
+    f.name for f in dataclasses.fields(SelectionConfig)
+)
 
 
 def check_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -152,9 +156,10 @@ def _selection_option_fields() -> dict[str, Any]:
     None means "the library's default"; only the options a config sets are passed to the library.
     """
     out: dict[str, Any] = {}
+    sets = {"text_weighting": TextWeighting}  # the fields whose values are a fixed set of the library's
     for f in dataclasses.fields(SelectionConfig):
-        kind = type(f.default)  # int or float; pydantic rejects strings and bools for both
-        out[f.name] = (Optional[kind], Field(default=None, description=f"SelectionConfig.{f.name} (default {f.default})"))
+        kind = sets.get(f.name, type(f.default))  # else int or float; pydantic rejects strings and bools for both
+        out[f.name] = (Optional[kind], Field(default=None, description=f"SelectionConfig.{f.name} (default {f.default!r})"))
     return out
 
 
@@ -263,6 +268,11 @@ class RayConfig(_Strict):
 # --------------------------------------------------------------------------------------------------
 
 
+# Selection fields added after answers were first written with a settings_id: while null (the library
+# default) they are left out of the hash, so a scheduled incremental run does not redo every answer.
+_HASHED_WHEN_SET = ("text_weighting",)
+
+
 class JobConfig(_Strict):
     run_id: Optional[str] = Field(
         default=None,
@@ -322,10 +332,14 @@ class JobConfig(_Strict):
         Two runs with the same settings_id would give the same answers for the same video version, so
         (video_uri, video_version, question, settings_id) identifies an answer across runs.
         """
+        selection = self.selection.model_dump(mode="json")
+        for name in _HASHED_WHEN_SET:  # unset, they change no answer of earlier runs: keep those runs' ids
+            if selection.get(name) is None:
+                selection.pop(name, None)
         key = {
             "model": self.model.model_dump(mode="json", exclude={"device", "trust_remote_code"}),
             "sampling": self.sampling.model_dump(mode="json"),
-            "selection": self.selection.model_dump(mode="json"),
+            "selection": selection,
         }
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 

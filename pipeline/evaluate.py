@@ -45,6 +45,8 @@ from typing import Any, Mapping, Optional, Sequence
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from flashvlm.selection import SelectionConfig
+from flashvlm.selectors import METHODS
 from pipeline.config import (
     ConfigError, FieldError, JobConfig, Method, _Strict, check_method_options, load_config,
 )
@@ -61,9 +63,14 @@ FULL = "full"  # the method name of the full-budget rows
 # --------------------------------------------------------------------------------------------------
 
 
+# Selection keys a setting may set for itself, where its method takes them: how a clip's budget spreads
+# (flashvlm and saliency), and the SelectionConfig fields a method takes as options (flashvlm: text_weighting).
+SELECTION_KEYS = ("split", "min_per_frame", *dict.fromkeys(k for m in METHODS.values() for k in m.config_options))
+
+
 class Setting(_Strict):
     """One selector of the grid: a method and its options (split / min_per_frame for flashvlm and
-    saliency, seed for random, grid for uniform)."""
+    saliency, text_weighting for flashvlm, seed for random, grid for uniform)."""
 
     method: Method
     options: dict[str, Any] = Field(default_factory=dict)
@@ -72,15 +79,26 @@ class Setting(_Strict):
     def _check(self) -> "Setting":
         from flashvlm.selectors import method_options
 
-        own = {k: v for k, v in self.options.items() if k not in ("split", "min_per_frame")}
         try:
-            check_method_options(self.method, own)
+            self.checked_options()
         except ValueError as exc:
             raise FieldError("options", self.options, str(exc)) from None
-        for key in ("split", "min_per_frame"):
+        for key in SELECTION_KEYS:
             if key in self.options and key not in method_options(self.method, video=True):
-                raise FieldError("options", self.options, f"method {self.method!r} takes no {key} (only flashvlm and saliency do)")
+                takers = [m for m in METHODS if key in method_options(m, video=True)]
+                only = f"only {' and '.join(takers)} {'does' if len(takers) == 1 else 'do'}"
+                raise FieldError("options", self.options, f"method {self.method!r} takes no {key} ({only})")
+        config_options = {k: self.options[k] for k in METHODS[self.method].config_options if k in self.options}
+        try:
+            SelectionConfig(**config_options)  # the library's own check of their values
+        except ValueError as exc:
+            raise FieldError("options", self.options, str(exc)) from None
         return self
+
+    def checked_options(self) -> dict[str, Any]:
+        """The options as the adapter gets them: the selection keys as given, the method's own checked."""
+        own = check_method_options(self.method, {k: v for k, v in self.options.items() if k not in SELECTION_KEYS})
+        return {**{k: self.options[k] for k in SELECTION_KEYS if k in self.options}, **own}
 
     def label(self) -> str:
         return self.method + ("" if not self.options else " " + json.dumps(self.options, sort_keys=True))
@@ -531,9 +549,7 @@ def grid_of(cfg: EvalConfig) -> list[dict[str, Any]]:
     out = [full]
     for budget in (b for b in cfg.evaluation.budgets if b is not None):
         for s in cfg.evaluation.settings:
-            options = check_method_options(s.method, {k: v for k, v in s.options.items() if k not in ("split", "min_per_frame")})
-            options = {**{k: s.options[k] for k in ("split", "min_per_frame") if k in s.options}, **options}
-            out.append({"method": s.method, "options": options, "budget": budget,
+            out.append({"method": s.method, "options": s.checked_options(), "budget": budget,
                         "settings_id": setting_id(cfg, s.method, s.options, budget)})
     return out
 

@@ -86,6 +86,8 @@ def test_unknown_key_is_named(data, key):
         (with_("ray", decode_timeout_s=-5), "ray.decode_timeout_s", "greater than 0"),
         ({**MINIMAL, "run_id": "../etc"}, "run_id", "pattern"),
         (with_("selection", guide="questoin"), "selection.guide", "'question' or 'prompt' (got 'questoin')"),
+        (with_("selection", text_weighting="foo"), "selection.text_weighting", "'none' or 'norm' (got 'foo')"),
+        (with_("selection", method_options={"text_weighting": "norm"}), "selection.method_options", "no option 'text_weighting'"),
         ({**MINIMAL, "incremental_retry": "some"}, "incremental_retry", "'transient' or 'all' (got 'some')"),
         (with_("model", device="gpu"), "model.device", "cuda"),
         (with_("model", name=""), "model.name", "at least 1 character"),
@@ -104,6 +106,7 @@ def test_bad_value_is_named(data, key, hint):
 def test_fixed_sets_come_from_the_library():
     from flashvlm.models import _DTYPES
     from flashvlm.models.base import GUIDES
+    from flashvlm.selection import TEXT_WEIGHTINGS
     from flashvlm.video import SPLITS
     from pipeline.config import JobConfig, ModelConfig, SelectionOptions
 
@@ -115,6 +118,7 @@ def test_fixed_sets_come_from_the_library():
 
     assert literal(SelectionOptions, "guide") == GUIDES
     assert literal(SelectionOptions, "split") == SPLITS
+    assert literal(SelectionOptions, "text_weighting") == TEXT_WEIGHTINGS
     assert literal(ModelConfig, "dtype") == tuple(_DTYPES)
     assert set(get_args(JobConfig.model_fields["incremental_retry"].annotation)) == {"transient", "all"}
 
@@ -224,6 +228,9 @@ def test_load_config_applies_overrides_and_reports_them_by_key(tmp_path):
         load_config(path, ["selection.budget=abc"])
     with pytest.raises(ConfigError, match=r"selection\.nope: unknown key"):
         load_config(path, ["selection.nope=1"])
+    with pytest.raises(ConfigError, match=r"selection\.text_weighting: .*'none' or 'norm' \(got 'foo'\)"):
+        load_config(path, ["selection.text_weighting=foo"])
+    assert load_config(path, ["selection.text_weighting=norm"]).selection.text_weighting == "norm"
     with pytest.raises(ConfigError, match="key.path=value"):
         load_config(path, ["selection.budget"])
 
@@ -252,9 +259,19 @@ def test_settings_id_tracks_answer_changing_settings_only():
     assert validate_config(with_("output", uri="/elsewhere")).settings_id() == base.settings_id()
 
 
+def test_settings_ids_of_earlier_runs_stay_when_new_fields_are_unset():
+    # The ids these configs had before selection.text_weighting existed: their answers stay current.
+    assert load_config(ROOT / "configs" / "demo.yaml").settings_id() == "8205684e18c2"
+    assert load_config(ROOT / "configs" / "llava15_7b.yaml").settings_id() == "f55afc1f8339"
+    assert load_config(ROOT / "configs" / "demo.yaml", ["selection.text_weighting=norm"]).settings_id() != "8205684e18c2"
+
+
 def test_selection_library_options_only_the_set_ones():
     cfg = validate_config(with_("selection", gamma=3.0, budget=16))
     assert cfg.selection.library_options() == {"gamma": 3.0}
+    cfg = validate_config(with_("selection", text_weighting="norm"))
+    assert cfg.selection.library_options() == {"text_weighting": "norm"}
+    assert validate_config(with_("selection", text_weighting="none")).settings_id() != cfg.settings_id()
 
 
 def test_every_storage_option_is_masked_unless_known_to_be_public():

@@ -140,6 +140,42 @@ def test_answer_features_reuses_features_at_any_setting(adapter, clip):
         adapter.answer_features(features, questions, budget=16, method="uniform", options={"seed": 1})
 
 
+def test_text_weighting_option_reaches_the_clip_selection(adapter, clip):
+    from flashvlm import SelectionConfig, select_video_tokens
+
+    features = adapter.encode_video(clip)
+    questions = ["What colour is the star?", "Is there a red circle?"]
+    norm = adapter.answer_features(features, questions, max_new_tokens=1, budget=16, options={"text_weighting": "norm"})
+    plain = adapter.answer_features(features, questions, max_new_tokens=1, budget=16)
+    for answer, question in zip(norm, questions):
+        ids = adapter.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        text = adapter.model.get_input_embeddings()(ids)  # (1, L, D)
+        expected = select_video_tokens(features.vision[None], features.projected[None], features.saliency[None], text, 32,
+                                       config=SelectionConfig(text_weighting="norm"))
+        assert [t * 576 + i for t, kept in enumerate(answer.kept) for i in kept] == expected[0].tolist()
+    assert [a.kept for a in norm] != [a.kept for a in plain]
+    with pytest.raises(ValueError, match="text_weighting must be one of"):
+        adapter.answer_features(features, questions, budget=16, options={"text_weighting": "idf"})
+
+
+def test_evaluation_settings_sweep_text_weighting_for_flashvlm_only():
+    from pipeline.config import ConfigError
+    from pipeline.evaluate import DEFAULT_CONFIG, grid_of, load_eval_config
+
+    cfg = load_eval_config(DEFAULT_CONFIG)
+    weighted = [s for s in cfg.evaluation.settings if s.options.get("text_weighting") == "norm"]
+    assert [s.method for s in weighted] == ["flashvlm"]  # the demo measures none (default) against norm
+    grid = grid_of(cfg)
+    norm = [g for g in grid if g["options"] == {"text_weighting": "norm"}]
+    plain = [g for g in grid if g["method"] == "flashvlm" and g["options"] == {}]
+    assert [g["budget"] for g in norm] == [g["budget"] for g in plain] == [b for b in cfg.evaluation.budgets if b]
+    assert {g["settings_id"] for g in norm}.isdisjoint(g["settings_id"] for g in plain)
+    with pytest.raises(ConfigError, match=r"evaluation\.settings\.0\.options: .*text_weighting must be one of"):
+        load_eval_config(DEFAULT_CONFIG, ["evaluation.settings=[{method: flashvlm, options: {text_weighting: foo}}]"])
+    with pytest.raises(ConfigError, match=r"evaluation\.settings\.0\.options: method 'saliency' takes no text_weighting"):
+        load_eval_config(DEFAULT_CONFIG, ["evaluation.settings=[{method: saliency, options: {text_weighting: norm}}]"])
+
+
 def test_score_choices_is_the_sum_of_option_token_log_probs(adapter, clip):
     """Worked by hand at full budget: the model's own forward over prompt + option, unpruned, and the
     log-probabilities of the option's tokens summed; the pick is the option with the highest sum."""

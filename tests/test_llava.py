@@ -305,6 +305,25 @@ def test_guide_prompt_uses_every_non_image_prompt_token(llava):
     assert any(not torch.equal(a, b) for a, b in zip(kept.indices, by_prompt))
 
 
+def test_text_weighting_in_the_config_reaches_the_selection(llava):
+    model, processor = llava
+    inputs = batch(processor, QUESTIONS)
+    norm = flashvlm.SelectionConfig(text_weighting="norm")
+    vlm = flashvlm.wrap(model, budget=48, config=norm, processor=processor)
+    _, kept = vlm.generate(**inputs, guide_text=QUESTIONS, return_kept=True, **greedy(max_new_tokens=1))
+    vision, projected, saliency = vlm.encode_images(inputs["pixel_values"])
+    for i, question in enumerate(QUESTIONS):
+        ids = processor.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        text = model.get_input_embeddings()(ids)  # (1, L, D)
+        expected = flashvlm.select_tokens(vision[i : i + 1], projected[i : i + 1], saliency[i : i + 1], text, 48, config=norm)
+        assert torch.equal(kept.indices[i], expected[0])
+    # The question tokens' embedding norms differ, so weighing by them chooses differently.
+    _, plain = flashvlm.wrap(model, budget=48, processor=processor).generate(
+        **inputs, guide_text=QUESTIONS, return_kept=True, **greedy(max_new_tokens=1)
+    )
+    assert any(not torch.equal(a, b) for a, b in zip(kept.indices, plain.indices))
+
+
 # --------------------------------------------------------------------------------------------------
 # Video
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from flashvlm import SelectionConfig, select_tokens
 from flashvlm.reference import reference_select_tokens
-from flashvlm.selection import cosine_matrix, fused_scores
+from flashvlm.selection import TEXT_WEIGHTINGS, cosine_matrix, fused_scores
 
 
 def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
@@ -37,6 +37,7 @@ configs = st.builds(
     diversity_step=st.integers(1, 9),
     top_p=st.sampled_from([0.0, 0.005, 0.2]),
     eta=st.sampled_from([0.0, 0.5, 1.0]),
+    text_weighting=st.sampled_from(TEXT_WEIGHTINGS),
 )
 
 
@@ -184,19 +185,22 @@ def test_batched_equals_one_by_one(s, budget, with_text):
 
 
 @settings(max_examples=25, deadline=None)
-@given(shapes, st.integers(1, 60), st.integers(1, 4))
-def test_padded_text_with_mask_equals_unpadded(s, budget, pad):
+@given(shapes, st.integers(1, 60), st.integers(1, 4), st.sampled_from(TEXT_WEIGHTINGS))
+def test_padded_text_with_mask_equals_unpadded(s, budget, pad, text_weighting):
     vision, projected, saliency, text = make_inputs(**s)
     B, L, D = text.shape
+    config = SelectionConfig(text_weighting=text_weighting)
     g = torch.Generator().manual_seed(s["seed"] + 1)
-    # Row b keeps its first `lengths[b]` text tokens; the rest is padding with arbitrary values.
+    # Row b keeps its first `lengths[b]` text tokens; the rest is padding with arbitrary values, larger
+    # than the real tokens (with "norm", the largest norm must be taken over the real tokens only).
     lengths = torch.randint(1, L + 1, (B,), generator=g)
     padded = torch.cat([text, torch.randn(B, pad, D, generator=g, dtype=text.dtype) * 5], dim=1)
     mask = torch.arange(L + pad)[None, :] < lengths[:, None]
-    kept = select_tokens(vision, projected, saliency, padded, budget, text_mask=mask)
+    kept = select_tokens(vision, projected, saliency, padded, budget, text_mask=mask, config=config)
     for b in range(B):
         one = select_tokens(
-            vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1, : lengths[b]], budget
+            vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1, : lengths[b]], budget,
+            config=config,
         )
         assert torch.equal(kept[b : b + 1], one)
 
@@ -232,6 +236,44 @@ def test_text_changes_the_selection():
     assert 17 not in kept[important].tolist()
 
 
+# ---------------------------------------------------------------- text weighting
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes, st.integers(1, 60), st.booleans())
+def test_norm_weighting_with_equal_norms_is_no_weighting(s, budget, masked):
+    # Text rows that differ only in their signs have exactly equal norms: every weight is exactly 1.
+    vision, projected, saliency, text = make_inputs(**s)
+    g = torch.Generator().manual_seed(s["seed"] + 3)
+    signs = torch.randint(0, 2, text.shape, generator=g).to(text.dtype) * 2 - 1
+    text = text[:, :1] * signs  # (B, L, D)
+    mask = torch.rand(text.shape[:2], generator=g) < 0.7 if masked else None
+    none, norm = SelectionConfig(text_weighting="none"), SelectionConfig(text_weighting="norm")
+    assert torch.equal(fused_scores(projected, saliency, text, mask, norm), fused_scores(projected, saliency, text, mask, none))
+    assert torch.equal(
+        select_tokens(vision, projected, saliency, text, budget, text_mask=mask, config=norm),
+        select_tokens(vision, projected, saliency, text, budget, text_mask=mask, config=none),
+    )
+
+
+def test_norm_weighting_demotes_a_small_norm_text_token():
+    # Two text tokens: x with norm 0.1, y with norm 1. Token 0 is x itself, token 1 is (0.6, 0.8), closest
+    # to y; tokens 2 and 3 point away from both. Saliency is flat, so relevance alone ranks.
+    projected = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0], [0.0, -1.0]]], dtype=torch.float64)
+    text = torch.tensor([[[0.1, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    vision = torch.eye(4, dtype=torch.float64)[None]
+    saliency = torch.ones(1, 4, dtype=torch.float64)
+    # "none": cosines (1, 0) and (0.6, 0.8); the soft maxima (tau_tok 0.05) are ~1.0 and ~0.796: token 0 wins.
+    # "norm": weights (0.1, 1) make them (0.1, 0) and (0.06, 0.8); soft maxima ~0.088 and ~0.799: token 1 wins.
+    for weighting, best in (("none", 0), ("norm", 1)):
+        config = SelectionConfig(text_weighting=weighting)
+        assert fused_scores(projected, saliency, text, config=config)[0].argmax() == best
+        # Budget 2: one important token, the best-scoring one.
+        kept, important = select_tokens(vision, projected, saliency, text, 2, config=config, return_important=True)
+        assert kept[important].tolist() == [best]
+        assert torch.equal(kept, reference_select_tokens(vision, projected, saliency, text, 2, config=config))
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -262,7 +304,8 @@ def test_bad_input_is_a_value_error_naming_it(change, match):
 @pytest.mark.parametrize(
     "field, value",
     [("token_temperature", 0), ("temperature", -1), ("gamma", 0), ("top_p", 1.0), ("damping", 1.5),
-     ("eta", -0.1), ("eps", 0), ("important_ratio", 1.1), ("diversity_step", 0), ("diversity_step", 2.5)],
+     ("eta", -0.1), ("eps", 0), ("important_ratio", 1.1), ("diversity_step", 0), ("diversity_step", 2.5),
+     ("text_weighting", "foo"), ("text_weighting", None)],
 )
 def test_config_is_validated(field, value):
     with pytest.raises(ValueError, match=field):

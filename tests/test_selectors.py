@@ -253,6 +253,27 @@ def test_registry_names_and_flashvlm_is_the_rule_itself():
     )
 
 
+def test_flashvlm_takes_text_weighting_as_an_option_of_its_config():
+    assert "text_weighting" in method_options("flashvlm") and "text_weighting" in method_options("flashvlm", video=True)
+    assert "text_weighting" not in method_options("saliency", video=True)
+    inputs = make_inputs(0, 2, 30, 4, 6, 3)  # text whose weighting changes the selection
+    base = SelectionConfig(important_ratio=0.25)
+    norm = SelectionConfig(important_ratio=0.25, text_weighting="norm")  # the option replaces one field only
+    kept = select("flashvlm", *inputs, 9, config=base, text_weighting="norm")
+    assert torch.equal(kept, select_tokens(*inputs, 9, config=norm))
+    assert not torch.equal(kept, select_tokens(*inputs, 9, config=base))
+    assert torch.equal(select("flashvlm", *inputs, 9, text_weighting="none"), select_tokens(*inputs, 9))
+    clip = make_clip(4, 2, 3, 16, 4, 6, 3)
+    assert torch.equal(
+        select_video("flashvlm", *clip, 20, split="global", text_weighting="norm"),
+        select_video_tokens(*clip, 20, split="global", config=SelectionConfig(text_weighting="norm")),
+    )
+    with pytest.raises(ValueError, match="text_weighting must be one of"):
+        select("flashvlm", *inputs, 9, text_weighting="idf")
+    with pytest.raises(ValueError, match="method 'saliency' has no option 'text_weighting'"):
+        select_video("saliency", *clip, 20, text_weighting="norm")
+
+
 def test_unknown_method_or_option_is_a_value_error_naming_it():
     inputs = make_inputs(0, 1, 16, 4, 6, 3)
     with pytest.raises(ValueError, match="method must be one of .*'pooling'"):

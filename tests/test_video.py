@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flashvlm import SelectionConfig, select_tokens, select_video_tokens
-from flashvlm.selection import fused_scores
+from flashvlm.selection import TEXT_WEIGHTINGS, fused_scores
 from flashvlm.video import NEAR_IDENTICAL, SPLITS
 
 
@@ -48,6 +48,7 @@ configs = st.builds(
     SelectionConfig,
     important_ratio=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
     diversity_step=st.integers(1, 9),
+    text_weighting=st.sampled_from(TEXT_WEIGHTINGS),
 )
 
 
@@ -287,13 +288,17 @@ def test_batched_equals_one_by_one(s, budget, with_text, split):
         assert torch.equal(batched[b : b + 1], one)
 
 
-def test_padded_text_with_mask_equals_unpadded():
+@pytest.mark.parametrize("text_weighting", TEXT_WEIGHTINGS)
+def test_padded_text_with_mask_equals_unpadded(text_weighting):
     vision, projected, saliency, text = static_clip(5, 2, 3, 20, 4, 6, 3)
-    padded = torch.cat([text, torch.randn(2, 2, 6, dtype=text.dtype) * 5], dim=1)
+    config = SelectionConfig(text_weighting=text_weighting)
+    padded = torch.cat([text, torch.randn(2, 2, 6, dtype=text.dtype) * 5], dim=1)  # padding with larger norms
     mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 2 + [False] * 3])
-    kept = select_video_tokens(vision, projected, saliency, padded, 17, text_mask=mask)
+    kept = select_video_tokens(vision, projected, saliency, padded, 17, text_mask=mask, config=config)
     for b, length in enumerate((3, 2)):
-        one = select_video_tokens(vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1, :length], 17)
+        one = select_video_tokens(
+            vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1, :length], 17, config=config
+        )
         assert torch.equal(kept[b : b + 1], one)
 
 

@@ -113,7 +113,7 @@ def wrap(
     model's own directory on first need, and a model built in memory raises a ValueError there. split /
     min_per_frame: how a video's budget spreads over its frames (`select_video_tokens`; None: its default).
     method / method_options: the selector (`flashvlm.selectors.METHODS`, default "flashvlm") and its
-    own keywords (e.g. {"seed": 3} for random).
+    own keywords (e.g. {"seed": 3} for random). The rule's constants, text_weighting among them, are `config`.
     """
     name = type(model).__name__
     if name not in ADAPTERS:

@@ -452,7 +452,8 @@ class TokenSelectionAdapter(ABC):
         """The keywords `flashvlm.selectors.select_video` (video) or `select` (an image) gets for `method`:
         the adapter's split / min_per_frame where the method takes them, the rule's constants, `options`
         (which win), and for methods that take one (uniform) the token grid of the image or of each frame,
-        (rows, cols) in raster order. A grid in `options` must be that grid: the model's own is known."""
+        (rows, cols) in raster order. A grid in `options` must be that grid: the model's own is known. An
+        option naming a SelectionConfig field (flashvlm's text_weighting) replaces that field of the constants."""
         from flashvlm.selectors import method_options
 
         known = method_options(method, video=video)
