@@ -3,17 +3,17 @@
     from flashvlm import select_tokens, select_video_tokens, SelectionConfig, load, wrap
     from flashvlm import select, select_video, METHODS  # the comparison selectors, by name
 
-The selection rule is imported eagerly (pure torch); the model adapters import transformers and are
-loaded on first use, so that `import flashvlm` stays cheap in data-pipeline workers.
+Every name is imported on first use: the rule needs torch and the adapters transformers, and neither
+should load in a worker that only decodes video (`flashvlm.decode`), where torch alone costs ~2 s a process.
 """
 
 import importlib
 
-from flashvlm.selection import SelectionConfig, select_tokens
-
 __version__ = "0.1.0"
 
 _LAZY = {
+    "SelectionConfig": "flashvlm.selection",
+    "select_tokens": "flashvlm.selection",
     "select_video_tokens": "flashvlm.video",
     "METHODS": "flashvlm.selectors",
     "select": "flashvlm.selectors",
@@ -22,7 +22,7 @@ _LAZY = {
     "wrap": "flashvlm.models",
 }
 
-__all__ = ["SelectionConfig", "select_tokens", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):
