@@ -1,26 +1,25 @@
 """The unpruned baseline through the job: `selection.budget: null` gives every video its answers, no error rows.
 
-The job runs as a user runs it (`python jobs/video_qa.py`, its own local Ray), once per tiny model family.
+The whole run (`pipeline.run.run`: decode and model actors, writing, commit) on this module's local Ray,
+once per tiny model family; the command line itself is tested in tests/test_job.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline_fixtures import GOOD_CLIPS, QUESTIONS
+from pipeline_fixtures import GOOD_CLIPS, QUESTIONS, tiny_job_config
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+
+RAY = {"decode_batch_size": 2, "model_batch_size": 2, "decode_timeout_s": 60}
 
 
 @pytest.mark.parametrize("model", ["flashvlm-tiny/llava", "flashvlm-tiny/qwen2_5_vl"])
-def test_budget_null_answers_every_video_with_every_token(model, clip_dir, flashvlm_cache, tmp_path):
+def test_budget_null_answers_every_video_with_every_token(model, ray_local, clip_dir, flashvlm_cache, tmp_path):
+    from pipeline.run import run
     from pipeline.tables import read_table
 
     videos = tmp_path / "videos"
@@ -30,23 +29,13 @@ def test_budget_null_answers_every_video_with_every_token(model, clip_dir, flash
         if clip.stem in stems:
             (videos / clip.name).symlink_to(clip.resolve())
     assert len(list(videos.iterdir())) == 2
-    overrides = {
-        "input.uri": str(videos),
-        "output.uri": str(tmp_path / "out"),
-        "model.name": model,
-        "questions": json.dumps(QUESTIONS),
-        "model.max_new_tokens": "3",
-        "sampling.frames": "2",
-        "selection.budget": "null",
-    }
-    command = [sys.executable, "jobs/video_qa.py"]
-    for key, value in overrides.items():
-        command += ["--set", f"{key}={value}"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(FLASHVLM_CACHE=str(flashvlm_cache), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "videos: 2 ok, 0 failed" in done.stdout, done.stdout[-3000:]
+    cfg = tiny_job_config(
+        videos, tmp_path / "out", RAY,
+        model={"name": model, "dtype": "float32", "device": "cpu", "max_new_tokens": 3},
+        selection={"budget": None},
+    )
+    record = run(cfg)
+    assert (record["videos_ok"], record["videos_failed"]) == (2, 0), record
 
     errors = read_table(str(tmp_path / "out"), "errors")
     assert errors.num_rows == 0, errors.to_pylist()
