@@ -103,7 +103,9 @@ def _lr_at(step: int, stage: StageConfig) -> float:
     return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[str, str]]:
+def turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[str, str]]:
+    """A training conversation's (question, answer) turns about clip `spec`: its caption for "alignment";
+    for "qa", the union of `draws` draws of its questions, in an order drawn from `rng`."""
     from flashvlm import shapes
     from flashvlm.shapes_model import CAPTION_PROMPT
 
@@ -196,7 +198,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             frames = stage.frames[rng.randrange(len(stage.frames))]
             specs = [shapes.sample_clip(shapes.clip_seed("train", offset + step * stage.batch + b), frames) for b in range(stage.batch)]
             ids, labels, mask = collate(
-                [conversation(adapter, frames, _turns(stage.kind, spec, rng, cfg.question_draws)) for spec in specs],
+                [conversation(adapter, frames, turns(stage.kind, spec, rng, cfg.question_draws)) for spec in specs],
                 adapter.tokenizer.pad_token_id,
             )  # (B, S) each
             pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)

@@ -1,0 +1,161 @@
+"""Which training recipe for the shapes LLaVA learns within the clips an hour of 2 CPU cores affords.
+
+    python benchmarks/train_recipes.py NAME SECONDS OUTDIR      # one recipe; run several side by side on a GPU
+
+Trains recipe NAME (RECIPES below) on question answering over fresh one-frame (or 2-4-frame) clips for
+SECONDS, rendered without the H.264 round trip (`shapes.render`: cheaper, and the data is the same up to
+compression), with the training job's own examples (`pipeline.training.turns`, `collate`). Every 2,000
+clips (EVAL_EVERY) it scores 48 validation clips (EVAL_CLIPS), every question asked alone, an answer right
+when its tokens are the greedy ones (teacher forcing: no generate loop). Writes OUTDIR/NAME.log, one JSON
+line per evaluation: {"clips", "step", "loss", "s", "val": {question type: accuracy}}. The README's
+recipe table ("The shapes model") is 8 of these, 270 s each, side by side on one H200.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flashvlm import shapes  # noqa: E402
+from flashvlm import shapes_model  # noqa: E402
+from pipeline.training import collate, turns  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+RECIPES = {
+    "bs1": dict(batch=1, lr=1e-3, frames=[1]),
+    "bs16": dict(batch=16, lr=1e-3, frames=[1]),
+    "bs16_lr3e3": dict(batch=16, lr=3e-3, frames=[1]),
+    "bs16_lr3e4": dict(batch=16, lr=3e-4, frames=[1]),
+    "bs16_easy": dict(batch=16, lr=1e-3, frames=[1], easy=4000),  # first 4,000 clips: solid background, 1-3 objects
+    "bs16_big": dict(batch=16, lr=1e-3, frames=[1], big=True),  # CLIP 192 wide, Llama 256: 6.5 M parameters
+    "bs16_align": dict(batch=16, lr=1e-3, frames=[1], align=3000),  # first 3,000 clips: captions
+    "bs8_T24": dict(batch=8, lr=1e-3, frames=[2, 4]),
+}
+BIG_VISION = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=6, projection_dim=192)
+BIG_TEXT = dict(shapes_model.TEXT, hidden_size=256, intermediate_size=1024)
+EVAL_EVERY = int(os.environ.get("EVAL_EVERY", 2000))
+EVAL_CLIPS = int(os.environ.get("EVAL_CLIPS", 48))
+
+
+def build(recipe: dict):
+    """(model, adapter): the shapes LLaVA, seed 0, wider for the "big" recipe."""
+    from flashvlm.models import wrap
+
+    if recipe.get("big"):
+        shapes_model.VISION, shapes_model.TEXT = BIG_VISION, BIG_TEXT
+    model, processor = shapes_model.build_shapes_model(0)
+    return model, wrap(model, budget=None, processor=processor)
+
+
+def easy_clip(seed: int, frames: int):
+    """A clip on a solid background with 1 to 3 objects: a curriculum's first clips, never a test clip."""
+    low, high = shapes.MIN_OBJECTS, shapes.MAX_OBJECTS
+    shapes.MIN_OBJECTS, shapes.MAX_OBJECTS = 1, 3
+    try:
+        while True:
+            spec = shapes.sample_clip(seed, frames)
+            if spec.background.kind == "solid":
+                return spec
+            seed += 7919
+    finally:
+        shapes.MIN_OBJECTS, shapes.MAX_OBJECTS = low, high
+
+
+class Batches(torch.utils.data.IterableDataset):
+    """(kind, ids, labels, mask, pixel_values) batches of fresh training clips, built in a loader worker."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __iter__(self):
+        torch.set_num_threads(1)
+        recipe = RECIPES[self.name]
+        _, adapter = build(recipe)
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(f"{self.name}-{worker}")
+        step = 0
+        while True:
+            frames = rng.choice(recipe["frames"])
+            seen = step * workers * recipe["batch"]
+            kind = "alignment" if seen < recipe.get("align", 0) else "qa"
+            examples, pixels = [], []
+            for b in range(recipe["batch"]):
+                seed = shapes.clip_seed("train", (step * workers + worker) * recipe["batch"] + b)
+                spec = easy_clip(seed, frames) if seen < recipe.get("easy", 0) else shapes.sample_clip(seed, frames)
+                examples.append(shapes_model.conversation(adapter, frames, turns(kind, spec, rng, 3)))
+                pixels.append(adapter.pixel_values(shapes.render(spec)))  # (T, 3, 336, 336)
+            step += 1
+            yield (kind, *collate(examples, adapter.tokenizer.pad_token_id), torch.cat(pixels))
+
+
+@torch.no_grad()
+def evaluate(model, adapter, frames: int) -> dict[str, float]:
+    """Accuracy per question type on EVAL_CLIPS validation clips, each question alone, teacher-forced."""
+    model.eval()
+    right: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for i in range(EVAL_CLIPS):
+        spec = shapes.sample_clip(shapes.clip_seed("validation", i), frames)
+        pixels = adapter.pixel_values(shapes.render(spec)).to(DEVICE)  # (T, 3, 336, 336)
+        items = shapes.questions(spec)
+        ids, labels, mask = collate([shapes_model.conversation(adapter, frames, [(q.question, q.answer)]) for q in items],
+                                    adapter.tokenizer.pad_token_id)  # (Q, S) each
+        logits = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), pixel_values=pixels.repeat(len(items), 1, 1, 1)).logits
+        predicted, target = logits[:, :-1].argmax(-1).cpu(), labels[:, 1:]
+        for item, p, t in zip(items, predicted, target):
+            scored = t != shapes_model.IGNORE_INDEX
+            right[item.question_type] = right.get(item.question_type, 0) + bool((p[scored] == t[scored]).all())
+            count[item.question_type] = count.get(item.question_type, 0) + 1
+    model.train()
+    return {k: round(right[k] / count[k], 3) for k in count}
+
+
+def main() -> None:
+    name, seconds, out = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3])
+    recipe = RECIPES[name]
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model, adapter = build(recipe)
+    model.to(DEVICE).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], betas=(0.9, 0.98), weight_decay=0.01)
+    loader = torch.utils.data.DataLoader(Batches(name), batch_size=None, num_workers=2, prefetch_factor=4)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / f"{name}.log").open("w")
+
+    def say(record: dict) -> None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+
+    say({"name": name, "recipe": recipe, "parameters": sum(p.numel() for p in model.parameters()), "device": DEVICE})
+    t0, clips, step, running, n, next_eval = time.time(), 0, 0, 0.0, 0, EVAL_EVERY
+    for kind, ids, labels, mask, pixels in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = recipe["lr"] * min(1.0, (step + 1) / 100)  # warm-up, then constant
+        loss = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), pixel_values=pixels.to(DEVICE),
+                     labels=labels.to(DEVICE)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step, clips, running, n = step + 1, clips + ids.shape[0], running + loss.item(), n + 1
+        done = time.time() - t0 > seconds
+        if clips >= next_eval or done:
+            say({"clips": clips, "step": step, "kind": kind, "loss": round(running / n, 4), "s": round(time.time() - t0),
+                 "val": evaluate(model, adapter, max(recipe["frames"]))})
+            running, n, next_eval = 0.0, 0, next_eval + EVAL_EVERY
+        if done:
+            break
+    say({"done": True, "clips": clips, "s": round(time.time() - t0)})
+    os._exit(0)  # the loader's workers loop forever
+
+
+if __name__ == "__main__":
+    main()
