@@ -10,7 +10,6 @@ accuracy per question type at full budget (every visual token).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,16 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python jobs/train_shapes.py` puts jobs/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.config import ConfigError, job_parser, load_config  # noqa: E402
 from pipeline.training import TrainConfig, train  # noqa: E402
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "train_shapes.yaml"), help="YAML config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set stages.1.steps=100 (repeatable; values are YAML)")
-    args = parser.parse_args(argv)
+    args = job_parser(__doc__.split("\n\n")[0], ROOT / "configs" / "train_shapes.yaml", "stages.1.steps=100").parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides, schema=TrainConfig)
     except ConfigError as exc:

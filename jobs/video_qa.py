@@ -27,17 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python jobs/video_qa.py` puts jobs/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.config import ConfigError, job_parser, load_config  # noqa: E402
 from pipeline.run import DEFAULT_CONFIG, run, summary_text  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/demo.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key, e.g. --set selection.budget=32 (repeatable; values are YAML)",
-    )
+    parser = job_parser(__doc__.split("\n\n")[0], DEFAULT_CONFIG, "selection.budget=32")
     parser.add_argument(
         "--incremental", action="store_true",
         help="skip (video, version, question) already answered with the same model/sampling/selection settings",

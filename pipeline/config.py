@@ -10,6 +10,7 @@ into one `ConfigError` whose message lists each offending key as a dotted path w
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import inspect
@@ -409,6 +410,18 @@ def validate_config(data: Any, source: str = "<dict>", schema: type[BaseModel] =
         return (schema or JobConfig).model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+
+
+def job_parser(description: str, default_config: Union[str, Path], example: str) -> argparse.ArgumentParser:
+    """The jobs' shared command line: `--config FILE` and repeatable `--set KEY=VALUE` (read by load_config);
+    a job adds its own flags to it. example: an override shown in the help, e.g. "selection.budget=32"."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(default_config), help=f"YAML config (default: {default_config})")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable; values are YAML)",
+    )
+    return parser
 
 
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None, schema: type[BaseModel] = None) -> Any:

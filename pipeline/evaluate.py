@@ -48,7 +48,7 @@ from pydantic import Field, field_validator, model_validator
 from flashvlm.selection import SelectionConfig
 from flashvlm.selectors import METHODS
 from pipeline.config import (
-    ConfigError, FieldError, JobConfig, Method, _Strict, check_method_options, load_config,
+    ConfigError, FieldError, JobConfig, Method, _Strict, check_method_options, job_parser, load_config,
 )
 from pipeline.schema import TIMESTAMP, _f, error_text, frames_of
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
@@ -668,12 +668,8 @@ def report(cfg: EvalConfig, record: dict[str, Any], rows: list[dict[str, Any]]) 
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Measure what token pruning costs in answers (jobs/evaluate.py)", formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/eval_demo.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key, e.g. --set evaluation.budgets=[null,64] (repeatable; values are YAML)",
-    )
+    parser = job_parser("Measure what token pruning costs in answers (jobs/evaluate.py)", DEFAULT_CONFIG,
+                        "evaluation.budgets=[null,64]")
     return parser.parse_args(argv)
 
 
