@@ -7,7 +7,8 @@ SECONDS, rendered without the H.264 round trip (`shapes.render`: cheaper, and th
 compression), with the training job's own examples (`pipeline.training.turns`, `collate`). Every 2,000
 clips (EVAL_EVERY) it scores 48 validation clips (EVAL_CLIPS), every question asked alone, an answer right
 when its tokens are the greedy ones (teacher forcing: no generate loop). Writes OUTDIR/NAME.log, one JSON
-line per evaluation: {"clips", "step", "loss", "s", "val": {question type: accuracy}}. The README's
+line per evaluation: {"clips", "step", "loss", "s", "val": {question type: accuracy}}, and prints each
+with "recipe" added, so the last line is the final evaluation. The README's
 recipe table ("The shapes model") is 8 of these, 270 s each, side by side on one H200.
 """
 
@@ -133,6 +134,7 @@ def main() -> None:
     def say(record: dict) -> None:
         log.write(json.dumps(record) + "\n")
         log.flush()
+        print(json.dumps({"recipe": name, **record}), flush=True)  # the last line: the final evaluation
 
     say({"name": name, "recipe": recipe, "parameters": sum(p.numel() for p in model.parameters()), "device": DEVICE})
     t0, clips, step, running, n, next_eval = time.time(), 0, 0, 0.0, 0, EVAL_EVERY
@@ -153,7 +155,6 @@ def main() -> None:
             running, n, next_eval = 0.0, 0, next_eval + EVAL_EVERY
         if done:
             break
-    say({"done": True, "clips": clips, "s": round(time.time() - t0)})
     os._exit(0)  # the loader's workers loop forever
 
 
