@@ -71,7 +71,7 @@ def easy_clip(seed: int, frames: int):
 
 
 class Batches(torch.utils.data.IterableDataset):
-    """(kind, ids, labels, mask, pixel_values) batches of fresh training clips, built in a loader worker."""
+    """(kind, ids, labels, mask, position_ids, pixel_values) batches of fresh training clips, built in a loader worker."""
 
     def __init__(self, name: str):
         self.name = name
@@ -108,9 +108,10 @@ def evaluate(model, adapter, frames: int) -> dict[str, float]:
         spec = shapes.sample_clip(shapes.clip_seed("validation", i), frames)
         pixels = adapter.pixel_values(shapes.render(spec)).to(DEVICE)  # (T, 3, 336, 336)
         items = shapes.questions(spec)
-        ids, labels, mask = collate([shapes_model.conversation(adapter, frames, [(q.question, q.answer)]) for q in items],
-                                    adapter.tokenizer.pad_token_id)  # (Q, S) each
-        logits = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), pixel_values=pixels.repeat(len(items), 1, 1, 1)).logits
+        ids, labels, mask, positions = collate([shapes_model.conversation(adapter, frames, [(q.question, q.answer)]) for q in items],
+                                               adapter.tokenizer.pad_token_id)  # (Q, S), (Q, S), (Q, 1, S, S), (Q, S)
+        logits = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), position_ids=positions.to(DEVICE),
+                       pixel_values=pixels.repeat(len(items), 1, 1, 1)).logits
         predicted, target = logits[:, :-1].argmax(-1).cpu(), labels[:, 1:]
         for item, p, t in zip(items, predicted, target):
             scored = t != shapes_model.IGNORE_INDEX
@@ -138,11 +139,11 @@ def main() -> None:
 
     say({"name": name, "recipe": recipe, "parameters": sum(p.numel() for p in model.parameters()), "device": DEVICE})
     t0, clips, step, running, n, next_eval = time.time(), 0, 0, 0.0, 0, EVAL_EVERY
-    for kind, ids, labels, mask, pixels in loader:
+    for kind, ids, labels, mask, positions, pixels in loader:
         for group in optimizer.param_groups:
             group["lr"] = recipe["lr"] * min(1.0, (step + 1) / 100)  # warm-up, then constant
-        loss = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), pixel_values=pixels.to(DEVICE),
-                     labels=labels.to(DEVICE)).loss
+        loss = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), position_ids=positions.to(DEVICE),
+                     pixel_values=pixels.to(DEVICE), labels=labels.to(DEVICE)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

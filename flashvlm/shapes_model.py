@@ -32,6 +32,7 @@ TEXT = dict(
     num_key_value_heads=4,
     max_position_embeddings=4096,  # 8 frames x 576 tokens and a conversation
 )
+POSITION_SCALE = 0.2  # sine-cosine positions at about half a patch embedding's scale at initialisation
 _SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
@@ -70,26 +71,55 @@ def build_shapes_model(seed: int = 0) -> tuple[Any, Any]:
     """(model, processor): the untrained shapes LLaVA, randomly initialised from `seed`."""
     from flashvlm.tiny_models import llava_1_5
 
-    return llava_1_5(build_tokenizer(), VISION, TEXT, seed=seed)
+    model, processor = llava_1_5(build_tokenizer(), VISION, TEXT, seed=seed)
+    embeddings = model.model.vision_tower.embeddings
+    with torch.no_grad():
+        embeddings.position_embedding.weight[1:] = POSITION_SCALE * grid_positions(int(embeddings.num_patches**0.5), VISION["hidden_size"])
+    return model, processor
 
 
-def conversation(adapter: Any, frames: int, turns: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, S) input_ids and labels of a LLaVA-1.5 conversation about one clip of `frames` frames.
+def grid_positions(grid: int, width: int) -> torch.Tensor:
+    """(grid * grid, width) 2-D sine-cosine position embeddings, row-major (MAE's fixed ViT positions).
 
-    The first turn is exactly the prompt `adapter.answer_video` builds (`video_prompts`); each answer is
-    followed by </s>, and further turns follow as LLaVA-1.5's multi-turn data does:
-    "USER: <image>...\\nq1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>". Only answers are supervised.
+    The CLIP tower's learned position embeddings start here rather than at N(0, 0.02), which is a tenth of
+    a patch embedding's scale: a ViT trained from scratch otherwise spends thousands of images learning
+    which patches are neighbours before it can see a shape. Half the channels encode the row, half the
+    column, each as sines and cosines of `width / 4` frequencies.
+    """
+    quarter = width // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)  # (width/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+    angles_r = rows.reshape(-1, 1) * frequencies  # (grid*grid, width/4)
+    angles_c = cols.reshape(-1, 1) * frequencies
+    return torch.cat([angles_r.sin(), angles_r.cos(), angles_c.sin(), angles_c.cos()], dim=1)  # (grid*grid, width)
+
+
+def conversation(adapter: Any, frames: int, turns: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(1, S) input_ids, labels and turn of every position: independent turns about one clip of `frames` frames.
+
+    Every turn is exactly the prompt `adapter.answer_video` builds (`video_prompts`) for its question,
+    followed by its answer and </s>. The turns share one copy of the prompt's image prefix (BOS, "USER:",
+    the T * N image tokens), which is stored once:
+
+        [<s> USER: <image> x T*N] [\\n q1 ASSISTANT: a1</s>] [\\n q2 ASSISTANT: a2</s>] ...
+        turn:  0 ...                1 ...                         2 ...
+
+    `pipeline.training.collate` masks attention so that a turn sees the prefix and itself only, at the
+    positions it has in its own prompt: each turn is a single-question example, so no answer can be read
+    off another turn's text, at the cost of one pass over the clip's frames. Only answers are supervised.
     """
     tokenizer = adapter.tokenizer
-    eos = tokenizer.eos_token_id
-    ids: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    for k, (question, answer) in enumerate(turns):
-        if k == 0:
-            prompt = adapter.video_prompts([question], frames)[0][0]  # (S0,) with BOS and T*N placeholders
-        else:
-            prompt = torch.tensor(tokenizer(f"USER: {question} ASSISTANT:", add_special_tokens=False)["input_ids"])
-        reply = torch.tensor(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"] + [eos])
-        ids += [prompt, reply]
-        labels += [torch.full_like(prompt, IGNORE_INDEX), reply]
-    return torch.cat(ids)[None], torch.cat(labels)[None]
+    image = adapter.model.config.image_token_id
+    prompts = [adapter.video_prompts([question], frames)[0][0] for question, _ in turns]  # (S_k,) each, unpadded
+    prefix = int((prompts[0] == image).nonzero()[-1]) + 1  # through the last image token
+    ids = [prompts[0][:prefix]]
+    labels = [torch.full((prefix,), IGNORE_INDEX)]
+    turn = [torch.zeros(prefix, dtype=torch.long)]
+    for k, (prompt, (_, answer)) in enumerate(zip(prompts, turns), start=1):
+        if not torch.equal(prompt[:prefix], ids[0]):
+            raise ValueError(f"turn {k}'s prompt does not start with the shared image prefix")
+        reply = torch.tensor(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        ids += [prompt[prefix:], reply]
+        labels += [torch.full((len(prompt) - prefix,), IGNORE_INDEX), reply]
+        turn.append(torch.full((len(prompt) - prefix + len(reply),), k))
+    return torch.cat(ids)[None], torch.cat(labels)[None], torch.cat(turn)[None]

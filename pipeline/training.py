@@ -85,15 +85,34 @@ def decoded_clip(spec: Any) -> Any:
     return frames
 
 
-def collate(examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, S) input_ids, labels and attention_mask of (1, S_i) conversations, right-padded to the longest."""
-    length = max(ids.shape[1] for ids, _ in examples)
+def collate(
+    examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, S) input_ids, labels, (B, 1, S, S) additive attention mask and (B, S) position_ids of
+    `shapes_model.conversation` examples, right-padded to the longest.
+
+    Position i attends to position j <= i when j is in the shared prefix (turn 0) or in i's own turn, and
+    a turn's positions continue from the prefix's end: each turn is computed exactly as its prompt alone.
+    """
+    length = max(ids.shape[1] for ids, _, _ in examples)
     ids = torch.full((len(examples), length), pad_id)
     labels = torch.full((len(examples), length), IGNORE_INDEX)
-    mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, (x, y) in enumerate(examples):
-        ids[row, : x.shape[1]], labels[row, : x.shape[1]], mask[row, : x.shape[1]] = x[0], y[0], 1
-    return ids, labels, mask
+    turn = torch.full((len(examples), length), -1)  # -1: padding
+    for row, (x, y, k) in enumerate(examples):
+        ids[row, : x.shape[1]], labels[row, : x.shape[1]], turn[row, : x.shape[1]] = x[0], y[0], k[0]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # (S, S)
+    same = (turn[:, :, None] == turn[:, None, :]) | (turn[:, None, :] == 0)  # (B, S, S): own turn or prefix
+    allowed = causal & same & (turn[:, None, :] >= 0) | torch.eye(length, dtype=torch.bool)  # padding sees itself
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]  # (B, 1, S, S)
+    prefix = (turn == 0).sum(1, keepdim=True)  # (B, 1)
+    start = torch.zeros_like(turn)  # first position of each position's turn
+    for row in range(len(examples)):
+        for k in turn[row].unique().tolist():
+            if k > 0:
+                start[row, turn[row] == k] = int((turn[row] == k).nonzero()[0])
+    index = torch.arange(length).expand_as(turn)
+    position_ids = torch.where(turn > 0, prefix + index - start, index)
+    return ids, labels, mask, position_ids
 
 
 def _lr_at(step: int, stage: StageConfig) -> float:
@@ -125,7 +144,7 @@ def caption_token_accuracy(model: Any, adapter: Any, specs: list[Any], frames: i
     right = total = 0
     with torch.no_grad():
         for spec in specs:
-            ids, labels = conversation(adapter, frames, [(CAPTION_PROMPT, shapes.caption(spec))])
+            ids, labels, _ = conversation(adapter, frames, [(CAPTION_PROMPT, shapes.caption(spec))])
             logits = model(input_ids=ids, pixel_values=adapter.pixel_values(decoded_clip(spec))).logits  # (1, S, V)
             predicted, target = logits[0, :-1].argmax(-1), labels[0, 1:]
             scored = target != IGNORE_INDEX
@@ -197,12 +216,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         for step in range(stage.steps):
             frames = stage.frames[rng.randrange(len(stage.frames))]
             specs = [shapes.sample_clip(shapes.clip_seed("train", offset + step * stage.batch + b), frames) for b in range(stage.batch)]
-            ids, labels, mask = collate(
+            ids, labels, mask, positions = collate(
                 [conversation(adapter, frames, turns(stage.kind, spec, rng, cfg.question_draws)) for spec in specs],
                 adapter.tokenizer.pad_token_id,
-            )  # (B, S) each
+            )  # (B, S), (B, S), (B, 1, S, S), (B, S)
             pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
-            loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, labels=labels).loss
+            loss = model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixel_values, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             for group in optimizer.param_groups:

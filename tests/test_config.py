@@ -219,6 +219,17 @@ def test_overrides_parse_yaml_scalars_and_nest():
     assert "sampling" not in MINIMAL  # the input is not modified
 
 
+def test_overrides_index_lists_from_zero_and_name_a_missing_item():
+    data = {"stages": [{"steps": 1}, {"steps": 2}]}
+    assert apply_overrides(data, ["stages.1.steps=100"])["stages"] == [{"steps": 1}, {"steps": 100}]
+    with pytest.raises(ConfigError, match=r"stages\.2 is not an item of a list of 2"):
+        apply_overrides(data, ["stages.2.steps=1"])
+    with pytest.raises(ConfigError, match=r"stages\.x is not an item"):
+        apply_overrides(data, ["stages.x=1"])
+    with pytest.raises(ConfigError, match=r"stages\.0\.steps is not a section"):
+        apply_overrides(data, ["stages.0.steps.x=1"])
+
+
 def test_load_config_applies_overrides_and_reports_them_by_key(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("input: {uri: /data}\nquestions: [q]\nmodel: {name: m}\noutput: {uri: /out}\n")

@@ -18,42 +18,42 @@ def model_and_adapter():
     return model, wrap(model, budget=None, processor=processor)
 
 
-def test_conversation_starts_with_the_inference_prompt_and_labels_only_answers(model_and_adapter):
+def test_each_turn_is_the_inference_prompt_and_only_answers_are_labelled(model_and_adapter):
     _, adapter = model_and_adapter
     turns = [("What colour is the circle?", "red"), ("How many stars are there?", "2")]
-    ids, labels = conversation(adapter, 2, turns)  # (1, S) each
-    first = adapter.video_prompts([turns[0][0]], 2)[0][0]
-    assert torch.equal(ids[0, : len(first)], first), "the first turn is exactly what answer_video builds"
-    assert (ids == adapter.model.config.image_token_id).sum() == 2 * 576
+    ids, labels, turn = conversation(adapter, 2, turns)  # (1, S) each
+    assert (ids == adapter.model.config.image_token_id).sum() == 2 * 576, "one copy of the frames for all turns"
+    for k, (question, _) in enumerate(turns, start=1):
+        alone = ids[0][(turn[0] == 0) | (turn[0] == k)]
+        prompt = adapter.video_prompts([question], 2)[0][0]
+        assert torch.equal(alone[: len(prompt)], prompt), "turn k with the prefix is exactly what answer_video builds"
     supervised = labels[0] != IGNORE_INDEX
     assert torch.equal(labels[0][supervised], ids[0][supervised])
-    text = adapter.tokenizer.decode(ids[0][supervised])
-    assert text.replace(" ", "") == "red</s>2</s>"
-    assert "USER: How many stars are there? ASSISTANT:" in adapter.tokenizer.decode(ids[0][~supervised])
+    assert adapter.tokenizer.decode(ids[0][supervised]).replace(" ", "") == "red</s>2</s>"
+    assert turn[0][supervised].tolist() == sorted(turn[0][supervised].tolist()) and set(turn[0].tolist()) == {0, 1, 2}
 
 
-def test_a_padded_batch_has_the_loss_of_its_examples(model_and_adapter):
+def test_a_padded_batch_computes_every_turn_as_if_asked_alone(model_and_adapter):
     model, adapter = model_and_adapter
     specs = [shapes.sample_clip(shapes.clip_seed("train", i), 1) for i in range(2)]
     examples = [
         conversation(adapter, 1, [(CAPTION_PROMPT, shapes.caption(specs[0]))]),
         conversation(adapter, 1, [(q.question, q.answer) for q in shapes.questions(specs[1])]),
     ]
+    assert examples[1][2].max() >= 3, "a clip with several questions"
     pixels = [adapter.pixel_values(shapes.render(spec)) for spec in specs]  # (1, 3, 336, 336) each
-    ids, labels, mask = collate(examples, adapter.tokenizer.pad_token_id)
-    assert ids.shape[1] == max(x.shape[1] for x, _ in examples)
+    ids, labels, mask, positions = collate(examples, adapter.tokenizer.pad_token_id)
+    assert ids.shape[1] == max(x.shape[1] for x, _, _ in examples) and mask.shape == (2, 1, ids.shape[1], ids.shape[1])
     short = min(range(2), key=lambda b: examples[b][0].shape[1])
-    assert (mask[short] == 0).any() and (labels[short][mask[short] == 0] == IGNORE_INDEX).all()
+    assert (labels[short][examples[short][0].shape[1]:] == IGNORE_INDEX).all(), "padding is not supervised"
 
     with torch.no_grad():
-        batched = model(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pixels), labels=labels).loss
-        # HF's loss is the mean over every supervised token of the batch: weight each example by its count
-        losses, counts = [], []
-        for (x, y), pv in zip(examples, pixels):
-            losses.append(model(input_ids=x, pixel_values=pv, labels=y).loss)
-            counts.append(int((y[0, 1:] != IGNORE_INDEX).sum()))
-    expected = sum(loss * n for loss, n in zip(losses, counts)) / sum(counts)
-    assert batched.item() == pytest.approx(expected.item(), rel=1e-4)
+        packed = model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=torch.cat(pixels))
+        for b, ((x, y, turn), pv) in enumerate(zip(examples, pixels)):
+            for k in range(1, int(turn.max()) + 1):
+                keep = (turn[0] == 0) | (turn[0] == k)
+                alone = model(input_ids=x[:, keep], pixel_values=pv).logits[0]  # (S_k, V): the question asked alone
+                assert torch.allclose(packed.logits[b, : x.shape[1]][keep], alone, atol=1e-4), (b, k)
 
 
 @pytest.mark.slow
