@@ -297,7 +297,13 @@ def identical_rows_as_one(unit: torch.Tensor, sim: torch.Tensor, flagged: torch.
 
 
 def diversity_partition(
-    features: torch.Tensor, residual: torch.Tensor, keep: int, step: int, *, normalised: bool = False
+    features: torch.Tensor,
+    residual: torch.Tensor,
+    keep: int,
+    step: int,
+    *,
+    normalised: bool = False,
+    all_pairs: bool | None = None,
 ) -> torch.Tensor:
     """Shrink each row's residual list to `keep` tokens that stay visually diverse (step 6 of the spec).
 
@@ -313,6 +319,11 @@ def diversity_partition(
     (a, b) pair directly. Both give exactly the maximum. Every row has the same M, so every round has
     the same shapes across the batch. Identical unit rows are one vector (`identical_rows_as_one`): their
     cosine to each other is exactly 1 and each copy reads the same cosines, so their ties are exact.
+
+    all_pairs: read every (a, b) pair in every round (default: on an accelerator). The neighbour lists
+    save reads on a CPU, but their fallback for rows with no neighbour in B asks the host whether there
+    are any, once a round; on a GPU those ~M / step host syncs, not the reads, bound the time. Both ways
+    give exactly the same maximum, so the same tokens.
     """
     B, M = residual.shape
     if keep >= M:
@@ -325,7 +336,12 @@ def diversity_partition(
     # A token is never in B with itself: keep it out of its own neighbour list (no round reads the diagonal).
     sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
     k = min(NEIGHBOURS, M - 1)
-    nearest, neighbours = sim.view(B * M, M).topk(k, dim=1)  # (B*M, k) most similar first
+    if all_pairs is None:
+        all_pairs = device.type != "cpu"
+    if all_pairs:
+        nearest, neighbours = sim.view(B * M, M).amax(dim=1, keepdim=True), None  # (B*M, 1)
+    else:
+        nearest, neighbours = sim.view(B * M, M).topk(k, dim=1)  # (B*M, k) most similar first
     # Identical rows compute a cosine within 2 (Dv + 8) eps of 1 (worst-case rounding of their normalisation
     # and of a Dv-term dot product); only images with such a pair are searched for identical rows, exactly.
     maybe_identical = 1 - 2 * (unit.shape[-1] + 8) * torch.finfo(unit.dtype).eps
@@ -333,7 +349,8 @@ def diversity_partition(
     if flagged.numel():
         identical_rows_as_one(unit, sim, flagged)
         sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-        neighbours.view(B, M, k)[flagged] = sim[flagged].topk(k, dim=2).indices
+        if neighbours is not None:
+            neighbours.view(B, M, k)[flagged] = sim[flagged].topk(k, dim=2).indices
     sim = sim.view(B * M * M)  # flat: one gather a read
     offset = torch.arange(B, device=device)[:, None] * M  # (B, 1): row b's tokens are b*M .. b*M + M-1
     R = torch.arange(M, device=device).expand(B, M)  # positions into the residual list
@@ -344,7 +361,7 @@ def diversity_partition(
         if a == 0 or b == 0:
             break
         rows = (A + offset).reshape(B * a)  # (B*a,) row of each A token in the stacked matrix
-        if b <= 2 * k:  # a small B: read every (a, b) pair
+        if all_pairs or b <= 2 * k:  # a small B (or an accelerator): read every (a, b) pair
             pairs = (rows.view(B, a, 1) * M + Bo[:, None, :]).reshape(-1)
             best = sim.index_select(0, pairs).view(B, a, b).amax(dim=-1)
         else:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from flashvlm import SelectionConfig, select_tokens
 from flashvlm.reference import reference_select_tokens
-from flashvlm.selection import TEXT_WEIGHTINGS, cosine_matrix, fused_scores
+from flashvlm.selection import TEXT_WEIGHTINGS, cosine_matrix, diversity_partition, fused_scores
 
 
 def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
@@ -59,6 +59,7 @@ def test_exactly_min_k_n_distinct_ascending_indices(s, budget, config, with_text
 @settings(max_examples=60, deadline=None)
 @given(shapes, st.integers(1, 60), configs, st.booleans())
 def test_matches_straightforward_rule_exactly_in_float64(s, budget, config, with_text):
+    assume(s["D"] > 1)  # one-dimensional projected rows are all parallel: the unmerged-copies limit (next test)
     vision, projected, saliency, text = make_inputs(**s)
     text = text if with_text else None
     kept = select_tokens(vision, projected, saliency, text, budget, config=config)
@@ -324,6 +325,21 @@ def test_cosine_matrix_is_the_full_product(seed, B, M, Dv):
     assert torch.allclose(sim, unit @ unit.transpose(1, 2), rtol=0, atol=1e-12)
     h = M // 2
     assert torch.equal(sim[:, h:, :h], sim[:, :h, h:].transpose(1, 2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(2, 120), st.integers(1, 6), st.integers(1, 9),
+       st.integers(0, 4), st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+def test_reading_every_pair_keeps_what_the_neighbour_lists_keep(seed, B, M, Dv, step, copies, dtype):
+    # all_pairs is the accelerator's way (no host sync a round); the CPU's neighbour lists must agree exactly,
+    # also with copied rows and the low-precision ties that a few feature dimensions make likely.
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(B, M, Dv, generator=g).to(dtype)
+    features[:, : min(copies, M)] = features[:, -1:]  # identical rows
+    residual = torch.stack([torch.randperm(M, generator=g) for _ in range(B)])  # (B, M)
+    for keep in {0, 1, M // 3, M - 1}:
+        lists = diversity_partition(features, residual, keep, step, all_pairs=False)
+        assert torch.equal(diversity_partition(features, residual, keep, step, all_pairs=True), lists), keep
 
 
 # ---------------------------------------------------------------- devices
