@@ -1,7 +1,8 @@
 """Training the small shapes LLaVA (flashvlm/shapes_model.py) the way LLaVA is trained, on generated clips.
 
     stage "alignment":  a caption of every clip (which objects, colours, motions), one turn a clip
-    stage "qa":         the task's questions about every clip, several turns a clip (LLaVA's multi-turn data)
+    stage "qa":         the task's questions about every clip, each an independent turn over one copy of
+                        the clip's image tokens (`shapes_model.conversation`, masked by `collate`)
 
 Nothing is pretrained here, so both stages train every weight (LLaVA's first stage freezes a pretrained
 vision tower and language model; ours start random). Every clip is new: clip i of a stage is
@@ -123,8 +124,9 @@ def _lr_at(step: int, stage: StageConfig) -> float:
 
 
 def turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[str, str]]:
-    """A training conversation's (question, answer) turns about clip `spec`: its caption for "alignment";
-    for "qa", the union of `draws` draws of its questions, in an order drawn from `rng`."""
+    """The (question, answer) turns of a training example about clip `spec`: its caption for "alignment";
+    for "qa", the union of `draws` draws of its questions, in an order drawn from `rng`. Each turn is
+    computed as if asked alone (`collate`), so one turn's answer never shows in another's input."""
     from flashvlm import shapes
     from flashvlm.shapes_model import CAPTION_PROMPT
 
@@ -132,7 +134,7 @@ def turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[st
         return [(CAPTION_PROMPT, shapes.caption(spec))]
     # Several draws of the clip's questions: more of its facts asked for the cost of one pass over its frames.
     items = list({q.question: (q.question, q.answer) for d in range(draws) for q in shapes.questions(spec, seed=spec.seed * draws + d)}.values())
-    rng.shuffle(items)  # every question type comes first in some conversations
+    rng.shuffle(items)
     return items
 
 
