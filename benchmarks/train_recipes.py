@@ -45,6 +45,9 @@ RECIPES = {
     "bs16_lr6e4_randpos": dict(batch=16, lr=6e-4, frames=[1], positions="random"),  # N(0, 0.02) positions
     "bs16_lr6e4_mimetic": dict(batch=16, lr=6e-4, frames=[1], mimetic=True),
     "bs16_lr3e4_mimetic": dict(batch=16, lr=3e-4, frames=[1], mimetic=True),
+    # A diagnostic, not a way to train the model: the tower replaced by perfect patch features (OracleTower),
+    # so the curve is the Llama side's alone: how many clips it needs to find and read the right patches.
+    "oracle_lr6e4": dict(batch=16, lr=6e-4, frames=[1], oracle=True),
 }
 BIG_VISION = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=6, projection_dim=192)
 BIG_TEXT = dict(shapes_model.TEXT, hidden_size=256, intermediate_size=1024)
@@ -64,7 +67,41 @@ def build(recipe: dict):
         torch.nn.init.normal_(tower.embeddings.position_embedding.weight, std=0.02)
     if recipe.get("mimetic"):
         mimetic_attention(tower)
-    return model, wrap(model, budget=None, processor=processor)
+    adapter = wrap(model, budget=None, processor=processor)
+    if recipe.get("oracle"):  # after wrap, which checks for a CLIP tower; the adapter only builds prompts here
+        model.model.vision_tower = OracleTower(tower.config.hidden_size)
+    return model, adapter
+
+
+class OracleTower(torch.nn.Module):
+    """Stands in for the CLIP tower: each patch's feature is a learned embedding of what covers it (its
+    object's (shape, colour), or background), exact from the generator's labels. Its "pixel values" are
+    those labels, (T, 577) ([CLS] first, always 0), from `oracle_pixels`."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(1 + len(shapes.SHAPES) * len(shapes.COLOURS), width)
+
+    def forward(self, pixel_values, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        features = self.embedding(pixel_values.long())  # (T, 577, width)
+        return BaseModelOutputWithPooling(last_hidden_state=features, hidden_states=(features,) * 3)
+
+
+def oracle_pixels(spec) -> torch.Tensor:
+    """(T, 577) labels of the patches of each frame: 0 background ([CLS] too), else 1 + its object's (shape, colour)."""
+    colours = list(shapes.COLOURS)
+    labels = torch.zeros(spec.frames, 1 + shapes.GRID * shapes.GRID)
+    for index, obj in enumerate(spec.objects):
+        for t, patches in enumerate(shapes.object_patches(spec, index)):
+            labels[t, [1 + p for p in patches]] = 1 + shapes.SHAPES.index(obj.shape) * len(colours) + colours.index(obj.colour)
+    return labels
+
+
+def pixels_of(recipe: dict, adapter, spec) -> torch.Tensor:
+    """The model's image input for a clip: (T, 3, 336, 336) pixel values, or the oracle's (T, 577) labels."""
+    return oracle_pixels(spec) if recipe.get("oracle") else adapter.pixel_values(shapes.render(spec))
 
 
 @torch.no_grad()
@@ -127,25 +164,26 @@ class Batches(torch.utils.data.IterableDataset):
                 seed = shapes.clip_seed("train", (step * workers + worker) * recipe["batch"] + b)
                 spec = easy_clip(seed, frames) if seen < recipe.get("easy", 0) else shapes.sample_clip(seed, frames)
                 examples.append(shapes_model.conversation(adapter, frames, turns(kind, spec, rng, 3)))
-                pixels.append(adapter.pixel_values(shapes.render(spec)))  # (T, 3, 336, 336)
+                pixels.append(pixels_of(recipe, adapter, spec))  # (T, 3, 336, 336), or the oracle's (T, 577)
             step += 1
             yield (kind, *collate(examples, adapter.tokenizer.pad_token_id), torch.cat(pixels))
 
 
 @torch.no_grad()
-def evaluate(model, adapter, frames: int) -> dict[str, float]:
+def evaluate(model, adapter, recipe: dict) -> dict[str, float]:
     """Accuracy per question type on EVAL_CLIPS validation clips, each question alone, teacher-forced."""
     model.eval()
     right: dict[str, int] = {}
     count: dict[str, int] = {}
+    frames = max(recipe["frames"])
     for i in range(EVAL_CLIPS):
         spec = shapes.sample_clip(shapes.clip_seed("validation", i), frames)
-        pixels = adapter.pixel_values(shapes.render(spec)).to(DEVICE)  # (T, 3, 336, 336)
+        pixels = pixels_of(recipe, adapter, spec).to(DEVICE)  # (T, 3, 336, 336)
         items = shapes.questions(spec)
         ids, labels, mask, positions = collate([shapes_model.conversation(adapter, frames, [(q.question, q.answer)]) for q in items],
                                                adapter.tokenizer.pad_token_id)  # (Q, S), (Q, S), (Q, 1, S, S), (Q, S)
         logits = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), position_ids=positions.to(DEVICE),
-                       pixel_values=pixels.repeat(len(items), 1, 1, 1)).logits
+                       pixel_values=pixels.repeat(len(items), *[1] * (pixels.dim() - 1))).logits
         predicted, target = logits[:, :-1].argmax(-1).cpu(), labels[:, 1:]
         for item, p, t in zip(items, predicted, target):
             scored = t != shapes_model.IGNORE_INDEX
@@ -186,7 +224,7 @@ def main() -> None:
         done = time.time() - t0 > seconds
         if clips >= next_eval or done:
             say({"clips": clips, "step": step, "kind": kind, "loss": round(running / n, 4), "s": round(time.time() - t0),
-                 "val": evaluate(model, adapter, max(recipe["frames"]))})
+                 "val": evaluate(model, adapter, recipe)})
             running, n, next_eval = 0.0, 0, next_eval + EVAL_EVERY
         if done:
             break
