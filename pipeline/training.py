@@ -106,12 +106,10 @@ def collate(
     allowed = causal & same & (turn[:, None, :] >= 0) | torch.eye(length, dtype=torch.bool)  # padding sees itself
     mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]  # (B, 1, S, S)
     prefix = (turn == 0).sum(1, keepdim=True)  # (B, 1)
-    start = torch.zeros_like(turn)  # first position of each position's turn
-    for row in range(len(examples)):
-        for k in turn[row].unique().tolist():
-            if k > 0:
-                start[row, turn[row] == k] = int((turn[row] == k).nonzero()[0])
-    index = torch.arange(length).expand_as(turn)
+    index = torch.arange(length).expand_as(turn)  # (B, S)
+    first = torch.ones_like(turn, dtype=torch.bool)
+    first[:, 1:] = turn[:, 1:] != turn[:, :-1]  # turns are contiguous: a turn starts where `turn` changes
+    start = torch.where(first, index, 0).cummax(dim=1).values  # (B, S) first position of each position's turn
     position_ids = torch.where(turn > 0, prefix + index - start, index)
     return ids, labels, mask, position_ids
 
