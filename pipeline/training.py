@@ -1,11 +1,17 @@
 """Training the small shapes LLaVA (flashvlm/shapes_model.py) the way LLaVA is trained, on generated clips.
 
+    stage "vision":     the CLIP tower alone, as a classifier of which objects a crop of a frame holds
+                        (image-level labels; the crop's patches keep their positions in the 24 x 24 grid)
     stage "alignment":  a caption of every clip (which objects, colours, motions), one turn a clip
     stage "qa":         the task's questions about every clip, each an independent turn over one copy of
                         the clip's image tokens (`shapes_model.conversation`, masked by `collate`)
 
-Nothing is pretrained here, so both stages train every weight (LLaVA's first stage freezes a pretrained
-vision tower and language model; ours start random). Every clip is new: clip i of a stage is
+LLaVA starts from a pretrained CLIP tower; none exists here, so the "vision" stage makes one, on crops
+(8 x 8 patches by default) because a ViT learns what a shape looks like about ten times faster on crops
+than on whole frames per second of compute (README, "The shapes model"); CLIP-336 was likewise pretrained
+at a lower resolution. Its classifier head is dropped after the stage, as LLaVA drops CLIP's projection.
+The later stages train every weight (LLaVA's first stage freezes a pretrained vision tower and language
+model; ours start from a tower trained on 2 cores for minutes and a random language model). Every clip is new: clip i of a stage is
 `shapes.sample_clip(clip_seed("train", offset + i))`, rendered, encoded to H.264 and decoded again the way
 the pipeline decodes it, then preprocessed by the adapter's own `pixel_values`. No data or loss refers to
 token selection: the model is trained at full budget only, so that selection is judged on a model that was
@@ -26,9 +32,11 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flashvlm import shapes
 from flashvlm.shapes_model import IGNORE_INDEX
 from pipeline.scoring import is_correct
 
+OBJECT_CLASSES = tuple((shape, colour) for shape in shapes.SHAPES for colour in shapes.COLOURS)  # the vision stage's 32 labels
 
 
 class _Strict(BaseModel):
@@ -36,9 +44,13 @@ class _Strict(BaseModel):
 
 
 class StageConfig(_Strict):
-    kind: Literal["alignment", "qa"] = Field(description="alignment: captions, one turn a clip; qa: the task's questions")
+    kind: Literal["vision", "alignment", "qa"] = Field(
+        description="vision: the tower alone, which objects a crop holds; alignment: captions, one turn a clip; qa: the task's questions"
+    )
     steps: int = Field(ge=0, description="optimizer steps")
     batch: int = Field(default=1, ge=1, description="clips a step (one clip length a step), padded to the longest conversation")
+    crop: int = Field(default=8, ge=1, le=shapes.GRID, description="vision: a crop's side in patches (8: 112 px, room for the largest object)")
+    crops: int = Field(default=4, ge=1, description="vision: crops a frame, at random places on the patch grid")
     lr: float = Field(gt=0, description="peak learning rate (linear warm-up, cosine decay to 10%)")
     warmup: int = Field(default=100, ge=0, description="warm-up steps")
     frames: list[int] = Field(
@@ -79,7 +91,6 @@ class TrainConfig(_Strict):
 
 def decoded_clip(spec: Any) -> Any:
     """(T, 336, 336, 3) uint8 frames of a generated clip as the pipeline sees them: H.264 encoded, then decoded."""
-    from flashvlm import shapes
     from flashvlm.decode import Sampling, decode_bytes
 
     frames, _ = decode_bytes(shapes.encode_mp4(shapes.render(spec)), Sampling(frames=spec.frames, size=shapes.SIZE))
@@ -114,6 +125,70 @@ def collate(
     return ids, labels, mask, position_ids
 
 
+def crops(spec: Any, pixel_values: torch.Tensor, rng: random.Random, side: int, count: int) -> tuple[torch.Tensor, ...]:
+    """`count` crops of every frame of clip `spec`, each `side` x `side` patches at a random place on the grid.
+
+    pixel_values: (T, 3, 336, 336), the frames as the adapter preprocesses them; the crops are cut from
+    them, so a crop's patches are exactly the frame's. Returns (T*count, 3, side*14, side*14) pixels,
+    (T*count, side*side) their grid indices (row * 24 + col), and (T*count, 32) targets and weights over
+    OBJECT_CLASSES: target 1 for an object with at least half its pixels in the crop; weight 0 for one
+    with fewer but some (neither answer is right); 0 with weight 1 otherwise.
+    """
+    P, width = shapes.PATCH, side * shapes.PATCH
+    pixels, patches, targets, weights = [], [], [], []
+    for t in range(spec.frames):
+        for _ in range(count):
+            row, col = rng.randrange(shapes.GRID - side + 1), rng.randrange(shapes.GRID - side + 1)
+            y0, x0 = row * P, col * P
+            target, weight = torch.zeros(len(OBJECT_CLASSES)), torch.ones(len(OBJECT_CLASSES))
+            for obj in spec.objects:
+                x, y = obj.position(t)
+                mask = shapes.shape_mask(obj.shape, obj.size)
+                inside = mask[max(0, y0 - y) : max(0, y0 + width - y), max(0, x0 - x) : max(0, x0 + width - x)].sum() / mask.sum()
+                k = OBJECT_CLASSES.index((obj.shape, obj.colour))
+                if inside >= 0.5:
+                    target[k] = 1.0
+                elif inside > 0:
+                    weight[k] = 0.0
+            pixels.append(pixel_values[t, :, y0 : y0 + width, x0 : x0 + width])
+            patches.append(torch.tensor([(row + i) * shapes.GRID + col + j for i in range(side) for j in range(side)]))
+            targets.append(target)
+            weights.append(weight)
+    return torch.stack(pixels), torch.stack(patches), torch.stack(targets), torch.stack(weights)
+
+
+def crop_features(tower: Any, pixel_values: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """(B, D) pooled output of the CLIP `tower` (CLIPVisionModel.forward) on crops, each patch at its
+    place in the full grid: (B, 3, h, w) pixel values, (B, h*w/196) grid indices. On a whole frame
+    (every index, in order) it is exactly `tower(pixel_values).pooler_output`."""
+    embeddings = tower.embeddings
+    x = embeddings.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B, P, D)
+    table = embeddings.position_embedding.weight  # (1 + 576, D): [CLS] first
+    cls = (embeddings.class_embedding + table[0]).expand(len(x), 1, -1)  # (B, 1, D)
+    hidden = tower.pre_layrnorm(torch.cat([cls, x + table[1 + patches]], dim=1))  # (B, 1 + P, D)
+    hidden = tower.encoder(inputs_embeds=hidden).last_hidden_state
+    return tower.post_layernorm(hidden[:, 0])
+
+
+def crop_accuracy(tower: Any, head: Any, adapter: Any, specs: list[Any], stage: "StageConfig") -> dict[str, Any]:
+    """On crops holding exactly one object whole and no other part of one: the share whose highest-scoring
+    class has that object's shape, and its colour (the vision stage's validation score)."""
+    rng = random.Random("validation")
+    right_shape = right_colour = total = 0
+    with torch.no_grad():
+        for spec in specs:
+            pixels, patches, targets, weights = crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops)
+            alone = (targets.sum(1) == 1) & (weights.sum(1) == len(OBJECT_CLASSES))  # (B,)
+            if not alone.any():
+                continue
+            predicted = head(crop_features(tower, pixels[alone], patches[alone])).argmax(1)
+            truth = targets[alone].argmax(1)
+            right_shape += sum(OBJECT_CLASSES[p][0] == OBJECT_CLASSES[t][0] for p, t in zip(predicted.tolist(), truth.tolist()))
+            right_colour += sum(OBJECT_CLASSES[p][1] == OBJECT_CLASSES[t][1] for p, t in zip(predicted.tolist(), truth.tolist()))
+            total += int(alone.sum())
+    return {"shape": round(right_shape / max(1, total), 4), "colour": round(right_colour / max(1, total), 4), "crops": total}
+
+
 def _lr_at(step: int, stage: StageConfig) -> float:
     if step < stage.warmup:
         return stage.lr * (step + 1) / stage.warmup
@@ -125,7 +200,6 @@ def turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[st
     """The (question, answer) turns of a training example about clip `spec`: its caption for "alignment";
     for "qa", the union of `draws` draws of its questions, in an order drawn from `rng`. Each turn is
     computed as if asked alone (`collate`), so one turn's answer never shows in another's input."""
-    from flashvlm import shapes
     from flashvlm.shapes_model import CAPTION_PROMPT
 
     if kind == "alignment":
@@ -138,8 +212,7 @@ def turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[st
 
 def caption_token_accuracy(model: Any, adapter: Any, specs: list[Any], frames: int) -> float:
     """Share of caption tokens predicted exactly (teacher forcing): the alignment stage's validation score."""
-    from flashvlm import shapes
-    from flashvlm.shapes_model import CAPTION_PROMPT, IGNORE_INDEX, conversation
+    from flashvlm.shapes_model import CAPTION_PROMPT, conversation
 
     right = total = 0
     with torch.no_grad():
@@ -155,8 +228,6 @@ def caption_token_accuracy(model: Any, adapter: Any, specs: list[Any], frames: i
 
 def qa_accuracy(adapter: Any, specs: list[Any]) -> dict[str, Any]:
     """Accuracy per question type of `adapter.answer_video` (the inference path) on the clips' questions."""
-    from flashvlm import shapes
-
     right: dict[str, int] = {t: 0 for t in shapes.QUESTION_TYPES}
     count: dict[str, int] = {t: 0 for t in shapes.QUESTION_TYPES}
     for spec in specs:
@@ -180,7 +251,6 @@ def save(model: Any, processor: Any, output: Path, dtype: str, log: Callable[[st
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train from scratch, save the checkpoint to cfg.output, return the record (test accuracy per type)."""
-    from flashvlm import shapes
     from flashvlm.models import wrap
     from flashvlm.shapes_model import build_shapes_model, conversation
 
@@ -194,9 +264,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     validation = [shapes.sample_clip(shapes.clip_seed("validation", i), cfg.frames) for i in range(cfg.validation_clips)]
     record: dict[str, Any] = {"model": "flashvlm-tiny/shapes", "seed": cfg.seed, "parameters": params, "stages": []}
 
-    def validate(kind: str, name: str) -> dict[str, Any]:
+    tower = model.model.vision_tower
+
+    def validate(stage: StageConfig, name: str, head: Any) -> dict[str, Any]:
         model.eval()
-        if kind == "alignment":
+        if stage.kind == "vision":
+            score = crop_accuracy(tower, head, adapter, validation, stage)
+        elif stage.kind == "alignment":
             score = {"caption_token_accuracy": round(caption_token_accuracy(model, adapter, validation, cfg.frames), 4)}
         else:
             score = qa_accuracy(adapter, validation)
@@ -208,7 +282,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     for number, stage in enumerate(cfg.stages, start=1):
         name = f"{number}:{stage.kind}"
         rng = random.Random(f"{cfg.seed}-{name}")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+        head = torch.nn.Linear(tower.config.hidden_size, len(OBJECT_CLASSES)) if stage.kind == "vision" else None
+        trained = [*tower.parameters(), *head.parameters()] if head is not None else list(model.parameters())
+        optimizer = torch.optim.AdamW(trained, lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
         model.train()
         curve: list[tuple[int, float]] = []
         scores: list[tuple[int, dict]] = []
@@ -216,14 +292,21 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         for step in range(stage.steps):
             frames = stage.frames[rng.randrange(len(stage.frames))]
             specs = [shapes.sample_clip(shapes.clip_seed("train", offset + step * stage.batch + b), frames) for b in range(stage.batch)]
-            ids, labels, mask, positions = collate(
-                [conversation(adapter, frames, turns(stage.kind, spec, rng, cfg.question_draws)) for spec in specs],
-                adapter.tokenizer.pad_token_id,
-            )  # (B, S), (B, S), (B, 1, S, S), (B, S)
-            pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
-            loss = model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixel_values, labels=labels).loss
+            if head is not None:
+                pixels, patches, targets, weights = (torch.cat(parts) for parts in zip(
+                    *[crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops) for spec in specs]
+                ))  # (B*T*crops, 3, h, w), (B*T*crops, side*side), (B*T*crops, 32) twice
+                logits = head(crop_features(tower, pixels, patches))  # (B*T*crops, 32)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weights)
+            else:
+                ids, labels, mask, positions = collate(
+                    [conversation(adapter, frames, turns(stage.kind, spec, rng, cfg.question_draws)) for spec in specs],
+                    adapter.tokenizer.pad_token_id,
+                )  # (B, S), (B, S), (B, 1, S, S), (B, S)
+                pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
+                loss = model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixel_values, labels=labels).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            torch.nn.utils.clip_grad_norm_(trained, cfg.clip_grad)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, stage)
             optimizer.step()
@@ -237,10 +320,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                     f"{rate:.2f} clips/s  {(time.time() - t_start) / 60:.1f} min")
                 running, t_log = 0.0, time.time()
             if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < stage.steps:
-                scores.append((step + 1, validate(stage.kind, name)))
+                scores.append((step + 1, validate(stage, name, head)))
                 t_log = time.time()
         offset += stage.steps * stage.batch
-        scores.append((stage.steps, validate(stage.kind, name)))
+        scores.append((stage.steps, validate(stage, name, head)))
         save(model, processor, Path(cfg.output), cfg.save_dtype, log)  # each stage's end, so a stopped run keeps its work
         record["stages"].append({"kind": stage.kind, "frames": stage.frames, "steps": stage.steps, "minutes": round((time.time() - t_stage) / 60, 2),
                                   "loss_curve": curve, "validation": scores[-1][1], "validation_curve": scores})

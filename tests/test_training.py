@@ -1,13 +1,14 @@
-"""Training the shapes LLaVA (pipeline/training.py): the examples it builds, batching, and one short run."""
+"""Training the shapes LLaVA (pipeline/training.py): the examples it builds, batching, and short runs."""
 
 import json
+import random
 
 import pytest
 import torch
 
 from flashvlm import shapes
 from flashvlm.shapes_model import CAPTION_PROMPT, IGNORE_INDEX, build_shapes_model, conversation
-from pipeline.training import StageConfig, TrainConfig, collate, train
+from pipeline.training import OBJECT_CLASSES, StageConfig, TrainConfig, collate, crop_features, crops, decoded_clip, train
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,58 @@ def test_a_padded_batch_computes_every_turn_as_if_asked_alone(model_and_adapter)
                 keep = (turn[0] == 0) | (turn[0] == k)
                 alone = model(input_ids=x[:, keep], pixel_values=pv).logits[0]  # (S_k, V): the question asked alone
                 assert torch.allclose(packed.logits[b, : x.shape[1]][keep], alone, atol=1e-4), (b, k)
+
+
+def test_a_crop_is_the_frames_patches_at_their_grid_places(model_and_adapter):
+    model, adapter = model_and_adapter
+    tower = model.model.vision_tower
+    spec = shapes.sample_clip(shapes.clip_seed("train", 3), 2)
+    frames = adapter.pixel_values(decoded_clip(spec))  # (2, 3, 336, 336)
+    with torch.no_grad():  # the whole frame as one crop is the tower's own forward
+        whole = crop_features(tower, frames, torch.arange(576).expand(2, 576))
+        assert torch.equal(whole, tower(pixel_values=frames).pooler_output)
+    pixels, patches, _, _ = crops(spec, frames, random.Random(0), side=8, count=3)
+    assert pixels.shape == (6, 3, 112, 112) and patches.shape == (6, 64)
+    grid = frames.unfold(2, 14, 14).unfold(3, 14, 14).permute(0, 2, 3, 1, 4, 5).reshape(2, 576, 3, 14, 14)  # (T, N, 3, 14, 14)
+    cut = pixels.unfold(2, 14, 14).unfold(3, 14, 14).permute(0, 2, 3, 1, 4, 5).reshape(6, 64, 3, 14, 14)
+    for i in range(6):  # crops are frame-major: crop i is of frame i // 3
+        assert torch.equal(cut[i], grid[i // 3, patches[i]])
+
+
+def test_crop_labels_count_each_objects_pixels_in_the_crop():
+    spec = shapes.sample_clip(shapes.clip_seed("train", 11), 2)
+    frames = torch.zeros(2, 3, 336, 336)  # only the geometry matters here
+    _, patches, targets, weights = crops(spec, frames, random.Random(1), side=6, count=20)
+    for i in range(len(patches)):
+        t = i // 20
+        rows, cols = patches[i] // 24, patches[i] % 24
+        window = torch.zeros(336, 336, dtype=torch.bool)
+        window[rows.min() * 14 : (rows.max() + 1) * 14, cols.min() * 14 : (cols.max() + 1) * 14] = True
+        for obj in spec.objects:
+            painted = torch.zeros(336, 336, dtype=torch.bool)  # the object's pixels in frame t, painted whole
+            x, y = obj.position(t)
+            painted[y : y + obj.size, x : x + obj.size] = torch.from_numpy(shapes.shape_mask(obj.shape, obj.size).copy())
+            share = (painted & window).sum() / painted.sum()
+            k = OBJECT_CLASSES.index((obj.shape, obj.colour))
+            assert (targets[i, k], weights[i, k]) == ((1.0, 1.0) if share >= 0.5 else (0.0, 0.0) if share > 0 else (0.0, 1.0))
+        absent = [k for k, c in enumerate(OBJECT_CLASSES) if c not in {(o.shape, o.colour) for o in spec.objects}]
+        assert targets[i, absent].sum() == 0 and weights[i, absent].min() == 1
+    assert targets.sum() > 0 and (weights == 0).any(), "the draw covers whole and partial objects"
+
+
+@pytest.mark.slow
+def test_the_vision_stage_trains_the_tower_alone(tmp_path):
+    import flashvlm
+
+    cfg = TrainConfig(frames=1, stages=[StageConfig(kind="vision", steps=2, batch=2, lr=1e-3, warmup=1, frames=[1], crop=6, crops=2)],
+                      validation_clips=2, test_clips=0, output=str(tmp_path / "ckpt"), save_dtype="float32")
+    record = train(cfg, log=lambda line: None)
+    assert set(record["stages"][0]["validation"]) == {"shape", "colour", "crops"}
+    trained, _ = flashvlm.load(str(tmp_path / "ckpt"))
+    start, _ = build_shapes_model(seed=0)
+    before, after = start.state_dict(), trained.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".vision_tower." in name for name in changed), sorted(changed)[:5]
 
 
 @pytest.mark.slow
