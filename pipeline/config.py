@@ -28,6 +28,7 @@ from flashvlm.models import _DTYPES
 from flashvlm.models.base import GUIDES
 from flashvlm.selection import TEXT_WEIGHTINGS, SelectionConfig, split_budget
 from flashvlm.selectors import METHODS, method_options
+from flashvlm.shapes import SPLITS as SHAPES_SPLITS
 from flashvlm.video import SPLITS, select_video_tokens
 from pipeline.storage import redact_options
 
@@ -105,8 +106,20 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------------------------------
 
 
+class GenerateShapes(_Strict):
+    """A split of the labelled shapes task (flashvlm/shapes.py): its clips and its questions.jsonl."""
+
+    split: Literal[SHAPES_SPLITS] = "test"  # type: ignore[valid-type]
+    clips: int = Field(default=8, ge=1)
+    frames: int = Field(default=4, ge=1, le=8)
+
+
 class InputConfig(_Strict):
     uri: Uri = Field(description="a local folder, file://, s3://bucket/prefix, a glob, or a manifest file")
+    extra_uris: list[Uri] = Field(
+        default_factory=list,
+        description="more locations listed in the same run, each like uri; relative questions_file entries stay relative to uri",
+    )
     extensions: list[str] = Field(
         default=[".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg"],
         description="suffixes kept when listing a folder or prefix (a glob or manifest is taken as is)",
@@ -119,6 +132,11 @@ class InputConfig(_Strict):
         default=0,
         ge=0,
         description="demo only: when uri is a local path that does not exist, generate this many short clips instead",
+    )
+    generate_shapes: Optional[GenerateShapes] = Field(
+        default=None,
+        description="demo only: when uri is a local folder that does not exist, write this shapes split there "
+        "(uri must end in the split's name); local extra_uris that do not exist are then left out",
     )
 
     @field_validator("extensions")

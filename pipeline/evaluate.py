@@ -104,14 +104,6 @@ class Setting(_Strict):
         return self.method + ("" if not self.options else " " + json.dumps(self.options, sort_keys=True))
 
 
-class GenerateShapes(_Strict):
-    """Demo: when input.uri is a local folder that does not exist, write this shapes split there."""
-
-    split: str = Field(default="test", description="train, validation or test (flashvlm.shapes.SPLITS)")
-    clips: int = Field(default=8, ge=1)
-    frames: int = Field(default=4, ge=1, le=8)
-
-
 class EvaluationOptions(_Strict):
     budgets: list[Optional[int]] = Field(
         default=[None, 192, 128, 64, 32, 16], description="visual tokens per frame; null = all (the full-budget reference)"
@@ -121,7 +113,6 @@ class EvaluationOptions(_Strict):
         description="methods x options, each run at every budget",
     )
     max_videos: Optional[int] = Field(default=None, ge=1, description="evaluate the first N listed videos only")
-    generate_shapes: Optional[GenerateShapes] = None
 
     @field_validator("budgets")
     @classmethod
@@ -525,24 +516,6 @@ def plot(results: list[dict[str, Any]], path: str, title: str, tokens_per_frame:
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_eval_input(cfg: EvalConfig) -> str:
-    """input.uri, or (demo) a generated shapes split written there when that local folder is missing."""
-    from pipeline.run import resolve_input
-
-    shapes = cfg.evaluation.generate_shapes
-    uri = cfg.input.uri
-    if shapes is not None and is_local(uri):
-        fs, path = filesystem(uri)
-        if not fs.exists(path):
-            from flashvlm import shapes as generator
-
-            if Path(path).name != shapes.split:
-                raise ValueError(f"evaluation.generate_shapes: input.uri {uri} must end in the split's name {shapes.split!r}")
-            labels = generator.write_split(Path(path).parent, shapes.split, shapes.clips, frames=shapes.frames)
-            print(f"{uri} not found: generated {shapes.clips} shapes clips ({shapes.split} split) and {labels}", flush=True)
-    return resolve_input(cfg)
-
-
 def grid_of(cfg: EvalConfig) -> list[dict[str, Any]]:
     """The settings in run order: the full budget first, then budget x setting."""
     full = {"method": FULL, "options": {}, "budget": None, "settings_id": setting_id(cfg, FULL, {}, None)}
@@ -557,14 +530,14 @@ def grid_of(cfg: EvalConfig) -> list[dict[str, Any]]:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation; returns {"record", "results", "by_type", "tables", "plot", "summary"}."""
     from pipeline.commit import commit, final_path, recover, rollback, staging_uri
-    from pipeline.run import decode_dataset, init_ray, list_inputs, model_gpus, pool, versions
+    from pipeline.run import decode_dataset, init_ray, list_inputs, model_gpus, pool, resolve_input, versions
     from pipeline.write import ParquetWriter, partition_dir, write_run_record
 
     started = datetime.now(timezone.utc)
     run_id = cfg.run_id or f"eval-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     run_date = f"{started:%Y-%m-%d}"
     t0 = time.perf_counter()
-    input_uri = resolve_eval_input(cfg)
+    input_uri = resolve_input(cfg)
     # A malformed labels file is refused before anything runs, naming the file and the row.
     labelled = read_labels(cfg.questions_file, cfg.storage_options) if cfg.questions_file else []
     record: dict[str, Any] = {

@@ -39,7 +39,7 @@ from pipeline.cluster import check_shared_storage
 from pipeline.commit import commit, final_path, recover, rollback, staging_uri
 from pipeline.config import JobConfig
 from pipeline.decode import DecodeVideos
-from pipeline.listing import list_videos
+from pipeline.listing import ListVideos
 from pipeline.questions import attach_questions, expected_answers, questions_by_video, read_questions_file
 from pipeline.schema import LISTED, error_text
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
@@ -91,14 +91,37 @@ def _ray_initialized() -> bool:
 
 
 def resolve_input(cfg: JobConfig) -> str:
-    """input.uri, or (demo) a folder of generated clips when that local path does not exist."""
+    """input.uri, or (demo) generated clips when that local path does not exist: a shapes split written
+    there (input.generate_shapes), or short synthetic clips in a temporary folder (generate_if_missing)."""
     uri = cfg.input.uri
-    if cfg.input.generate_if_missing and is_local(uri) and not filesystem(uri)[0].exists(filesystem(uri)[1]):
+    missing = is_local(uri) and not filesystem(uri)[0].exists(filesystem(uri)[1])
+    shapes = cfg.input.generate_shapes
+    if shapes is not None and missing:
+        from flashvlm import shapes as generator
+
+        path = Path(filesystem(uri)[1])
+        if path.name != shapes.split:
+            raise ValueError(f"input.generate_shapes: input.uri {uri} must end in the split's name {shapes.split!r}")
+        labels = generator.write_split(path.parent, shapes.split, shapes.clips, frames=shapes.frames)
+        print(f"{uri} not found: generated {shapes.clips} shapes clips ({shapes.split} split) and {labels}", flush=True)
+    elif cfg.input.generate_if_missing and missing:
         folder = Path(tempfile.gettempdir()) / "flashvlm-demo-clips"
         make_clips(folder, cfg.input.generate_if_missing)
         print(f"{uri} not found: using {cfg.input.generate_if_missing} generated clips in {folder}", flush=True)
         return str(folder)
     return uri
+
+
+def input_locations(cfg: JobConfig, input_uri: str) -> list[str]:
+    """input_uri and input.extra_uris; in a demo (input.generate_*), local extras that do not exist are left out."""
+    demo = cfg.input.generate_shapes is not None or cfg.input.generate_if_missing > 0
+    out = [input_uri]
+    for uri in cfg.input.extra_uris:
+        if demo and is_local(uri) and not filesystem(uri)[0].exists(filesystem(uri)[1]):
+            print(f"{uri} not found: left out of the demo", flush=True)
+            continue
+        out.append(uri)
+    return out
 
 
 def model_gpus(cfg: JobConfig) -> float:
@@ -132,7 +155,9 @@ def labels(cfg: JobConfig, input_uri: str) -> dict[str, str]:
 
 def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
     """The videos to process, with their questions (LISTED), and how many listed videos had none."""
-    listed = list_videos(input_uri, cfg.input.extensions, cfg.storage_options, cfg.input.allowed_prefixes)
+    listed = ListVideos(cfg.input.extensions, cfg.storage_options, cfg.input.allowed_prefixes)(
+        pa.table({"input_uri": input_locations(cfg, input_uri)})
+    )
     per_video = None
     if cfg.questions_file:
         per_video = questions_by_video(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
@@ -248,7 +273,7 @@ def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str, 
 
 
 def _totals(record: dict[str, Any], summaries: list[dict[str, Any]], t0: float) -> None:
-    for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total"):
+    for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total", "answers_labelled", "answers_correct"):
         record[key] = sum(int(s[key]) for s in summaries)
     record["decode_s"] = sum(s["decode_ms"] for s in summaries) / 1000.0
     record["answer_s"] = sum(s["answer_ms"] for s in summaries) / 1000.0
@@ -355,6 +380,9 @@ def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
         f" {record.get('videos_already_done') or 0} already done (of {record['videos_listed']} listed);"
         f" frames decoded: {record['frames_decoded']}",
         f"  answers: {record['answers']} rows; visual tokens kept {kept} of {total}{share}",
+        *([f"  accuracy on labelled questions: {record['answers_correct']} of {record['answers_labelled']}"
+           f" ({100.0 * record['answers_correct'] / record['answers_labelled']:.1f}%) at"
+           f" {cfg.selection.budget or 'every'} visual tokens a frame"] if record.get("answers_labelled") else []),
         f"  time: listing {record.get('listing_s') or 0:.1f} s, ray start {record.get('ray_init_s') or 0:.1f} s,"
         f" pipeline {record.get('pipeline_s') or 0:.1f} s"
         f" (decode {record['decode_s']:.1f} s, model {record['answer_s']:.1f} s summed over actors)",

@@ -88,6 +88,8 @@ class WriteTables:
             "frames_decoded": int(pc.sum(first.column("frames")).as_py() or 0),
             "tokens_kept": int(pc.sum(answers.column("tokens_kept")).as_py() or 0),
             "tokens_total": int(pc.sum(answers.column("tokens_total")).as_py() or 0),
+            "answers_labelled": int(pc.sum(pc.is_valid(answers.column("correct")).cast(pa.int64())).as_py() or 0),
+            "answers_correct": int(pc.sum(pc.fill_null(answers.column("correct"), False).cast(pa.int64())).as_py() or 0),
             "decode_ms": float(pc.sum(first.column("decode_ms")).as_py() or 0.0)
             + float(pc.sum(failed_rows.column("decode_ms")).as_py() or 0.0),
             "answer_ms": float(pc.sum(answers.column("latency_ms")).as_py() or 0.0),

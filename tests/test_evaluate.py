@@ -99,7 +99,7 @@ def test_evaluate_job_refuses_a_malformed_labels_file_before_it_runs(tmp_path, c
     labels = tmp_path / "labels.jsonl"
     labels.write_text(json.dumps({"video_uri": "a.mp4", "question": "Q?"}) + "\n" + json.dumps({"video_uri": "a.mp4"}) + "\n")
     code = main(["--set", f"input.uri={tmp_path / 'videos'}", "--set", f"questions_file={labels}",
-                 "--set", f"output.uri={tmp_path / 'out'}", "--set", "evaluation.generate_shapes=null"])
+                 "--set", f"output.uri={tmp_path / 'out'}", "--set", "input.generate_shapes=null"])
     assert code == 2
     assert f"labels file {labels}, row 2: question must be a non-empty string" in capsys.readouterr().err
     assert not (tmp_path / "out" / "evaluations").exists()
@@ -226,7 +226,7 @@ def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, fl
     code = main([
         "--set", "model.name=flashvlm-tiny/llava", "--set", f"input.uri={shapes_split}",
         "--set", f"questions_file={shapes_split / 'questions.jsonl'}", "--set", f"output.uri={out_uri}",
-        "--set", "sampling.frames=2", "--set", "evaluation.budgets=[null, 16]", "--set", "evaluation.generate_shapes=null",
+        "--set", "sampling.frames=2", "--set", "evaluation.budgets=[null, 16]", "--set", "input.generate_shapes=null",
         "--set", "evaluation.settings=[{method: flashvlm}, {method: random, options: {seed: 1}}]",
     ])
     printed = capsys.readouterr().out
@@ -282,7 +282,7 @@ def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(ray_local, flashvlm_ca
     code = main([
         "--set", "model.name=flashvlm-tiny/qwen2_5_vl", "--set", f"input.uri={split}", "--set", f"questions_file={labels}",
         "--set", f"output.uri={out_uri}", "--set", "sampling.frames=2", "--set", "sampling.size=112",
-        "--set", "evaluation.budgets=[null, 4]", "--set", "evaluation.generate_shapes=null",
+        "--set", "evaluation.budgets=[null, 4]", "--set", "input.generate_shapes=null",
         "--set", "evaluation.settings=[{method: uniform}, {method: random, options: {seed: 1}}]",
     ])
     printed = capsys.readouterr().out
@@ -303,15 +303,19 @@ def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(ray_local, flashvlm_ca
 @pytest.mark.slow
 def test_answers_table_carries_expected_and_correct(ray_local, flashvlm_cache, shapes_split, tmp_path):
     from pipeline.config import load_config
-    from pipeline.run import run
+    from pipeline.run import run, summary_text
     from pipeline.tables import read_table
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", [
         f"input.uri={shapes_split}", f"questions_file={shapes_split / 'questions.jsonl'}", "questions=[]",
         f"output.uri={tmp_path / 'out'}", "sampling.frames=2", "input.generate_if_missing=0",
+        "input.generate_shapes=null", "input.extra_uris=[]",
     ])
-    run(cfg)
+    record = run(cfg)
     answers = read_table(str(tmp_path / "out"), "answers").to_pylist()
+    right = sum(row["correct"] for row in answers)
+    assert (record["answers_labelled"], record["answers_correct"]) == (len(answers), right)
+    assert f"accuracy on labelled questions: {right} of {len(answers)} (" in summary_text(cfg, record)
     labels = {(l["video_uri"], l["question"]): l["answer"] for l in map(json.loads, (shapes_split / "questions.jsonl").read_text().splitlines())}
     assert len(answers) == len(labels) - 1  # the broken clip is an error row
     for row in answers:

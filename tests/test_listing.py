@@ -161,3 +161,20 @@ def test_malformed_questions_file_is_a_clear_error(folder):
     path.write_text("not json\n")
     with pytest.raises(ValueError, match=r"questions_file .*q\.jsonl: not a readable \.jsonl table"):
         read_questions_file(str(path))
+
+
+def test_extra_uris_are_listed_with_the_input_and_a_demo_leaves_missing_ones_out(folder, tmp_path_factory, capsys):
+    from pipeline.config import validate_config
+    from pipeline.run import list_inputs
+
+    other = tmp_path_factory.mktemp("other")
+    (other / "e.mp4").write_bytes(b"e")
+    base = {"input": {"uri": str(folder), "extra_uris": [str(other), str(other / "missing")]}, "questions": ["why?"],
+            "model": {"name": "m"}, "output": {"uri": "/out"}}
+    with pytest.raises(FileNotFoundError, match="missing"):  # a job: a missing location is an error
+        list_inputs(validate_config(base), str(folder))
+    demo = validate_config({**base, "input": {**base["input"], "generate_if_missing": 1}})
+    listed, skipped = list_inputs(demo, str(folder))
+    assert sorted(names(listed)) == ["a.mp4", "b.webm", "c.MOV", "e.mp4"] and skipped == 0
+    assert listed.column("questions").to_pylist() == [["why?"]] * 4
+    assert f"{other / 'missing'} not found: left out of the demo" in capsys.readouterr().out
