@@ -42,7 +42,8 @@ def test_training_config_validates():
     from pipeline.training import TrainConfig
 
     cfg = load_config(ROOT / "configs" / "train_shapes.yaml", schema=TrainConfig)
-    assert [s.kind for s in cfg.stages][0] == "alignment" and "qa" in [s.kind for s in cfg.stages]
+    kinds = [s.kind for s in cfg.stages]
+    assert kinds[:2] == ["vision", "alignment"] and set(kinds[2:]) == {"qa"}, "the tower first, then LLaVA's two stages"
     with pytest.raises(ConfigError, match="stages.0.kind"):
         load_config(ROOT / "configs" / "train_shapes.yaml", ["stages.0.kind=captions"], schema=TrainConfig)
 
