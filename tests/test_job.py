@@ -161,6 +161,17 @@ def test_demo_generates_clips_when_the_sample_folder_is_absent(tmp_path):
     assert resolve_input(cfg) == str(tmp_path)  # present, or generation off: used as given
 
 
+def test_a_demo_can_generate_a_labelled_shapes_split_where_the_input_is_missing(tmp_path):
+    shapes = "input.generate_shapes={split: test, clips: 2, frames: 2}"
+    cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/shapes/test", shapes])
+    assert resolve_input(cfg) == f"{tmp_path}/shapes/test"
+    assert sorted(p.name for p in (tmp_path / "shapes" / "test").iterdir()) == ["clip_00000.mp4", "clip_00001.mp4", "questions.jsonl"]
+    rows = [json.loads(line) for line in (tmp_path / "shapes" / "test" / "questions.jsonl").read_text().splitlines()]
+    assert rows and {"video_uri", "question", "answer"} <= set(rows[0])
+    with pytest.raises(ValueError, match="must end in the split's name 'test'"):
+        resolve_input(load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/elsewhere", shapes]))
+
+
 # ---- the command line: exit status and flags, in a fresh process (no Ray is started by these) ------------
 
 
