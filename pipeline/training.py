@@ -126,27 +126,33 @@ def collate(
 
 
 def crops(spec: Any, pixel_values: torch.Tensor, rng: random.Random, side: int, count: int) -> tuple[torch.Tensor, ...]:
-    """`count` crops of every frame of clip `spec`, each `side` x `side` patches at a random place on the grid.
+    """`count` crops of every frame of clip `spec`, each `side` x `side` patches of the grid, placed at a
+    random offset around an object drawn at random, so that it lies wholly inside (anywhere on the grid
+    when it cannot).
 
     pixel_values: (T, 3, 336, 336), the frames as the adapter preprocesses them; the crops are cut from
     them, so a crop's patches are exactly the frame's. Returns (T*count, 3, side*14, side*14) pixels,
     (T*count, side*side) their grid indices (row * 24 + col), and (T*count, 32) targets and weights over
-    OBJECT_CLASSES: target 1 for an object with at least half its pixels in the crop; weight 0 for one
-    with fewer but some (neither answer is right); 0 with weight 1 otherwise.
+    OBJECT_CLASSES: target 1 for an object wholly inside the crop; weight 0 for one partly inside (a cut
+    shape may look like another); 0 with weight 1 otherwise.
     """
-    P, width = shapes.PATCH, side * shapes.PATCH
+    P, width, last = shapes.PATCH, side * shapes.PATCH, shapes.GRID - side
     pixels, patches, targets, weights = [], [], [], []
     for t in range(spec.frames):
         for _ in range(count):
-            row, col = rng.randrange(shapes.GRID - side + 1), rng.randrange(shapes.GRID - side + 1)
+            x, y = (anchor := spec.objects[rng.randrange(len(spec.objects))]).position(t)
+            rows = (max(0, -(-(y + anchor.size) // P) - side), min(last, y // P))  # crop rows that hold it whole
+            cols = (max(0, -(-(x + anchor.size) // P) - side), min(last, x // P))
+            row = rng.randint(*rows) if rows[0] <= rows[1] else rng.randint(0, last)
+            col = rng.randint(*cols) if cols[0] <= cols[1] else rng.randint(0, last)
             y0, x0 = row * P, col * P
             target, weight = torch.zeros(len(OBJECT_CLASSES)), torch.ones(len(OBJECT_CLASSES))
             for obj in spec.objects:
                 x, y = obj.position(t)
                 mask = shapes.shape_mask(obj.shape, obj.size)
-                inside = mask[max(0, y0 - y) : max(0, y0 + width - y), max(0, x0 - x) : max(0, x0 + width - x)].sum() / mask.sum()
+                inside = mask[max(0, y0 - y) : max(0, y0 + width - y), max(0, x0 - x) : max(0, x0 + width - x)].sum()
                 k = OBJECT_CLASSES.index((obj.shape, obj.colour))
-                if inside >= 0.5:
+                if inside == mask.sum():
                     target[k] = 1.0
                 elif inside > 0:
                     weight[k] = 0.0
