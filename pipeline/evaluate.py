@@ -52,7 +52,7 @@ from pipeline.config import (
 )
 from pipeline.schema import TIMESTAMP, _f, error_text, frames_of
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
-from pipeline.storage import filesystem, is_local, join, normalize_uri, read_table_file
+from pipeline.storage import filesystem, join, normalize_uri, read_table_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "eval_demo.yaml"
