@@ -13,7 +13,7 @@ import inspect
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 
