@@ -8,7 +8,10 @@ compression), with the training job's own examples (`pipeline.training.turns`, `
 clips (EVAL_EVERY) it scores 48 validation clips (EVAL_CLIPS), every question asked alone, an answer right
 when its tokens are the greedy ones (teacher forcing: no generate loop). Writes OUTDIR/NAME.log, one JSON
 line per evaluation: {"clips", "step", "loss", "s", "val": {question type: accuracy}}, and prints each
-with "recipe" added, so the last line is the final evaluation. The README's
+with "recipe" added, so the last line is the final evaluation. TOWER=<checkpoint directory> starts the
+model from that checkpoint's CLIP tower (the README's question answering from the vision stage's tower:
+`jobs/train_shapes.py` with only the vision stage, then EVAL_EVERY=800 EVAL_CLIPS=32 TOWER=... bs16_lr6e4
+1200). The README's
 recipe table ("The shapes model") is 8 of these, 270 s each, side by side on one H200.
 """
 
@@ -53,6 +56,7 @@ BIG_VISION = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, n
 BIG_TEXT = dict(shapes_model.TEXT, hidden_size=256, intermediate_size=1024)
 EVAL_EVERY = int(os.environ.get("EVAL_EVERY", 2000))
 EVAL_CLIPS = int(os.environ.get("EVAL_CLIPS", 48))
+TOWER = os.environ.get("TOWER")  # a checkpoint directory (jobs/train_shapes.py's output) whose CLIP tower starts the model
 
 
 def build(recipe: dict):
@@ -67,6 +71,10 @@ def build(recipe: dict):
         torch.nn.init.normal_(tower.embeddings.position_embedding.weight, std=0.02)
     if recipe.get("mimetic"):
         mimetic_attention(tower)
+    if TOWER:  # e.g. after a run of only the vision stage: question answering from a pretrained tower
+        import flashvlm
+
+        tower.load_state_dict(flashvlm.load(TOWER, dtype="float32")[0].model.vision_tower.state_dict())
     adapter = wrap(model, budget=None, processor=processor)
     if recipe.get("oracle"):  # after wrap, which checks for a CLIP tower; the adapter only builds prompts here
         model.model.vision_tower = OracleTower(tower.config.hidden_size)
