@@ -90,11 +90,19 @@ def _ray_initialized() -> bool:
     return ray.is_initialized()
 
 
+def _missing_locally(uri: str) -> bool:
+    """A local path that does not exist (a demo generates or leaves it out); remote locations never are."""
+    if not is_local(uri):
+        return False
+    fs, path = filesystem(uri)
+    return not fs.exists(path)
+
+
 def resolve_input(cfg: JobConfig) -> str:
     """input.uri, or (demo) generated clips when that local path does not exist: a shapes split written
     there (input.generate_shapes), or short synthetic clips in a temporary folder (generate_if_missing)."""
     uri = cfg.input.uri
-    missing = is_local(uri) and not filesystem(uri)[0].exists(filesystem(uri)[1])
+    missing = _missing_locally(uri)
     shapes = cfg.input.generate_shapes
     if shapes is not None and missing:
         from flashvlm import shapes as generator
@@ -117,7 +125,7 @@ def input_locations(cfg: JobConfig, input_uri: str) -> list[str]:
     demo = cfg.input.generate_shapes is not None or cfg.input.generate_if_missing > 0
     out = [input_uri]
     for uri in cfg.input.extra_uris:
-        if demo and is_local(uri) and not filesystem(uri)[0].exists(filesystem(uri)[1]):
+        if demo and _missing_locally(uri):
             print(f"{uri} not found: left out of the demo", flush=True)
             continue
         out.append(uri)

@@ -7,8 +7,8 @@
                         the clip's image tokens (`shapes_model.conversation`, masked by `collate`)
 
 LLaVA starts from a pretrained CLIP tower; none exists here, so the "vision" stage makes one, on crops
-(8 x 8 patches by default) because a ViT learns what a shape looks like about ten times faster on crops
-than on whole frames per second of compute (README, "The shapes model"); CLIP-336 was likewise pretrained
+(8 x 8 patches by default) because the tower sees about ten times more of them than whole frames per
+second of compute (README, "A vision stage"); CLIP-336 was likewise pretrained
 at a lower resolution. Its classifier head is dropped after the stage, as LLaVA drops CLIP's projection.
 The later stages train every weight (LLaVA's first stage freezes a pretrained vision tower and language
 model; ours start from a tower trained on 2 cores for minutes and a random language model). Every clip is new: clip i of a stage is
@@ -50,7 +50,7 @@ class StageConfig(_Strict):
     steps: int = Field(ge=0, description="optimizer steps")
     batch: int = Field(default=1, ge=1, description="clips a step (one clip length a step), padded to the longest conversation")
     crop: int = Field(default=8, ge=1, le=shapes.GRID, description="vision: a crop's side in patches (8: 112 px, room for the largest object)")
-    crops: int = Field(default=4, ge=1, description="vision: crops a frame, at random places on the patch grid")
+    crops: int = Field(default=4, ge=1, description="vision: crops a frame, each placed around an object drawn at random")
     lr: float = Field(gt=0, description="peak learning rate (linear warm-up, cosine decay to 10%)")
     warmup: int = Field(default=100, ge=0, description="warm-up steps")
     frames: list[int] = Field(
