@@ -163,59 +163,36 @@ def crops(spec: Any, pixel_values: torch.Tensor, rng: random.Random, side: int, 
     return torch.stack(pixels), torch.stack(patches), torch.stack(targets), torch.stack(weights)
 
 
-def crop_features(tower: Any, pixel_values: torch.Tensor, patches: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CLIP `tower` (CLIPVisionModel.forward) on crops, each patch at its place in the full grid:
-    (B, 3, h, w) pixel values, (B, h*w/196) grid indices. Returns (B, D) the pooled output ([CLS] after the
-    last layer, as CLIP pools) and (B, D) the mean over the crop's patches of hidden state `layer` (the
-    features LLaVA reads, e.g. -2). On a whole frame (every index, in order) they are exactly
-    `tower(pixel_values).pooler_output` and `hidden_states[layer][:, 1:].mean(1)` of the same call."""
+def crop_features(tower: Any, pixel_values: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """(B, D) pooled output of the CLIP `tower` (CLIPVisionModel.forward) on crops, each patch at its
+    place in the full grid: (B, 3, h, w) pixel values, (B, h*w/196) grid indices. On a whole frame
+    (every index, in order) it is exactly `tower(pixel_values).pooler_output`."""
     embeddings = tower.embeddings
     x = embeddings.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B, P, D)
     table = embeddings.position_embedding.weight  # (1 + 576, D): [CLS] first
     cls = (embeddings.class_embedding + table[0]).expand(len(x), 1, -1)  # (B, 1, D)
     hidden = tower.pre_layrnorm(torch.cat([cls, x + table[1 + patches]], dim=1))  # (B, 1 + P, D)
-    states = [hidden]  # states[i]: after i layers, as `hidden_states`
-    for block in tower.encoder.layers:
-        states.append(hidden := block(hidden, None))
-    return tower.post_layernorm(hidden[:, 0]), states[layer][:, 1:].mean(1)
+    hidden = tower.encoder(inputs_embeds=hidden).last_hidden_state
+    return tower.post_layernorm(hidden[:, 0])
 
 
-class CropHeads(torch.nn.Module):
-    """The vision stage's classifiers over OBJECT_CLASSES, dropped after it: one on the pooled [CLS], as
-    CLIP is trained, and one on the mean of the patch features LLaVA reads, so that those carry what a crop
-    holds (the [CLS] alone leaves them no better than a random tower's at telling shapes; README)."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.cls = torch.nn.Linear(width, len(OBJECT_CLASSES))
-        self.patches = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, len(OBJECT_CLASSES)))
-
-    def forward(self, features: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, patch_mean = features
-        return self.cls(pooled), self.patches(patch_mean)  # (B, 32) logits each
-
-
-def crop_accuracy(tower: Any, heads: CropHeads, adapter: Any, specs: list[Any], stage: "StageConfig") -> dict[str, Any]:
-    """On crops holding exactly one object whole and no other part of one: per head ("cls", "patches"), the
-    share whose highest-scoring class has that object's shape, and its colour (the vision stage's validation score)."""
+def crop_accuracy(tower: Any, head: Any, adapter: Any, specs: list[Any], stage: "StageConfig") -> dict[str, Any]:
+    """On crops holding exactly one object whole and no other part of one: the share whose highest-scoring
+    class has that object's shape, and its colour (the vision stage's validation score)."""
     rng = random.Random("validation")
-    layer = adapter.model.config.vision_feature_layer
-    right = {head: {"shape": 0, "colour": 0} for head in ("cls", "patches")}
-    total = 0
+    right_shape = right_colour = total = 0
     with torch.no_grad():
         for spec in specs:
             pixels, patches, targets, weights = crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops)
             alone = (targets.sum(1) == 1) & (weights.sum(1) == len(OBJECT_CLASSES))  # (B,)
             if not alone.any():
                 continue
-            truth = [OBJECT_CLASSES[t] for t in targets[alone].argmax(1).tolist()]
-            for head, logits in zip(right, heads(crop_features(tower, pixels[alone], patches[alone], layer))):
-                predicted = [OBJECT_CLASSES[p] for p in logits.argmax(1).tolist()]
-                right[head]["shape"] += sum(p[0] == t[0] for p, t in zip(predicted, truth))
-                right[head]["colour"] += sum(p[1] == t[1] for p, t in zip(predicted, truth))
+            predicted = head(crop_features(tower, pixels[alone], patches[alone])).argmax(1)
+            truth = targets[alone].argmax(1)
+            right_shape += sum(OBJECT_CLASSES[p][0] == OBJECT_CLASSES[t][0] for p, t in zip(predicted.tolist(), truth.tolist()))
+            right_colour += sum(OBJECT_CLASSES[p][1] == OBJECT_CLASSES[t][1] for p, t in zip(predicted.tolist(), truth.tolist()))
             total += int(alone.sum())
-    score: dict[str, Any] = {head: {k: round(v / max(1, total), 4) for k, v in counts.items()} for head, counts in right.items()}
-    return {**score, "crops": total}
+    return {"shape": round(right_shape / max(1, total), 4), "colour": round(right_colour / max(1, total), 4), "crops": total}
 
 
 def _lr_at(step: int, stage: StageConfig) -> float:
@@ -311,7 +288,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     for number, stage in enumerate(cfg.stages, start=1):
         name = f"{number}:{stage.kind}"
         rng = random.Random(f"{cfg.seed}-{name}")
-        head = CropHeads(tower.config.hidden_size) if stage.kind == "vision" else None
+        head = torch.nn.Linear(tower.config.hidden_size, len(OBJECT_CLASSES)) if stage.kind == "vision" else None
         trained = [*tower.parameters(), *head.parameters()] if head is not None else list(model.parameters())
         optimizer = torch.optim.AdamW(trained, lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
         model.train()
@@ -325,8 +302,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
                 pixels, patches, targets, weights = (torch.cat(parts) for parts in zip(
                     *[crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops) for spec in specs]
                 ))  # (B*T*crops, 3, h, w), (B*T*crops, side*side), (B*T*crops, 32) twice
-                logits = head(crop_features(tower, pixels, patches, model.config.vision_feature_layer))  # 2 x (B*T*crops, 32)
-                loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(z, targets, weight=weights) for z in logits)
+                logits = head(crop_features(tower, pixels, patches))  # (B*T*crops, 32)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weights)
             else:
                 ids, labels, mask, positions = collate(
                     [conversation(adapter, frames, turns(stage.kind, spec, rng, cfg.question_draws)) for spec in specs],
