@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flashvlm import shapes
 from flashvlm.shapes_model import IGNORE_INDEX
@@ -65,6 +65,11 @@ class StageConfig(_Strict):
         return value
 
 
+class Resume(_Strict):
+    checkpoint: str = Field(description="a checkpoint this recipe saved at the end of stage `after_stage` (save_pretrained)")
+    after_stage: int = Field(ge=1, description="stages it completed: their training is skipped, their clips stay used")
+
+
 class TrainConfig(_Strict):
     seed: int = 0
     frames: int = Field(default=4, ge=1, le=8, description="frames of the validation and test clips (the evaluation's and the demo's)")
@@ -87,6 +92,13 @@ class TrainConfig(_Strict):
     threads: Optional[int] = Field(default=2, ge=1, description="torch threads; None: torch's default")
     output: str = Field(default="flashvlm/checkpoints/shapes", description="checkpoint directory (save_pretrained)")
     save_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    resume: Optional[Resume] = Field(default=None, description="continue a stopped run from the checkpoint of a completed stage")
+
+    @model_validator(mode="after")
+    def _resume_within_stages(self) -> "TrainConfig":
+        if self.resume is not None and self.resume.after_stage >= len(self.stages):
+            raise ValueError(f"resume.after_stage must leave a stage to train: {self.resume.after_stage} of {len(self.stages)} stages")
+        return self
 
 
 def decoded_clip(spec: Any) -> Any:
@@ -264,6 +276,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
     model, processor = build_shapes_model(cfg.seed)
+    if cfg.resume is not None:
+        from transformers import LlavaForConditionalGeneration
+
+        saved = LlavaForConditionalGeneration.from_pretrained(cfg.resume.checkpoint, dtype=torch.float32)
+        model.load_state_dict(saved.state_dict())
+        log(f"resumed from {cfg.resume.checkpoint} after stage {cfg.resume.after_stage}")
     adapter = wrap(model, budget=None, processor=processor)  # its video_prompts and pixel_values build the inputs
     params = sum(p.numel() for p in model.parameters())
     log(f"shapes LLaVA: {params / 1e6:.2f} M parameters, {cfg.frames} frames a clip, seed {cfg.seed}")
@@ -287,6 +305,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     offset = 0  # clips already used: every stage sees new clips
     for number, stage in enumerate(cfg.stages, start=1):
         name = f"{number}:{stage.kind}"
+        if cfg.resume is not None and number <= cfg.resume.after_stage:
+            offset += stage.steps * stage.batch  # its clips were used: later stages still see new ones
+            record["stages"].append({"kind": stage.kind, "frames": stage.frames, "steps": stage.steps, "resumed_from": cfg.resume.checkpoint})
+            continue
         rng = random.Random(f"{cfg.seed}-{name}")
         head = torch.nn.Linear(tower.config.hidden_size, len(OBJECT_CLASSES)) if stage.kind == "vision" else None
         trained = [*tower.parameters(), *head.parameters()] if head is not None else list(model.parameters())

@@ -109,6 +109,18 @@ def test_the_vision_stage_trains_the_tower_alone(tmp_path):
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(".vision_tower." in name for name in changed), sorted(changed)[:5]
 
+    # A stopped run resumes from the checkpoint of its last completed stage: that stage is not trained again.
+    resumed = TrainConfig.model_validate({
+        **cfg.model_dump(), "stages": [*cfg.model_dump()["stages"], {"kind": "alignment", "steps": 0, "lr": 1e-3, "frames": [1]}],
+        "validation_clips": 0, "output": str(tmp_path / "resumed"), "resume": {"checkpoint": str(tmp_path / "ckpt"), "after_stage": 1},
+    })
+    record = train(resumed, log=lambda line: None)
+    assert record["stages"][0] == {"kind": "vision", "frames": [1], "steps": 2, "resumed_from": str(tmp_path / "ckpt")}
+    again = flashvlm.load(str(tmp_path / "resumed"))[0].state_dict()
+    assert all(torch.equal(after[name], again[name]) for name in after)
+    with pytest.raises(ValueError, match="resume.after_stage must leave a stage to train: 1 of 1"):
+        TrainConfig.model_validate({**cfg.model_dump(), "resume": {"checkpoint": "x", "after_stage": 1}})
+
 
 @pytest.mark.slow
 def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path, monkeypatch):
