@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Answer questions about videos with a FlashVLM-pruned VLM, as one streaming Ray Data job.
 
-    python jobs/video_qa.py                                   # configs/demo.yaml: local Ray, tiny model
+    python jobs/video_qa.py                                   # configs/demo.yaml: local Ray, the shapes model
     python jobs/video_qa.py --config configs/llava15_7b.yaml --set selection.budget=32
     ray job submit --working-dir . -- python jobs/video_qa.py --config configs/llava15_7b.yaml
 

@@ -18,6 +18,8 @@ from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+# The demo config without its demo inputs (generated shapes clips, the sample clips, their labels).
+NOT_THE_DEMO_INPUTS = ["input.generate_shapes=null", "input.extra_uris=[]", "questions_file=null"]
 
 
 def run_and_summarise(capsys, config=DEFAULT_CONFIG, overrides=()) -> tuple[dict, str]:
@@ -124,9 +126,12 @@ ray: {{decode_batch_size: 2, model_batch_size: 2, decode_timeout_s: 60}}
     assert read_table(out, "answers", s3_options).num_rows == answers.num_rows
 
 
-def test_demo_runs_on_the_sample_clips(ray_local, tmp_path, capsys):
+def test_demo_answers_generated_shapes_clips_and_the_sample_clips(ray_local, tmp_path, capsys):
     started = time.perf_counter()
-    record, printed = run_and_summarise(capsys, overrides=[f"output.uri={tmp_path}/output"])
+    split = tmp_path / "shapes-demo" / "test"
+    record, printed = run_and_summarise(capsys, overrides=[
+        f"output.uri={tmp_path}/output", f"input.uri={split}", f"questions_file={split / 'questions.jsonl'}",
+    ])
     elapsed = time.perf_counter() - started
     assert record["status"] == "succeeded"
     match = re.search(r"videos: (\d+) ok, (\d+) failed, 0 skipped, 0 already done \(of (\d+) listed\)", printed)
@@ -134,6 +139,8 @@ def test_demo_runs_on_the_sample_clips(ray_local, tmp_path, capsys):
     ok, failed, listed = map(int, match.groups())
     assert ok >= 1 and ok + failed == listed
     assert re.search(r"visual tokens kept \d+ of \d+ \(\d+\.\d%\)", printed)
+    labelled = sum(1 for _ in (split / "questions.jsonl").open())
+    assert re.search(rf"accuracy on labelled questions: \d+ of {labelled} \(", printed), printed
     assert f"{tmp_path}/output/answers/date=" in printed
     one_liner = re.search(r'python -c "(.*)"$', printed, re.M).group(1).replace('\\"', '"')
     exec(one_liner)  # the printed DuckDB one-liner runs as printed
@@ -153,11 +160,11 @@ def test_demo_runs_on_the_sample_clips(ray_local, tmp_path, capsys):
 
 
 def test_demo_generates_clips_when_the_sample_folder_is_absent(tmp_path):
-    cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/absent/"])
+    cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/absent/", "input.generate_shapes=null", "input.generate_if_missing=3"])
     folder = Path(resolve_input(cfg))
     clips = sorted(folder.glob("clip_*.mp4"))
     assert len(clips) >= cfg.input.generate_if_missing and all(p.stat().st_size > 0 for p in clips)
-    cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}", "input.generate_if_missing=0"])
+    cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}", "input.generate_shapes=null"])
     assert resolve_input(cfg) == str(tmp_path)  # present, or generation off: used as given
 
 
@@ -186,7 +193,7 @@ def test_an_empty_input_exits_0_without_starting_ray_and_incremental_is_a_flag(t
 
     (tmp_path / "in").mkdir()
     done = run_script("--set", f"input.uri={tmp_path}/in", "--set", f"output.uri={tmp_path}/out", "--set", "run_id=empty",
-                      "--incremental")
+                      "--incremental", *[arg for o in NOT_THE_DEMO_INPUTS for arg in ("--set", o)])
     assert done.returncode == 0, done.stderr
     assert "videos: 0 ok, 0 failed, 0 skipped, 0 already done (of 0 listed)" in done.stdout
     (record,) = read_table(f"{tmp_path}/out", "runs").to_pylist()
@@ -197,8 +204,8 @@ def test_an_empty_input_exits_0_without_starting_ray_and_incremental_is_a_flag(t
 def test_a_failed_run_exits_1_and_records_the_failure(tmp_path):
     from pipeline.tables import read_table
 
-    done = run_script("--set", f"input.uri={tmp_path}/gone.mp4", "--set", "input.generate_if_missing=0",
-                      "--set", f"output.uri={tmp_path}/out", "--set", "run_id=failed")
+    done = run_script("--set", f"input.uri={tmp_path}/gone.mp4", "--set", f"output.uri={tmp_path}/out", "--set", "run_id=failed",
+                      *[arg for o in NOT_THE_DEMO_INPUTS for arg in ("--set", o)])
     assert done.returncode == 1 and "FileNotFoundError" in done.stderr
     (record,) = read_table(f"{tmp_path}/out", "runs").to_pylist()
     assert record["status"] == "failed" and record["error"].startswith("FileNotFoundError")

@@ -151,3 +151,22 @@ def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(flashvlm.models, "checkpoint_dir", lambda: tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="flashvlm-tiny/shapes: no trained checkpoint at .*none.*train_shapes"):
         flashvlm.load("flashvlm-tiny/shapes")
+
+
+def test_the_committed_checkpoint_answers_pinned_test_clips():
+    # Four test-split questions the committed model answers right at full budget, picked among the ones it
+    # does (its test accuracy is in the README): a regression check of the checkpoint and the inference path.
+    import flashvlm
+    from flashvlm.models import wrap
+
+    model, processor = flashvlm.load("flashvlm-tiny/shapes", dtype="float32")  # offline, from the package
+    adapter = wrap(model, budget=None, processor=processor)
+    pinned = {1: {"What colour is the triangle?": "purple"},
+              2: {"What colour is the star?": "green", "What shape is the purple object?": "square"},
+              5: {"What shape is the purple object?": "circle"}}
+    for clip, asked in pinned.items():
+        spec = shapes.sample_clip(shapes.clip_seed("test", clip), 4)
+        labels = {q.question: q.answer for q in shapes.questions(spec)}
+        assert {q: labels[q] for q in asked} == asked, "the generator's labels for these clips"
+        answers = adapter.answer_video(decoded_clip(spec), list(asked), max_new_tokens=4)
+        assert [a.text.strip() for a in answers] == list(asked.values()), clip
