@@ -493,12 +493,13 @@ def plot(results: list[dict[str, Any]], path: str, title: str, tokens_per_frame:
         axes[0].plot(xs, [p[1] for p in points], marker="o", label=label)
         axes[1].plot(xs, [p[2] for p in points], marker="o", label=label)
     for ax, (_, name) in zip(axes, (left, right)):
+        highest = max((y for line in ax.get_lines() for y in line.get_ydata() if y is not None), default=1.0)
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("visual tokens per frame")
         ax.set_ylabel(name)
-        ax.set_ylim(-0.02, 1.05)
+        ax.set_ylim(-0.02, max(1.05, highest + 0.05))  # retention can pass 1 when pruning helps
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
