@@ -3,6 +3,7 @@
 
     python jobs/train_shapes.py                                     # configs/train_shapes.yaml
     python jobs/train_shapes.py --set seed=1 --set output=/tmp/shapes --set stages.1.steps=100
+    python jobs/train_shapes.py --set 'resume={checkpoint: /tmp/shapes, after_stage: 1}'   # a stopped run, from its stage-1 checkpoint
 
 Prints the loss, clips/s and a validation score per stage, and ends with a JSON line: the test split's
 accuracy per question type at full budget (every visual token).
