@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import flashvlm  # noqa: E402
 from flashvlm import shapes  # noqa: E402
 from flashvlm.models import wrap  # noqa: E402
 from flashvlm.shapes_model import build_shapes_model  # noqa: E402
@@ -43,11 +44,7 @@ def object_features(model, adapter, start: int, clips: int) -> tuple[torch.Tenso
 
 
 def probe(checkpoint: str) -> dict:
-    model, processor = build_shapes_model(0)
-    if checkpoint != "random":
-        from transformers import LlavaForConditionalGeneration
-
-        model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+    model, processor = build_shapes_model(0) if checkpoint == "random" else flashvlm.load(checkpoint, dtype="float32")
     adapter = wrap(model.eval(), budget=None, processor=processor)
     x_train, y_train = object_features(model, adapter, 0, 200)
     x_test, y_test = object_features(model, adapter, 200, 60)

@@ -275,12 +275,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.time()
-    model, processor = build_shapes_model(cfg.seed)
-    if cfg.resume is not None:
-        from transformers import LlavaForConditionalGeneration
+    if cfg.resume is None:
+        model, processor = build_shapes_model(cfg.seed)
+    else:
+        import flashvlm
 
-        saved = LlavaForConditionalGeneration.from_pretrained(cfg.resume.checkpoint, dtype=torch.float32)
-        model.load_state_dict(saved.state_dict())
+        model, processor = flashvlm.load(cfg.resume.checkpoint, dtype="float32")
         log(f"resumed from {cfg.resume.checkpoint} after stage {cfg.resume.after_stage}")
     adapter = wrap(model, budget=None, processor=processor)  # its video_prompts and pixel_values build the inputs
     params = sum(p.numel() for p in model.parameters())

@@ -18,8 +18,8 @@ from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-# The demo config without its demo inputs (generated shapes clips, the sample clips, their labels).
-NOT_THE_DEMO_INPUTS = ["input.generate_shapes=null", "input.extra_uris=[]", "questions_file=null"]
+# jobs/video_qa.py flags: the demo config without its demo inputs (generated shapes clips, the sample clips, their labels).
+NOT_THE_DEMO_INPUTS = ["--set", "input.generate_shapes=null", "--set", "input.extra_uris=[]", "--set", "questions_file=null"]
 
 
 def run_and_summarise(capsys, config=DEFAULT_CONFIG, overrides=()) -> tuple[dict, str]:
@@ -193,7 +193,7 @@ def test_an_empty_input_exits_0_without_starting_ray_and_incremental_is_a_flag(t
 
     (tmp_path / "in").mkdir()
     done = run_script("--set", f"input.uri={tmp_path}/in", "--set", f"output.uri={tmp_path}/out", "--set", "run_id=empty",
-                      "--incremental", *[arg for o in NOT_THE_DEMO_INPUTS for arg in ("--set", o)])
+                      "--incremental", *NOT_THE_DEMO_INPUTS)
     assert done.returncode == 0, done.stderr
     assert "videos: 0 ok, 0 failed, 0 skipped, 0 already done (of 0 listed)" in done.stdout
     (record,) = read_table(f"{tmp_path}/out", "runs").to_pylist()
@@ -205,7 +205,7 @@ def test_a_failed_run_exits_1_and_records_the_failure(tmp_path):
     from pipeline.tables import read_table
 
     done = run_script("--set", f"input.uri={tmp_path}/gone.mp4", "--set", f"output.uri={tmp_path}/out", "--set", "run_id=failed",
-                      *[arg for o in NOT_THE_DEMO_INPUTS for arg in ("--set", o)])
+                      *NOT_THE_DEMO_INPUTS)
     assert done.returncode == 1 and "FileNotFoundError" in done.stderr
     (record,) = read_table(f"{tmp_path}/out", "runs").to_pylist()
     assert record["status"] == "failed" and record["error"].startswith("FileNotFoundError")
