@@ -128,6 +128,12 @@ class FlakyProxy:
         except OSError:
             pass
         try:
+            # close() alone leaves a recv blocked in a pipe thread holding the socket open, so the job would
+            # wait out its read timeout (60 s a try) on a connection that looks alive; shutdown wakes it.
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             sock.close()
         except OSError:
             pass
@@ -149,8 +155,13 @@ class FlakyProxy:
             except OSError:
                 self._reset(client)
                 continue
-            self.served += 1
-            with self.lock:
+            with self.lock:  # a connection accepted while down() ran is refused, not left open through it
+                if self.is_down.is_set():
+                    self.refused += 1
+                    self._reset(client)
+                    self._reset(upstream)
+                    continue
+                self.served += 1
                 self.conns |= {client, upstream}
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
@@ -172,8 +183,8 @@ class FlakyProxy:
             self._reset(dst)
 
     def down(self) -> None:
-        self.is_down.set()
         with self.lock:
+            self.is_down.set()
             conns, self.conns = list(self.conns), set()
         for sock in conns:
             self._reset(sock)
