@@ -47,6 +47,7 @@ from pydantic import Field, field_validator, model_validator
 
 from flashvlm.selection import SelectionConfig
 from flashvlm.selectors import METHODS
+from flashvlm.video import SPLITS
 from pipeline.config import (
     ConfigError, FieldError, JobConfig, Method, _Strict, check_method_options, job_parser, load_config,
 )
@@ -88,6 +89,11 @@ class Setting(_Strict):
                 takers = [m for m in METHODS if key in method_options(m, video=True)]
                 only = f"only {' and '.join(takers)} {'does' if len(takers) == 1 else 'do'}"
                 raise FieldError("options", self.options, f"method {self.method!r} takes no {key} ({only})")
+        split = self.options.get("split")
+        if split is not None and split not in SPLITS:
+            raise FieldError("options", self.options, f"split must be one of {list(SPLITS)}, got {split!r}")
+        if self.options.get("min_per_frame") is not None and split != "global":
+            raise FieldError("options", self.options, f'min_per_frame applies to split "global" only, not {split or "the default"}')
         config_options = {k: self.options[k] for k in METHODS[self.method].config_options if k in self.options}
         try:
             SelectionConfig(**config_options)  # the library's own check of their values

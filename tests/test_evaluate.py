@@ -176,6 +176,20 @@ def test_evaluation_settings_sweep_text_weighting_for_flashvlm_only():
         load_eval_config(DEFAULT_CONFIG, ["evaluation.settings=[{method: saliency, options: {text_weighting: norm}}]"])
 
 
+def test_evaluation_settings_take_every_video_split_and_check_it():
+    from pipeline.config import ConfigError
+    from pipeline.evaluate import DEFAULT_CONFIG, grid_of, load_eval_config
+
+    settings = "evaluation.settings=[" + ", ".join(
+        f"{{method: flashvlm, options: {{split: {s}}}}}" for s in ("per_frame", "global", "frame_by_frame")) + "]"
+    cfg = load_eval_config(DEFAULT_CONFIG, [settings])
+    ids = {g["options"]["split"]: g["settings_id"] for g in grid_of(cfg) if g["budget"] == 64}
+    assert len(set(ids.values())) == 3  # three settings, three ids
+    for bad, match in (("{split: clip}", "split must be one of"), ("{split: frame_by_frame, min_per_frame: 1}", 'split "global" only')):
+        with pytest.raises(ConfigError, match=r"evaluation\.settings\.0\.options: .*" + match):
+            load_eval_config(DEFAULT_CONFIG, [f"evaluation.settings=[{{method: flashvlm, options: {bad}}}]"])
+
+
 def test_score_choices_is_the_sum_of_option_token_log_probs(adapter, clip):
     """Worked by hand at full budget: the model's own forward over prompt + option, unpruned, and the
     log-probabilities of the option's tokens summed; the pick is the option with the highest sum."""

@@ -1,5 +1,6 @@
 """The clip rule: the spec's properties for both splits, static background kept once, moving objects kept
-in every frame, equivalence with the image rule at T = 1, errors and precision."""
+in every frame, equivalence with the image rule at T = 1, errors and precision; and the image rule frame by
+frame (split="frame_by_frame"), the baseline."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 
 from flashvlm import SelectionConfig, select_tokens, select_video_tokens
 from flashvlm.selection import TEXT_WEIGHTINGS, fused_scores
-from flashvlm.video import NEAR_IDENTICAL, SPLITS
+from flashvlm.video import NEAR_IDENTICAL, SPLITS, VIDEO_SPLITS
 
 
 def make_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
@@ -92,7 +93,7 @@ def test_deterministic(s, budget, split):
 # ---------------------------------------------------------------- what the clip rule is for
 
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", VIDEO_SPLITS)
 @pytest.mark.parametrize("noise", [0.0, 1e-3])
 def test_identical_frames_keep_no_more_background_than_one_frame(split, noise):
     # Five (nearly) identical frames: every token of frames 1-4 repeats frame 0 at the same place, so the
@@ -113,7 +114,7 @@ def test_identical_frames_keep_no_more_background_than_one_frame(split, noise):
     assert set((kept % N).tolist()) == set(range(N))
 
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", VIDEO_SPLITS)
 def test_background_repeated_at_other_places_is_kept_once(split):
     # A panning camera: frame t is frame 0 rolled by t places, so nothing is unchanged at its place, but every
     # token of a later frame repeats one of frame 0. Important tokens are each frame's own and may repeat
@@ -173,7 +174,7 @@ def box(row, col, h, w, W):
     return [(row + i) * W + (col + j) % W for i in range(h) for j in range(w)]
 
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", VIDEO_SPLITS)
 @pytest.mark.parametrize("h, w, speed", [(2, 4, 3), (2, 4, 1), (1, 1, 2), (3, 3, 4)])
 @pytest.mark.parametrize("uniform", [False, True])
 def test_moving_object_matching_the_text_is_kept_in_every_frame(split, h, w, speed, uniform):
@@ -199,7 +200,7 @@ def test_moving_object_matching_the_text_is_kept_in_every_frame(split, h, w, spe
                     assert flags.get(t * N + n) is True, f"object patch {n} of frame {t} not important (budget {budget})"
 
 
-@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("split", VIDEO_SPLITS)
 @pytest.mark.parametrize("noise", [0.0, 1e-3])
 def test_static_object_matching_the_text_is_kept_once(split, noise):
     # An object that matches the text and does not move: kept, as important, in the first frame; never
@@ -274,6 +275,41 @@ def test_one_frame_is_the_image_rule(s, budget, config, with_text, floor):
     assert torch.equal(got, expected)
 
 
+@settings(max_examples=40, deadline=None)
+@given(clips, st.integers(1, 130), configs, st.booleans())
+def test_frame_by_frame_is_the_image_rule_on_every_frame(s, budget, config, with_text):
+    # budget // T tokens a frame, one more for the first budget % T frames, each frame's exactly as
+    # select_tokens picks them alone; T = 1 is the image rule itself.
+    vision, projected, saliency, text = static_clip(**s)
+    text = text if with_text else None
+    B, T, N = s["B"], s["T"], s["N"]
+    kept, important = select_video_tokens(
+        vision, projected, saliency, text, budget, split="frame_by_frame", config=config, return_important=True
+    )
+    if budget >= T * N:
+        assert torch.equal(kept, torch.arange(T * N).expand(B, -1))
+        return
+    for t in range(T):
+        k = budget // T + (t < budget % T)
+        in_frame = (kept // N == t)
+        if k == 0:
+            assert not in_frame.any()
+            continue
+        own, flags = select_tokens(vision[:, t], projected[:, t], saliency[:, t], text, k, config=config, return_important=True)
+        assert torch.equal(kept[in_frame].view(B, -1) - t * N, own)
+        assert torch.equal(important[in_frame].view(B, -1), flags)
+
+
+def test_frame_by_frame_keeps_repeated_background_in_every_frame():
+    # The baseline the clip rule is measured against: identical frames, each keeps its own copy.
+    T, N = 4, 40
+    vision, projected, saliency, text = make_clip(0, 1, 1, N, 8, 8, 3)
+    vision, projected, saliency = vision.expand(1, T, N, 8), projected.expand(1, T, N, 8), saliency.expand(1, T, N)
+    kept = select_video_tokens(vision, projected, saliency, text, 4 * 7, split="frame_by_frame")[0]
+    positions = (kept % N).view(T, 7)
+    assert (positions == positions[0]).all(), "every frame keeps the same places, again"
+
+
 @settings(max_examples=20, deadline=None)
 @given(clips, st.integers(1, 130), st.booleans(), st.sampled_from(SPLITS))
 def test_batched_equals_one_by_one(s, budget, with_text, split):
@@ -345,6 +381,7 @@ def test_global_floor_gives_every_frame_important_tokens():
         (dict(split="global", min_per_frame=True), "min_per_frame"),
         (dict(split="global", min_per_frame=3), "min_per_frame"),  # 3 frames x 3 > 4 important tokens
         (dict(split="per_frame", min_per_frame=1), "min_per_frame"),
+        (dict(split="frame_by_frame", min_per_frame=1), "min_per_frame"),
     ],
 )
 def test_bad_input_is_a_value_error_naming_it(change, match):
