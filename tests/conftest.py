@@ -39,4 +39,4 @@ def one_thread():
 
 
 # ---- pipeline fixtures (moto S3 server, local Ray, clips): defined in tests/pipeline_fixtures.py ----
-from pipeline_fixtures import clip_dir, moto_server, ray_local, s3_bucket, s3_env, s3_options  # noqa: E402, F401
+from pipeline_fixtures import _ray_session, clip_dir, moto_server, ray_local, s3_bucket, s3_env, s3_options  # noqa: E402, F401

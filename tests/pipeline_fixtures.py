@@ -161,17 +161,31 @@ def clip_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A private local Ray (2 CPUs, own temp dir) for one test module; never connects to another's."""
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts down the local Ray that ray_local started, once, at the end of the session."""
+    started: dict = {}
+    yield started
     import ray
 
-    if ray.is_initialized():
+    if started and ray.is_initialized() and ray.get_runtime_context().gcs_address == started["address"]:
         ray.shutdown()
-    temp_dir = tempfile.mkdtemp(prefix="fvr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    for temp_dir in started.get("temp_dirs", []):
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session, flashvlm_cache):
+    """A private local Ray (2 CPUs, own temp dir), started once and shared by the modules that use it (each
+    start costs seconds); started again when another module (the cluster tests) replaced it. Never connects
+    to a cluster it did not start. Its workers inherit FLASHVLM_CACHE, so flashvlm_cache comes first."""
+    import ray
+
+    if not (ray.is_initialized() and ray.get_runtime_context().gcs_address == _ray_session.get("address")):
+        if ray.is_initialized():
+            ray.shutdown()
+        temp_dir = tempfile.mkdtemp(prefix="fvr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        _ray_session["address"] = ray.get_runtime_context().gcs_address
+        _ray_session.setdefault("temp_dirs", []).append(temp_dir)
+    yield ray
