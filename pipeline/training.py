@@ -33,7 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flashvlm import shapes
-from flashvlm.shapes_model import IGNORE_INDEX
+from flashvlm.shapes_model import CAPTION_PROMPT, IGNORE_INDEX, conversation
 from pipeline.scoring import is_correct
 
 OBJECT_CLASSES = tuple((shape, colour) for shape in shapes.SHAPES for colour in shapes.COLOURS)  # the vision stage's 32 labels
@@ -207,6 +207,24 @@ def crop_accuracy(tower: Any, head: Any, adapter: Any, specs: list[Any], stage: 
     return {"shape": round(right_shape / max(1, total), 4), "colour": round(right_colour / max(1, total), 4), "crops": total}
 
 
+def vision_loss(tower: Any, head: Any, adapter: Any, specs: list[Any], stage: StageConfig, rng: random.Random) -> torch.Tensor:
+    """The vision stage's loss on clips `specs`: which objects each crop holds, from the tower's [CLS]."""
+    pixels, patches, targets, weights = (torch.cat(parts) for parts in zip(
+        *[crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops) for spec in specs]
+    ))  # (B*T*crops, 3, h, w), (B*T*crops, side*side), (B*T*crops, 32) twice
+    logits = head(crop_features(tower, pixels, patches))  # (B*T*crops, 32)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weights)
+
+
+def language_loss(model: Any, adapter: Any, specs: list[Any], kind: str, frames: int, rng: random.Random, draws: int) -> torch.Tensor:
+    """An alignment or QA stage's loss on clips `specs` of `frames` frames: the answer tokens of their turns."""
+    ids, labels, mask, positions = collate(
+        [conversation(adapter, frames, turns(kind, spec, rng, draws)) for spec in specs], adapter.tokenizer.pad_token_id
+    )  # (B, S), (B, S), (B, 1, S, S), (B, S)
+    pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixel_values, labels=labels).loss
+
+
 def _lr_at(step: int, stage: StageConfig) -> float:
     if step < stage.warmup:
         return stage.lr * (step + 1) / stage.warmup
@@ -218,8 +236,6 @@ def turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[st
     """The (question, answer) turns of a training example about clip `spec`: its caption for "alignment";
     for "qa", the union of `draws` draws of its questions, in an order drawn from `rng`. Each turn is
     computed as if asked alone (`collate`), so one turn's answer never shows in another's input."""
-    from flashvlm.shapes_model import CAPTION_PROMPT
-
     if kind == "alignment":
         return [(CAPTION_PROMPT, shapes.caption(spec))]
     # Several draws of the clip's questions: more of its facts asked for the cost of one pass over its frames.
@@ -230,7 +246,6 @@ def turns(kind: str, spec: Any, rng: random.Random, draws: int) -> list[tuple[st
 
 def caption_token_accuracy(model: Any, adapter: Any, specs: list[Any], frames: int) -> float:
     """Share of caption tokens predicted exactly (teacher forcing): the alignment stage's validation score."""
-    from flashvlm.shapes_model import CAPTION_PROMPT, conversation
 
     right = total = 0
     with torch.no_grad():
@@ -270,7 +285,7 @@ def save(model: Any, processor: Any, output: Path, dtype: str, log: Callable[[st
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train from scratch, save the checkpoint to cfg.output, return the record (test accuracy per type)."""
     from flashvlm.models import wrap
-    from flashvlm.shapes_model import build_shapes_model, conversation
+    from flashvlm.shapes_model import build_shapes_model
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -321,18 +336,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             frames = stage.frames[rng.randrange(len(stage.frames))]
             specs = [shapes.sample_clip(shapes.clip_seed("train", offset + step * stage.batch + b), frames) for b in range(stage.batch)]
             if head is not None:
-                pixels, patches, targets, weights = (torch.cat(parts) for parts in zip(
-                    *[crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops) for spec in specs]
-                ))  # (B*T*crops, 3, h, w), (B*T*crops, side*side), (B*T*crops, 32) twice
-                logits = head(crop_features(tower, pixels, patches))  # (B*T*crops, 32)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weights)
+                loss = vision_loss(tower, head, adapter, specs, stage, rng)
             else:
-                ids, labels, mask, positions = collate(
-                    [conversation(adapter, frames, turns(stage.kind, spec, rng, cfg.question_draws)) for spec in specs],
-                    adapter.tokenizer.pad_token_id,
-                )  # (B, S), (B, S), (B, 1, S, S), (B, S)
-                pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
-                loss = model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixel_values, labels=labels).loss
+                loss = language_loss(model, adapter, specs, stage.kind, frames, rng, cfg.question_draws)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, cfg.clip_grad)
             for group in optimizer.param_groups:
