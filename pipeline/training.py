@@ -1,7 +1,9 @@
 """Training the small shapes LLaVA (flashvlm/shapes_model.py) the way LLaVA is trained, on generated clips.
 
-    stage "vision":     the CLIP tower alone, as a classifier of which objects a crop of a frame holds
-                        (image-level labels; the crop's patches keep their positions in the 24 x 24 grid)
+    stage "vision":     the CLIP tower alone: target "crops", a classifier of which objects a crop of a frame
+                        holds (image-level labels; the crop's patches keep their positions in the 24 x 24
+                        grid); target "patches", which object covers each patch of a whole frame, read from
+                        the layer the projector reads (a segmentation-style label per patch)
     stage "alignment":  a caption of every clip (which objects, colours, motions), one turn a clip
     stage "qa":         the task's questions about every clip, each an independent turn over one copy of
                         the clip's image tokens (`shapes_model.conversation`, masked by `collate`)
@@ -10,8 +12,8 @@ LLaVA starts from a pretrained CLIP tower; none exists here, so the "vision" sta
 (8 x 8 patches by default) because the tower sees about ten times more of them than whole frames per
 second of compute (README, "A vision stage"); CLIP-336 was likewise pretrained
 at a lower resolution. Its classifier head is dropped after the stage, as LLaVA drops CLIP's projection.
-The later stages train every weight (LLaVA's first stage freezes a pretrained vision tower and language
-model; ours start from a tower trained on 2 cores for minutes and a random language model). Every clip is new: clip i of a stage is
+The later stages train every weight, or every weight but the tower's with `freeze_vision` (LLaVA-1.5
+keeps CLIP frozen throughout). Every clip is new: clip i of a stage is
 `shapes.sample_clip(clip_seed("train", offset + i))`, rendered, encoded to H.264 and decoded again the way
 the pipeline decodes it, then preprocessed by the adapter's own `pixel_values`. No data or loss refers to
 token selection: the model is trained at full budget only, so that selection is judged on a model that was
@@ -45,8 +47,14 @@ class _Strict(BaseModel):
 
 class StageConfig(_Strict):
     kind: Literal["vision", "alignment", "qa"] = Field(
-        description="vision: the tower alone, which objects a crop holds; alignment: captions, one turn a clip; qa: the task's questions"
+        description="vision: the tower alone (see target); alignment: captions, one turn a clip; qa: the task's questions"
     )
+    target: Literal["crops", "patches"] = Field(
+        default="crops",
+        description="vision: crops = which objects a crop holds, from [CLS]; patches = which object covers each patch, "
+        "from the layer the projector reads (a segmentation-style label per patch)",
+    )
+    freeze_vision: bool = Field(default=False, description="alignment / qa: the vision tower stays as it is (LLaVA-1.5 keeps CLIP frozen)")
     steps: int = Field(ge=0, description="optimizer steps")
     batch: int = Field(default=1, ge=1, description="clips a step (one clip length a step), padded to the longest conversation")
     crop: int = Field(default=8, ge=1, le=shapes.GRID, description="vision: a crop's side in patches (8: 112 px, room for the largest object)")
@@ -92,6 +100,9 @@ class TrainConfig(_Strict):
     threads: Optional[int] = Field(default=2, ge=1, description="torch threads; None: torch's default")
     output: str = Field(default="flashvlm/checkpoints/shapes", description="checkpoint directory (save_pretrained)")
     save_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    autocast: Literal["none", "bfloat16"] = Field(
+        default="none", description="bfloat16: compute under torch.autocast (weights and optimizer stay float32); ~1.4x faster on CPUs with AVX512-BF16"
+    )
     resume: Optional[Resume] = Field(default=None, description="continue a stopped run from the checkpoint of a completed stage")
 
     @model_validator(mode="after")
@@ -175,6 +186,26 @@ def crops(spec: Any, pixel_values: torch.Tensor, rng: random.Random, side: int, 
     return torch.stack(pixels), torch.stack(patches), torch.stack(targets), torch.stack(weights)
 
 
+BACKGROUND = len(OBJECT_CLASSES)  # the patch target's class for a patch no object covers
+BACKGROUND_WEIGHT = 0.2  # about 9 patches in 10 are background: its loss weight, so objects are not drowned out
+
+
+def patch_labels(spec: Any) -> torch.Tensor:
+    """(T, 576) the OBJECT_CLASSES index of the object covering each patch (`shapes.object_patches`, the
+    same cover rule as the labels), BACKGROUND elsewhere; where two touching objects share a patch, the later."""
+    labels = torch.full((spec.frames, shapes.GRID * shapes.GRID), BACKGROUND)
+    for k, obj in enumerate(spec.objects):
+        for t, covered in enumerate(shapes.object_patches(spec, k)):
+            labels[t, covered] = OBJECT_CLASSES.index((obj.shape, obj.colour))
+    return labels
+
+
+def patch_logits(tower: Any, head: Any, layer: int, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, 576, 33) class scores of every patch, from the tower's hidden state at `layer` ([CLS] dropped):
+    the features the projector reads."""
+    return head(tower(pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:])
+
+
 def crop_features(tower: Any, pixel_values: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
     """(B, D) pooled output of the CLIP `tower` (CLIPVisionModel.forward) on crops, each patch at its
     place in the full grid: (B, 3, h, w) pixel values, (B, h*w/196) grid indices. On a whole frame
@@ -207,8 +238,16 @@ def crop_accuracy(tower: Any, head: Any, adapter: Any, specs: list[Any], stage: 
     return {"shape": round(right_shape / max(1, total), 4), "colour": round(right_colour / max(1, total), 4), "crops": total}
 
 
-def vision_loss(tower: Any, head: Any, adapter: Any, specs: list[Any], stage: StageConfig, rng: random.Random) -> torch.Tensor:
-    """The vision stage's loss on clips `specs`: which objects each crop holds, from the tower's [CLS]."""
+def vision_loss(tower: Any, head: Any, layer: int, adapter: Any, specs: list[Any], stage: StageConfig, rng: random.Random) -> torch.Tensor:
+    """The vision stage's loss on clips `specs`: which objects each crop holds, from the tower's [CLS]
+    (target "crops"), or which object covers each patch, from its hidden state at `layer` ("patches")."""
+    if stage.target == "patches":
+        pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
+        labels = torch.cat([patch_labels(spec) for spec in specs])  # (B*T, 576)
+        weight = torch.ones(BACKGROUND + 1)
+        weight[BACKGROUND] = BACKGROUND_WEIGHT
+        logits = patch_logits(tower, head, layer, pixel_values)  # (B*T, 576, 33)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.view(-1), weight=weight)
     pixels, patches, targets, weights = (torch.cat(parts) for parts in zip(
         *[crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops) for spec in specs]
     ))  # (B*T*crops, 3, h, w), (B*T*crops, side*side), (B*T*crops, 32) twice
@@ -223,6 +262,22 @@ def language_loss(model: Any, adapter: Any, specs: list[Any], kind: str, frames:
     )  # (B, S), (B, S), (B, 1, S, S), (B, S)
     pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixel_values, labels=labels).loss
+
+
+def patch_accuracy(tower: Any, head: Any, layer: int, adapter: Any, specs: list[Any]) -> dict[str, Any]:
+    """On the patches objects cover: the share whose highest-scoring class has that object's shape, and its
+    colour (the vision stage's validation score with target "patches")."""
+    right_shape = right_colour = total = 0
+    with torch.no_grad():
+        for spec in specs:
+            labels = patch_labels(spec).view(-1)  # (T*576,)
+            predicted = patch_logits(tower, head, layer, adapter.pixel_values(decoded_clip(spec))).argmax(-1).view(-1)
+            on_object = labels != BACKGROUND
+            for p, t in zip(predicted[on_object].tolist(), labels[on_object].tolist()):
+                right_shape += p != BACKGROUND and OBJECT_CLASSES[p][0] == OBJECT_CLASSES[t][0]
+                right_colour += p != BACKGROUND and OBJECT_CLASSES[p][1] == OBJECT_CLASSES[t][1]
+            total += int(on_object.sum())
+    return {"shape": round(right_shape / max(1, total), 4), "colour": round(right_colour / max(1, total), 4), "patches": total}
 
 
 def _lr_at(step: int, stage: StageConfig) -> float:
@@ -303,11 +358,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     validation = [shapes.sample_clip(shapes.clip_seed("validation", i), cfg.frames) for i in range(cfg.validation_clips)]
     record: dict[str, Any] = {"model": "flashvlm-tiny/shapes", "seed": cfg.seed, "parameters": params, "stages": []}
 
-    tower = model.model.vision_tower
+    tower, layer = model.model.vision_tower, model.config.vision_feature_layer
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bfloat16")
 
     def validate(stage: StageConfig, name: str, head: Any) -> dict[str, Any]:
         model.eval()
-        if stage.kind == "vision":
+        if stage.kind == "vision" and stage.target == "patches":
+            score = patch_accuracy(tower, head, layer, adapter, validation)
+        elif stage.kind == "vision":
             score = crop_accuracy(tower, head, adapter, validation, stage)
         elif stage.kind == "alignment":
             score = {"caption_token_accuracy": round(caption_token_accuracy(model, adapter, validation, cfg.frames), 4)}
@@ -325,8 +383,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             record["stages"].append({"kind": stage.kind, "frames": stage.frames, "steps": stage.steps, "resumed_from": cfg.resume.checkpoint})
             continue
         rng = random.Random(f"{cfg.seed}-{name}")
-        head = torch.nn.Linear(tower.config.hidden_size, len(OBJECT_CLASSES)) if stage.kind == "vision" else None
-        trained = [*tower.parameters(), *head.parameters()] if head is not None else list(model.parameters())
+        head = None
+        if stage.kind == "vision":
+            head = torch.nn.Linear(tower.config.hidden_size, len(OBJECT_CLASSES) + (stage.target == "patches"))
+            tower.requires_grad_(True)
+            trained = [*tower.parameters(), *head.parameters()]
+        else:
+            tower.requires_grad_(not stage.freeze_vision)  # frozen: no gradient is computed through it at all
+            trained = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trained, lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
         model.train()
         curve: list[tuple[int, float]] = []
@@ -335,10 +399,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         for step in range(stage.steps):
             frames = stage.frames[rng.randrange(len(stage.frames))]
             specs = [shapes.sample_clip(shapes.clip_seed("train", offset + step * stage.batch + b), frames) for b in range(stage.batch)]
-            if head is not None:
-                loss = vision_loss(tower, head, adapter, specs, stage, rng)
-            else:
-                loss = language_loss(model, adapter, specs, stage.kind, frames, rng, cfg.question_draws)
+            with autocast:
+                if head is not None:
+                    loss = vision_loss(tower, head, layer, adapter, specs, stage, rng)
+                else:
+                    loss = language_loss(model, adapter, specs, stage.kind, frames, rng, cfg.question_draws)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, cfg.clip_grad)
             for group in optimizer.param_groups:
