@@ -8,7 +8,9 @@ import torch
 
 from flashvlm import shapes
 from flashvlm.shapes_model import CAPTION_PROMPT, IGNORE_INDEX, build_shapes_model, conversation
-from pipeline.training import OBJECT_CLASSES, StageConfig, TrainConfig, collate, crop_features, crops, decoded_clip, train
+from pipeline.training import (
+    BACKGROUND, OBJECT_CLASSES, StageConfig, TrainConfig, collate, crop_features, crops, decoded_clip, patch_labels, train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +124,45 @@ def test_the_vision_stage_trains_the_tower_alone(tmp_path):
         TrainConfig.model_validate({**cfg.model_dump(), "resume": {"checkpoint": "x", "after_stage": 1}})
 
 
+def test_patch_labels_are_the_objects_listed_patches():
+    spec = shapes.sample_clip(shapes.clip_seed("train", 5), 3)
+    labels = patch_labels(spec)  # (3, 576)
+    listed = set()
+    for k, obj in enumerate(spec.objects):
+        for t, covered in enumerate(shapes.object_patches(spec, k)):
+            listed |= {(t, n) for n in covered}
+            mine = labels[t, covered]
+            assert ((mine == OBJECT_CLASSES.index((obj.shape, obj.colour))) | (mine != BACKGROUND)).all()
+    background = {(t, n) for t in range(3) for n in range(576)} - listed
+    assert all(labels[t, n] == BACKGROUND for t, n in background)
+    assert len(listed) and all(labels[t, n] != BACKGROUND for t, n in listed)
+
+
+@pytest.mark.slow
+def test_patch_target_then_a_frozen_tower_under_bfloat16(tmp_path):
+    # The vision stage on patch labels trains the tower alone; a qa stage with freeze_vision then leaves it
+    # exactly as it was and trains the rest, under bfloat16 autocast.
+    import flashvlm
+
+    cfg = TrainConfig(
+        frames=1, autocast="bfloat16", validation_clips=1, test_clips=0, output=str(tmp_path / "ckpt"), save_dtype="float32",
+        stages=[StageConfig(kind="vision", target="patches", steps=2, batch=2, lr=1e-3, warmup=1, frames=[1]),
+                StageConfig(kind="qa", freeze_vision=True, steps=2, batch=2, lr=1e-3, warmup=1, frames=[1])],
+    )
+    record = train(cfg, log=lambda line: None)
+    assert set(record["stages"][0]["validation"]) == {"shape", "colour", "patches"}
+    trained = flashvlm.load(str(tmp_path / "ckpt"))[0].state_dict()
+    start = build_shapes_model(seed=0)[0].state_dict()
+    changed = {name for name in start if not torch.equal(start[name], trained[name])}
+    assert any(".vision_tower." in name for name in changed) and any(".language_model." in name for name in changed)
+    cfg.stages = cfg.stages[:1]
+    cfg.output = str(tmp_path / "tower")
+    train(cfg, log=lambda line: None)
+    tower_only = flashvlm.load(str(tmp_path / "tower"))[0].state_dict()
+    towers = [name for name in start if ".vision_tower." in name]
+    assert all(torch.equal(tower_only[name], trained[name]) for name in towers), "the frozen tower moved"
+
+
 @pytest.mark.slow
 def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path, monkeypatch):
     import flashvlm
@@ -154,16 +195,17 @@ def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path, monkeypatch):
 
 
 def test_the_committed_checkpoint_answers_pinned_test_clips():
-    # Four test-split questions the committed model answers right at full budget, picked among the ones it
-    # does (its test accuracy is in the README): a regression check of the checkpoint and the inference path.
+    # Six test-split questions, one of each type and one more colour, that the committed model answers right at
+    # full budget, picked among the ones it does (its test accuracy is in the README): a regression check of
+    # the checkpoint and the inference path.
     import flashvlm
     from flashvlm.models import wrap
 
     model, processor = flashvlm.load("flashvlm-tiny/shapes", dtype="float32")  # offline, from the package
     adapter = wrap(model, budget=None, processor=processor)
-    pinned = {1: {"What colour is the triangle?": "purple"},
-              2: {"What colour is the star?": "green", "What shape is the purple object?": "square"},
-              5: {"What shape is the purple object?": "circle"}}
+    pinned = {0: {"What shape is the red object?": "star", "Is there a red star?": "yes"},
+              2: {"What colour is the star?": "green", "How many circles are there?": "1"},
+              5: {"What colour is the square?": "orange", "Which way is the orange star moving?": "up"}}
     for clip, asked in pinned.items():
         spec = shapes.sample_clip(shapes.clip_seed("test", clip), 4)
         labels = {q.question: q.answer for q in shapes.questions(spec)}
