@@ -8,10 +8,11 @@
     stage "qa":         the task's questions about every clip, each an independent turn over one copy of
                         the clip's image tokens (`shapes_model.conversation`, masked by `collate`)
 
-LLaVA starts from a pretrained CLIP tower; none exists here, so the "vision" stage makes one, on crops
-(8 x 8 patches by default) because the tower sees about ten times more of them than whole frames per
-second of compute (README, "A vision stage"); CLIP-336 was likewise pretrained
-at a lower resolution. Its classifier head is dropped after the stage, as LLaVA drops CLIP's projection.
+LLaVA starts from a pretrained CLIP tower; none exists here, so the "vision" stage makes one. The recipe
+(configs/train_shapes.yaml) uses target "patches", which trains the very features the language model reads
+(README, "The shapes model"); "crops" (8 x 8 patches by default) sees about ten times more crops than whole
+frames per second of compute but trains [CLS], and its patch features stayed poor. The stage's classifier
+head is dropped after it, as LLaVA drops CLIP's projection.
 The later stages train every weight, or every weight but the tower's with `freeze_vision` (LLaVA-1.5
 keeps CLIP frozen throughout). Every clip is new: clip i of a stage is
 `shapes.sample_clip(clip_seed("train", offset + i))`, rendered, encoded to H.264 and decoded again the way
