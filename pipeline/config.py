@@ -60,6 +60,11 @@ def check_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]
 DEFAULT_SPLIT = inspect.signature(select_video_tokens).parameters["split"].default
 
 
+def takes_min_per_frame(split: Optional[str]) -> bool:
+    """Whether a video split (None: the library's default) takes min_per_frame: only "global" does."""
+    return (split or DEFAULT_SPLIT) == "global"
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names every bad key."""
 
@@ -217,7 +222,7 @@ class SelectionOptions(_SelectionBase):  # type: ignore[misc, valid-type]
         if self.min_per_frame is not None:
             if self.budget is None:
                 raise FieldError("min_per_frame", self.min_per_frame, "needs a budget (selection.budget is null: nothing is pruned)")
-            if (self.split or DEFAULT_SPLIT) != "global":
+            if not takes_min_per_frame(self.split):
                 raise FieldError(
                     "min_per_frame", self.min_per_frame,
                     f'applies to selection.split "global" only, not {self.split or "null"} '

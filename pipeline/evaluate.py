@@ -49,7 +49,7 @@ from flashvlm.selection import SelectionConfig
 from flashvlm.selectors import METHODS
 from flashvlm.video import SPLITS
 from pipeline.config import (
-    ConfigError, FieldError, JobConfig, Method, _Strict, check_method_options, job_parser, load_config,
+    ConfigError, FieldError, JobConfig, Method, _Strict, check_method_options, job_parser, load_config, takes_min_per_frame,
 )
 from pipeline.schema import TIMESTAMP, _f, error_text, frames_of
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
@@ -92,7 +92,7 @@ class Setting(_Strict):
         split = self.options.get("split")
         if split is not None and split not in SPLITS:
             raise FieldError("options", self.options, f"split must be one of {list(SPLITS)}, got {split!r}")
-        if self.options.get("min_per_frame") is not None and split != "global":
+        if self.options.get("min_per_frame") is not None and not takes_min_per_frame(split):
             raise FieldError("options", self.options, f'min_per_frame applies to split "global" only, not {split or "the default"}')
         config_options = {k: self.options[k] for k in METHODS[self.method].config_options if k in self.options}
         try:

@@ -121,6 +121,11 @@ def decoded_clip(spec: Any) -> Any:
     return frames
 
 
+def clips_pixel_values(adapter: Any, specs: list[Any]) -> torch.Tensor:
+    """(B*T, 3, 336, 336) every frame of clips `specs`, decoded and preprocessed as the pipeline does."""
+    return torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])
+
+
 def collate(
     examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -243,7 +248,7 @@ def vision_loss(tower: Any, head: Any, layer: int, adapter: Any, specs: list[Any
     """The vision stage's loss on clips `specs`: which objects each crop holds, from the tower's [CLS]
     (target "crops"), or which object covers each patch, from its hidden state at `layer` ("patches")."""
     if stage.target == "patches":
-        pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
+        pixel_values = clips_pixel_values(adapter, specs)  # (B*T, 3, 336, 336)
         labels = torch.cat([patch_labels(spec) for spec in specs])  # (B*T, 576)
         weight = torch.ones(BACKGROUND + 1)
         weight[BACKGROUND] = BACKGROUND_WEIGHT
@@ -261,7 +266,7 @@ def language_loss(model: Any, adapter: Any, specs: list[Any], kind: str, frames:
     ids, labels, mask, positions = collate(
         [conversation(adapter, frames, turns(kind, spec, rng, draws)) for spec in specs], adapter.tokenizer.pad_token_id
     )  # (B, S), (B, S), (B, 1, S, S), (B, S)
-    pixel_values = torch.cat([adapter.pixel_values(decoded_clip(spec)) for spec in specs])  # (B*T, 3, 336, 336)
+    pixel_values = clips_pixel_values(adapter, specs)  # (B*T, 3, 336, 336)
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixel_values, labels=labels).loss
 
 
