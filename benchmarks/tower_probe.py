@@ -1,12 +1,18 @@
-"""How much of an object's shape the patch features LLaVA reads carry: a linear probe on a CLIP tower.
+"""What the patch features LLaVA reads carry of an object's shape and of its motion: linear probes on a CLIP tower.
 
     python benchmarks/tower_probe.py CHECKPOINT [CHECKPOINT ...]     # "random": the untrained shapes tower
 
-For every object of fresh one-frame training-split clips (H.264 round trip, the adapter's preprocessing),
-the tower's hidden state at `vision_feature_layer` (-2, [CLS] dropped) over the patches the object covers
-is pooled (mean and max, concatenated); a logistic regression on 200 clips' objects predicts the shape and
-is scored on 60 other clips' objects (chance 0.25). Prints one JSON line per checkpoint:
-{"checkpoint", "train", "test", "objects"}. The README's "A vision stage" quotes these lines.
+Features are the tower's hidden state at `vision_feature_layer` (-2, [CLS] dropped) on fresh training-split
+clips (H.264 round trip, the adapter's preprocessing), pooled over the patches an object covers
+(`shapes.object_patches`, so the probe is told where the object is). Each probe is a logistic regression
+fitted on 200 clips' objects and scored on 60 other clips' objects:
+- shape: one-frame clips, mean and max over the object's patches -> its shape (chance 0.25);
+- direction: four-frame clips, the mean over its patches in the first frame, in the last, and their
+  difference -> still, left, right, up or down (chance 0.2). With the tower frozen, as the recipe keeps it
+  while the language model learns, this is the most the language model can read of motion from the image
+  tokens' contents (RoPE positions reach only attention weights, not what a token carries).
+Prints one JSON line per checkpoint: {"checkpoint", "shape": {"train", "test"}, "direction": {...}, "objects"}.
+The README's "The shapes model" and "A vision stage" quote these lines.
 """
 
 from __future__ import annotations
@@ -28,30 +34,35 @@ from pipeline.training import decoded_clip  # noqa: E402
 FIRST = 900_000  # clip indices far past what a training run reaches
 
 
-def object_features(model, adapter, start: int, clips: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(objects, 2D) pooled patch features and (objects,) shape indices."""
+def object_features(model, adapter, start: int, clips: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objects, 2D or 3D) pooled patch features and (objects,) labels: shape indices for one-frame clips,
+    direction indices for longer ones."""
     tower, layer = model.model.vision_tower, model.config.vision_feature_layer
     features, labels = [], []
     with torch.no_grad():
         for i in range(start, start + clips):
-            spec = shapes.sample_clip(shapes.clip_seed("train", FIRST + i), 1)
-            hidden = tower(adapter.pixel_values(decoded_clip(spec)), output_hidden_states=True).hidden_states[layer][0, 1:]  # (576, D)
+            spec = shapes.sample_clip(shapes.clip_seed("train", FIRST + i), frames)
+            hidden = tower(adapter.pixel_values(decoded_clip(spec)), output_hidden_states=True).hidden_states[layer][:, 1:]  # (T, 576, D)
             for k, obj in enumerate(spec.objects):
-                covered = hidden[shapes.object_patches(spec, k)[0]]  # (P, D)
-                features.append(torch.cat([covered.mean(0), covered.max(0).values]))
-                labels.append(shapes.SHAPES.index(obj.shape))
+                covered = shapes.object_patches(spec, k)
+                if frames == 1:
+                    patches = hidden[0, covered[0]]  # (P, D)
+                    features.append(torch.cat([patches.mean(0), patches.max(0).values]))
+                    labels.append(shapes.SHAPES.index(obj.shape))
+                else:
+                    first, last = hidden[0, covered[0]].mean(0), hidden[-1, covered[-1]].mean(0)  # (D,) each
+                    features.append(torch.cat([first, last, last - first]))
+                    labels.append(shapes.DIRECTIONS.index(obj.direction))
     return torch.stack(features), torch.tensor(labels)
 
 
-def probe(checkpoint: str) -> dict:
-    model, processor = build_shapes_model(0) if checkpoint == "random" else flashvlm.load(checkpoint, dtype="float32")
-    adapter = wrap(model.eval(), budget=None, processor=processor)
-    x_train, y_train = object_features(model, adapter, 0, 200)
-    x_test, y_test = object_features(model, adapter, 200, 60)
+def fit(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor) -> dict:
+    """A standardised, L2-regularised logistic regression (LBFGS); accuracy on both sets."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-5
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    weight = torch.zeros(x_train.shape[1], len(shapes.SHAPES), requires_grad=True)
-    bias = torch.zeros(len(shapes.SHAPES), requires_grad=True)
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    weight = torch.zeros(x_train.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=300)
 
     def closure():
@@ -64,7 +75,18 @@ def probe(checkpoint: str) -> dict:
     with torch.no_grad():
         train = ((x_train @ weight + bias).argmax(1) == y_train).float().mean().item()
         test = ((x_test @ weight + bias).argmax(1) == y_test).float().mean().item()
-    return {"checkpoint": checkpoint, "train": round(train, 3), "test": round(test, 3), "objects": len(y_test)}
+    return {"train": round(train, 3), "test": round(test, 3)}
+
+
+def probe(checkpoint: str) -> dict:
+    model, processor = build_shapes_model(0) if checkpoint == "random" else flashvlm.load(checkpoint, dtype="float32")
+    adapter = wrap(model.eval(), budget=None, processor=processor)
+    line: dict = {"checkpoint": checkpoint}
+    for name, frames in (("shape", 1), ("direction", 4)):
+        x_train, y_train = object_features(model, adapter, 0, 200, frames)
+        x_test, y_test = object_features(model, adapter, 200, 60, frames)
+        line[name] = {**fit(x_train, y_train, x_test, y_test), "objects": len(y_test)}
+    return line
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ class StageConfig(_Strict):
         description="vision: crops = which objects a crop holds, from [CLS]; patches = which object covers each patch, "
         "from the layer the projector reads (a segmentation-style label per patch)",
     )
+    position: bool = Field(
+        default=False,
+        description="vision, target patches: also predict each patch's row and column from the same features, so that "
+        "they keep where the patch is, as a pretrained CLIP's patch features do (the language model can then see motion)",
+    )
     freeze_vision: bool = Field(default=False, description="alignment / qa: the vision tower stays as it is (LLaVA-1.5 keeps CLIP frozen)")
     steps: int = Field(ge=0, description="optimizer steps")
     batch: int = Field(default=1, ge=1, description="clips a step (one clip length a step), padded to the longest conversation")
@@ -65,6 +70,12 @@ class StageConfig(_Strict):
     frames: list[int] = Field(
         default=[4], min_length=1, description="clip lengths, one drawn per step: one-frame clips are 4x cheaper than four"
     )
+
+    @model_validator(mode="after")
+    def _position_needs_patches(self) -> "StageConfig":
+        if self.position and (self.kind, self.target) != ("vision", "patches"):
+            raise ValueError(f"position is an output of the vision stage's patch head: it needs kind vision and target patches, got {self.kind} / {self.target}")
+        return self
 
     @field_validator("frames")
     @classmethod
@@ -193,6 +204,7 @@ def crops(spec: Any, pixel_values: torch.Tensor, rng: random.Random, side: int, 
 
 
 BACKGROUND = len(OBJECT_CLASSES)  # the patch target's class for a patch no object covers
+PATCH_CLASSES = BACKGROUND + 1  # a patch head's first outputs; with `position`, then 24 for its row and 24 for its column
 BACKGROUND_WEIGHT = 0.2  # about 9 patches in 10 are background: its loss weight, so objects are not drowned out
 
 
@@ -207,8 +219,8 @@ def patch_labels(spec: Any) -> torch.Tensor:
 
 
 def patch_logits(tower: Any, head: Any, layer: int, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(B, 576, 33) class scores of every patch, from the tower's hidden state at `layer` ([CLS] dropped):
-    the features the projector reads."""
+    """(B, 576, 33) class scores of every patch (then 48 row and column scores with a `position` head),
+    from the tower's hidden state at `layer` ([CLS] dropped): the features the projector reads."""
     return head(tower(pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:])
 
 
@@ -252,8 +264,13 @@ def vision_loss(tower: Any, head: Any, layer: int, adapter: Any, specs: list[Any
         labels = torch.cat([patch_labels(spec) for spec in specs])  # (B*T, 576)
         weight = torch.ones(BACKGROUND + 1)
         weight[BACKGROUND] = BACKGROUND_WEIGHT
-        logits = patch_logits(tower, head, layer, pixel_values)  # (B*T, 576, 33)
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.view(-1), weight=weight)
+        logits = patch_logits(tower, head, layer, pixel_values).float()  # (B*T, 576, 33), then (B*T, 576, 48) with position
+        loss = torch.nn.functional.cross_entropy(logits[..., :PATCH_CLASSES].flatten(0, 1), labels.view(-1), weight=weight)
+        if stage.position:
+            row, col = logits[..., PATCH_CLASSES:].flatten(0, 1).split(shapes.GRID, dim=-1)  # (B*T*576, 24) each
+            where = torch.arange(shapes.GRID * shapes.GRID).repeat(len(logits))  # (B*T*576,) every patch's grid index
+            loss = loss + (torch.nn.functional.cross_entropy(row, where // shapes.GRID) + torch.nn.functional.cross_entropy(col, where % shapes.GRID)) / 2
+        return loss
     pixels, patches, targets, weights = (torch.cat(parts) for parts in zip(
         *[crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops) for spec in specs]
     ))  # (B*T*crops, 3, h, w), (B*T*crops, side*side), (B*T*crops, 32) twice
@@ -272,18 +289,26 @@ def language_loss(model: Any, adapter: Any, specs: list[Any], kind: str, frames:
 
 def patch_accuracy(tower: Any, head: Any, layer: int, adapter: Any, specs: list[Any]) -> dict[str, Any]:
     """On the patches objects cover: the share whose highest-scoring class has that object's shape, and its
-    colour (the vision stage's validation score with target "patches")."""
-    right_shape = right_colour = total = 0
+    colour (the vision stage's validation score with target "patches"); with a `position` head, the share
+    of all patches whose row and column are both predicted right."""
+    right_shape = right_colour = total = right_place = places = 0
     with torch.no_grad():
         for spec in specs:
             labels = patch_labels(spec).view(-1)  # (T*576,)
-            predicted = patch_logits(tower, head, layer, adapter.pixel_values(decoded_clip(spec))).argmax(-1).view(-1)
+            logits = patch_logits(tower, head, layer, adapter.pixel_values(decoded_clip(spec)))  # (T, 576, 33 [+ 48])
+            predicted = logits[..., :PATCH_CLASSES].argmax(-1).view(-1)
+            if logits.shape[-1] > PATCH_CLASSES:
+                row, col = logits[..., PATCH_CLASSES:].split(shapes.GRID, dim=-1)  # (T, 576, 24) each
+                where = torch.arange(shapes.GRID * shapes.GRID)
+                right_place += int(((row.argmax(-1) == where // shapes.GRID) & (col.argmax(-1) == where % shapes.GRID)).sum())
+                places += row.shape[0] * row.shape[1]
             on_object = labels != BACKGROUND
             for p, t in zip(predicted[on_object].tolist(), labels[on_object].tolist()):
                 right_shape += p != BACKGROUND and OBJECT_CLASSES[p][0] == OBJECT_CLASSES[t][0]
                 right_colour += p != BACKGROUND and OBJECT_CLASSES[p][1] == OBJECT_CLASSES[t][1]
             total += int(on_object.sum())
-    return {"shape": round(right_shape / max(1, total), 4), "colour": round(right_colour / max(1, total), 4), "patches": total}
+    score = {"shape": round(right_shape / max(1, total), 4), "colour": round(right_colour / max(1, total), 4), "patches": total}
+    return {**score, "position": round(right_place / places, 4)} if places else score
 
 
 def _lr_at(step: int, stage: StageConfig) -> float:
@@ -391,7 +416,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         rng = random.Random(f"{cfg.seed}-{name}")
         head = None
         if stage.kind == "vision":
-            head = torch.nn.Linear(tower.config.hidden_size, len(OBJECT_CLASSES) + (stage.target == "patches"))
+            outputs = PATCH_CLASSES + 2 * shapes.GRID * stage.position if stage.target == "patches" else len(OBJECT_CLASSES)
+            head = torch.nn.Linear(tower.config.hidden_size, outputs)
             tower.requires_grad_(True)
             trained = [*tower.parameters(), *head.parameters()]
         else:

@@ -124,6 +124,13 @@ def test_the_vision_stage_trains_the_tower_alone(tmp_path):
         TrainConfig.model_validate({**cfg.model_dump(), "resume": {"checkpoint": "x", "after_stage": 1}})
 
 
+def test_position_is_an_output_of_the_patch_head_only():
+    assert StageConfig(kind="vision", target="patches", position=True, steps=1, lr=1e-3).position
+    for kind, target in (("vision", "crops"), ("qa", "patches"), ("alignment", "crops")):
+        with pytest.raises(ValueError, match=f"position .* needs kind vision and target patches, got {kind} / {target}"):
+            StageConfig(kind=kind, target=target, position=True, steps=1, lr=1e-3)
+
+
 def test_patch_labels_are_the_objects_listed_patches():
     spec = shapes.sample_clip(shapes.clip_seed("train", 5), 3)
     labels = patch_labels(spec)  # (3, 576)
@@ -146,11 +153,12 @@ def test_patch_target_then_a_frozen_tower_under_bfloat16(tmp_path):
 
     cfg = TrainConfig(
         frames=1, autocast="bfloat16", validation_clips=1, test_clips=0, output=str(tmp_path / "ckpt"), save_dtype="float32",
-        stages=[StageConfig(kind="vision", target="patches", steps=2, batch=2, lr=1e-3, warmup=1, frames=[1]),
+        stages=[StageConfig(kind="vision", target="patches", position=True, steps=2, batch=2, lr=1e-3, warmup=1, frames=[1]),
                 StageConfig(kind="qa", freeze_vision=True, steps=2, batch=2, lr=1e-3, warmup=1, frames=[1])],
     )
     record = train(cfg, log=lambda line: None)
-    assert set(record["stages"][0]["validation"]) == {"shape", "colour", "patches"}
+    assert set(record["stages"][0]["validation"]) == {"shape", "colour", "patches", "position"}
+    assert 0 <= record["stages"][0]["validation"]["position"] <= 1
     trained = flashvlm.load(str(tmp_path / "ckpt"))[0].state_dict()
     start = build_shapes_model(seed=0)[0].state_dict()
     changed = {name for name in start if not torch.equal(start[name], trained[name])}
