@@ -3,7 +3,8 @@
     stage "vision":     the CLIP tower alone: target "crops", a classifier of which objects a crop of a frame
                         holds (image-level labels; the crop's patches keep their positions in the 24 x 24
                         grid); target "patches", which object covers each patch of a whole frame, read from
-                        the layer the projector reads (a segmentation-style label per patch)
+                        the layer the projector reads (a segmentation-style label per patch), and with
+                        `position` each patch's row and column too
     stage "alignment":  a caption of every clip (which objects, colours, motions), one turn a clip
     stage "qa":         the task's questions about every clip, each an independent turn over one copy of
                         the clip's image tokens (`shapes_model.conversation`, masked by `collate`)
@@ -58,7 +59,7 @@ class StageConfig(_Strict):
     position: bool = Field(
         default=False,
         description="vision, target patches: also predict each patch's row and column from the same features, so that "
-        "they keep where the patch is, as a pretrained CLIP's patch features do (the language model can then see motion)",
+        "they keep where the patch is, which motion needs (README: it slowed the language model, so the recipe leaves it off)",
     )
     freeze_vision: bool = Field(default=False, description="alignment / qa: the vision tower stays as it is (LLaVA-1.5 keeps CLIP frozen)")
     steps: int = Field(ge=0, description="optimizer steps")
