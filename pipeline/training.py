@@ -263,9 +263,9 @@ def vision_loss(tower: Any, head: Any, layer: int, adapter: Any, specs: list[Any
     if stage.target == "patches":
         pixel_values = clips_pixel_values(adapter, specs)  # (B*T, 3, 336, 336)
         labels = torch.cat([patch_labels(spec) for spec in specs])  # (B*T, 576)
-        weight = torch.ones(BACKGROUND + 1)
+        weight = torch.ones(PATCH_CLASSES)
         weight[BACKGROUND] = BACKGROUND_WEIGHT
-        logits = patch_logits(tower, head, layer, pixel_values).float()  # (B*T, 576, 33), then (B*T, 576, 48) with position
+        logits = patch_logits(tower, head, layer, pixel_values).float()  # (B*T, 576, 33 [+ 48 with position])
         loss = torch.nn.functional.cross_entropy(logits[..., :PATCH_CLASSES].flatten(0, 1), labels.view(-1), weight=weight)
         if stage.position:
             row, col = logits[..., PATCH_CLASSES:].flatten(0, 1).split(shapes.GRID, dim=-1)  # (B*T*576, 24) each
