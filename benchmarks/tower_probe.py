@@ -11,7 +11,7 @@ fitted on 200 clips' objects and scored on 60 other clips' objects:
   difference -> still, left, right, up or down (chance 0.2). With the tower frozen, as the recipe keeps it
   while the language model learns, this is the most the language model can read of motion from the image
   tokens' contents (RoPE positions reach only attention weights, not what a token carries).
-Prints one JSON line per checkpoint: {"checkpoint", "shape": {"train", "test"}, "direction": {...}, "objects"}.
+Prints one JSON line per checkpoint: {"checkpoint", "shape": {"train", "test", "objects"}, "direction": {...}}.
 The README's "The shapes model" and "A vision stage" quote these lines.
 """
 

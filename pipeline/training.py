@@ -207,6 +207,8 @@ def crops(spec: Any, pixel_values: torch.Tensor, rng: random.Random, side: int, 
 BACKGROUND = len(OBJECT_CLASSES)  # the patch target's class for a patch no object covers
 PATCH_CLASSES = BACKGROUND + 1  # a patch head's first outputs; with `position`, then 24 for its row and 24 for its column
 BACKGROUND_WEIGHT = 0.2  # about 9 patches in 10 are background: its loss weight, so objects are not drowned out
+PATCH_ROW = torch.arange(shapes.GRID * shapes.GRID) // shapes.GRID  # (576,) each patch's row: the position head's target
+PATCH_COL = torch.arange(shapes.GRID * shapes.GRID) % shapes.GRID  # (576,) and its column
 
 
 def patch_labels(spec: Any) -> torch.Tensor:
@@ -269,8 +271,8 @@ def vision_loss(tower: Any, head: Any, layer: int, adapter: Any, specs: list[Any
         loss = torch.nn.functional.cross_entropy(logits[..., :PATCH_CLASSES].flatten(0, 1), labels.view(-1), weight=weight)
         if stage.position:
             row, col = logits[..., PATCH_CLASSES:].flatten(0, 1).split(shapes.GRID, dim=-1)  # (B*T*576, 24) each
-            where = torch.arange(shapes.GRID * shapes.GRID).repeat(len(logits))  # (B*T*576,) every patch's grid index
-            loss = loss + (torch.nn.functional.cross_entropy(row, where // shapes.GRID) + torch.nn.functional.cross_entropy(col, where % shapes.GRID)) / 2
+            rows, cols = PATCH_ROW.repeat(len(logits)), PATCH_COL.repeat(len(logits))  # (B*T*576,) each
+            loss = loss + (torch.nn.functional.cross_entropy(row, rows) + torch.nn.functional.cross_entropy(col, cols)) / 2
         return loss
     pixels, patches, targets, weights = (torch.cat(parts) for parts in zip(
         *[crops(spec, adapter.pixel_values(decoded_clip(spec)), rng, stage.crop, stage.crops) for spec in specs]
@@ -300,8 +302,7 @@ def patch_accuracy(tower: Any, head: Any, layer: int, adapter: Any, specs: list[
             predicted = logits[..., :PATCH_CLASSES].argmax(-1).view(-1)
             if logits.shape[-1] > PATCH_CLASSES:
                 row, col = logits[..., PATCH_CLASSES:].split(shapes.GRID, dim=-1)  # (T, 576, 24) each
-                where = torch.arange(shapes.GRID * shapes.GRID)
-                right_place += int(((row.argmax(-1) == where // shapes.GRID) & (col.argmax(-1) == where % shapes.GRID)).sum())
+                right_place += int(((row.argmax(-1) == PATCH_ROW) & (col.argmax(-1) == PATCH_COL)).sum())
                 places += row.shape[0] * row.shape[1]
             on_object = labels != BACKGROUND
             for p, t in zip(predicted[on_object].tolist(), labels[on_object].tolist()):
