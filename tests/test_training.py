@@ -212,8 +212,8 @@ def test_the_committed_checkpoint_answers_pinned_test_clips():
     model, processor = flashvlm.load("flashvlm-tiny/shapes", dtype="float32")  # offline, from the package
     adapter = wrap(model, budget=None, processor=processor)
     pinned = {0: {"What shape is the red object?": "star", "Is there a red star?": "yes"},
-              2: {"What colour is the star?": "green", "How many circles are there?": "1"},
-              5: {"What colour is the square?": "orange", "Which way is the orange star moving?": "up"}}
+              2: {"What colour is the star?": "green", "How many circles are there?": "1", "Which way is the red circle moving?": "down"},
+              5: {"What colour is the square?": "orange"}}
     for clip, asked in pinned.items():
         spec = shapes.sample_clip(shapes.clip_seed("test", clip), 4)
         labels = {q.question: q.answer for q in shapes.questions(spec)}
