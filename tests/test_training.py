@@ -211,8 +211,8 @@ def test_the_committed_checkpoint_answers_pinned_test_clips():
 
     model, processor = flashvlm.load("flashvlm-tiny/shapes", dtype="float32")  # offline, from the package
     adapter = wrap(model, budget=None, processor=processor)
-    pinned = {0: {"What shape is the red object?": "star", "Is there a red star?": "yes"},
-              2: {"What colour is the star?": "green", "How many circles are there?": "1", "Which way is the red circle moving?": "down"},
+    pinned = {0: {"What shape is the red object?": "star", "Is there a red star?": "yes", "Which way is the red star moving?": "down"},
+              2: {"What colour is the star?": "green", "How many circles are there?": "1"},
               5: {"What colour is the square?": "orange"}}
     for clip, asked in pinned.items():
         spec = shapes.sample_clip(shapes.clip_seed("test", clip), 4)
