@@ -66,7 +66,7 @@ class PeakMemory:
 
 def make_inputs(folder: Path, count: int) -> int:
     """Symlink the sample clips (or generated ones) into `folder` until it holds >= count videos."""
-    from pipeline.synthetic import make_clips
+    from shapes.clips import make_clips
 
     sources = sorted(p for p in SHARED_VIDEOS.glob("*") if p.suffix in {".mp4", ".mkv", ".webm", ".mov"}) if SHARED_VIDEOS.is_dir() else []
     if not sources:

@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flashvlm.viz", description=__doc__.split("\n")[0])
     parser.add_argument("video", help="a local video file")
     parser.add_argument("--question", required=True)
-    parser.add_argument("--model", default="flashvlm-tiny/llava", help="hub id or local path (default: the tiny demo model)")
+    parser.add_argument("--model", default="flashvlm-tiny/shapes", help="hub id, local path or registered name (default: the shapes model)")
     parser.add_argument("--budget", type=int, default=64, help="visual tokens kept per frame")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=336, help="frame size the model reads")

@@ -17,14 +17,52 @@ Exit status: 0 when the run succeeded (broken videos are error rows), 2 for a ba
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python jobs/evaluate.py` puts jobs/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
-from pipeline.evaluate import main  # noqa: E402
+from pipeline.config import ConfigError, job_parser  # noqa: E402
+from pipeline.evaluate import DEFAULT_CONFIG, evaluate, load_eval_config  # noqa: E402
+from shapes.demo import demo_input  # noqa: E402
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = job_parser("Measure what token pruning costs in answers (jobs/evaluate.py)", DEFAULT_CONFIG,
+                        "evaluation.budgets=[null,64]")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_eval_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"config {args.config}: model {cfg.model.name}, budgets {cfg.evaluation.budgets}, methods "
+          f"{[s.label() for s in cfg.evaluation.settings]}, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
+    try:
+        out = evaluate(cfg, demo_input(cfg))
+    except ValueError as exc:
+        if str(exc).startswith("labels file"):  # a malformed labels file: the message names file and row
+            print(exc, file=sys.stderr)
+            return 2
+        raise
+    record = out["record"]
+    print(f"\nevaluation {record['run_id']} {record['status']} in {record['wall_s']:.1f} s: {record['answers']} scored "
+          f"rows, {record['videos_failed']} videos failed; table {cfg.output.uri.rstrip('/')}/evaluations/", flush=True)
+    print(out["tables"], flush=True)
+    print(f"\ntables, summary and plot: {out['folder']}/", flush=True)
+    if out["plot"]:
+        print(f"plot: {out['plot']}", flush=True)
+    print(json.dumps(out["summary"]), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

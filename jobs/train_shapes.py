@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # `python jobs/train_shapes.py` puts jobs/ first 
     sys.path.insert(0, str(ROOT))
 
 from pipeline.config import ConfigError, job_parser, load_config  # noqa: E402
-from pipeline.training import TrainConfig, train  # noqa: E402
+from shapes.training import TrainConfig, train  # noqa: E402
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -28,7 +28,6 @@ from flashvlm.models import _DTYPES
 from flashvlm.models.base import GUIDES
 from flashvlm.selection import TEXT_WEIGHTINGS, SelectionConfig, split_budget
 from flashvlm.selectors import METHODS, method_options
-from flashvlm.shapes import SPLITS as SHAPES_SPLITS
 from flashvlm.video import SPLITS, select_video_tokens
 from pipeline.storage import redact_options
 
@@ -112,9 +111,9 @@ class _Strict(BaseModel):
 
 
 class GenerateShapes(_Strict):
-    """A split of the labelled shapes task (flashvlm/shapes.py): its clips and its questions.jsonl."""
+    """A split of the labelled shapes task (shapes/clips.py, which writes it: shapes.demo): its clips and its questions.jsonl."""
 
-    split: Literal[SHAPES_SPLITS] = "test"  # type: ignore[valid-type]
+    split: Literal["train", "validation", "test"] = "test"  # shapes.clips.SPLITS (tests/test_shapes.py checks they agree)
     clips: int = Field(default=8, ge=1)
     frames: int = Field(default=4, ge=1, le=8)
 
@@ -433,7 +432,7 @@ def _format_errors(error: ValidationError, source: str) -> str:
 
 
 def validate_config(data: Any, source: str = "<dict>", schema: type[BaseModel] = None) -> Any:
-    """`schema` (default JobConfig; or e.g. pipeline.evaluate.EvalConfig, pipeline.training.TrainConfig)
+    """`schema` (default JobConfig; or e.g. pipeline.evaluate.EvalConfig, shapes.training.TrainConfig)
     validated from plain data; ConfigError names each bad key."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config ({source}): the top level must be a mapping, got {type(data).__name__}")

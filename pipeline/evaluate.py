@@ -534,17 +534,18 @@ def grid_of(cfg: EvalConfig) -> list[dict[str, Any]]:
     return out
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Run the evaluation; returns {"record", "results", "by_type", "tables", "plot", "summary"}."""
+def evaluate(cfg: EvalConfig, input_uri: str | None = None) -> dict[str, Any]:
+    """Run the evaluation; returns {"record", "results", "by_type", "tables", "plot", "summary"}.
+    input_uri: where to list videos, when not cfg.input.uri (a demo's generated clips: shapes.demo)."""
     from pipeline.commit import commit, final_path, recover, rollback, staging_uri
-    from pipeline.run import decode_dataset, init_ray, list_inputs, model_gpus, pool, resolve_input, versions
+    from pipeline.run import decode_dataset, init_ray, list_inputs, model_gpus, pool, versions
     from pipeline.write import ParquetWriter, partition_dir, write_run_record
 
     started = datetime.now(timezone.utc)
     run_id = cfg.run_id or f"eval-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     run_date = f"{started:%Y-%m-%d}"
     t0 = time.perf_counter()
-    input_uri = resolve_input(cfg)
+    input_uri = input_uri or cfg.input.uri
     # A malformed labels file is refused before anything runs, naming the file and the row.
     labelled = read_labels(cfg.questions_file, cfg.storage_options) if cfg.questions_file else []
     record: dict[str, Any] = {
@@ -645,36 +646,3 @@ def report(cfg: EvalConfig, record: dict[str, Any], rows: list[dict[str, Any]]) 
 # --------------------------------------------------------------------------------------------------
 # The command line (jobs/evaluate.py)
 # --------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = job_parser("Measure what token pruning costs in answers (jobs/evaluate.py)", DEFAULT_CONFIG,
-                        "evaluation.budgets=[null,64]")
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_eval_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"config {args.config}: model {cfg.model.name}, budgets {cfg.evaluation.budgets}, methods "
-          f"{[s.label() for s in cfg.evaluation.settings]}, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
-    try:
-        out = evaluate(cfg)
-    except ValueError as exc:
-        if str(exc).startswith("labels file"):  # a malformed labels file: the message names file and row
-            print(exc, file=sys.stderr)
-            return 2
-        raise
-    record = out["record"]
-    print(f"\nevaluation {record['run_id']} {record['status']} in {record['wall_s']:.1f} s: {record['answers']} scored "
-          f"rows, {record['videos_failed']} videos failed; table {cfg.output.uri.rstrip('/')}/evaluations/", flush=True)
-    print(out["tables"], flush=True)
-    print(f"\ntables, summary and plot: {out['folder']}/", flush=True)
-    if out["plot"]:
-        print(f"plot: {out['plot']}", flush=True)
-    print(json.dumps(out["summary"]), flush=True)
-    return 0

@@ -1,9 +1,16 @@
 """Shared test fixtures."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The tiny test checkpoints (tests/tiny_models.py) are built once a session in this folder; their paths are
+# known at import so that module-level configs can name them. Ray workers inherit it from the environment.
+os.environ.setdefault("FLASHVLM_CACHE", tempfile.mkdtemp(prefix="flashvlm-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Sample clips live beside the checkout (../shared/videos), never inside it.
 SHARED_VIDEOS = Path(os.environ.get("FLASHVLM_SHARED_VIDEOS", Path(__file__).resolve().parents[2] / "shared" / "videos"))
@@ -17,13 +24,13 @@ def shared_videos() -> Path:
 
 
 @pytest.fixture(scope="session")
-def flashvlm_cache(tmp_path_factory):
-    """FLASHVLM_CACHE in a session directory, offline: each tiny model is built there at most once."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("FLASHVLM_CACHE", str(tmp_path_factory.mktemp("flashvlm-cache")))
-    patch.setenv("HF_HUB_OFFLINE", "1")
+def flashvlm_cache():
+    """FLASHVLM_CACHE with both tiny checkpoints built in it (LLAVA_PATH and QWEN_PATH), offline."""
+    from tiny_models import TINY_LLAVA, TINY_QWEN2_5_VL, tiny_model_path
+
+    tiny_model_path(TINY_LLAVA), tiny_model_path(TINY_QWEN2_5_VL)
     yield Path(os.environ["FLASHVLM_CACHE"])
-    patch.undo()
+    shutil.rmtree(os.environ["FLASHVLM_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tiny_models import LLAVA_PATH
 
 # Real clips used by the pipeline tests: a mix of healthy ones, one that needs the PyAV fallback
 # (no duration in its header) and broken ones that must become error rows.
@@ -37,7 +38,7 @@ def tiny_job_config(input_uri, output_uri, ray: dict, **extra):
     data = {
         "input": {"uri": str(input_uri)},
         "questions": QUESTIONS,
-        "model": {"name": "flashvlm-tiny/llava", "dtype": "float32", "device": "cpu", "max_new_tokens": 4},
+        "model": {"name": LLAVA_PATH, "dtype": "float32", "device": "cpu", "max_new_tokens": 4},
         "sampling": {"frames": 2, "size": 336},
         "selection": {"budget": 8},
         "output": {"uri": str(output_uri)},
@@ -149,7 +150,7 @@ def clip_dir(tmp_path_factory) -> Path:
         for name in GOOD_CLIPS + FALLBACK_CLIPS + BROKEN_CLIPS:
             os.symlink(SHARED_VIDEOS / name, folder / name)
         return folder
-    from pipeline.synthetic import make_clip
+    from shapes.clips import make_clip
 
     for i, name in enumerate(GOOD_CLIPS):
         make_clip(folder / (Path(name).stem + ".mp4"), seed=i)

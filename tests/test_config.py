@@ -39,7 +39,7 @@ def test_shipped_configs_validate(path):
 
 
 def test_training_config_validates():
-    from pipeline.training import TrainConfig
+    from shapes.training import TrainConfig
 
     cfg = load_config(ROOT / "configs" / "train_shapes.yaml", schema=TrainConfig)
     kinds = [s.kind for s in cfg.stages]
@@ -276,7 +276,7 @@ def test_settings_id_tracks_answer_changing_settings_only():
 
 def test_settings_ids_of_earlier_runs_stay_when_new_fields_are_unset():
     # The ids these configs had before selection.text_weighting existed: their answers stay current.
-    earlier_demo = ["model.name=flashvlm-tiny/llava", "model.max_new_tokens=8"]  # the demo's model then
+    earlier_demo = ["model.name=flashvlm-tiny/llava", "model.max_new_tokens=8"]  # the demo's model then (a name only)
     assert load_config(ROOT / "configs" / "demo.yaml", earlier_demo).settings_id() == "8205684e18c2"
     assert load_config(ROOT / "configs" / "llava15_7b.yaml").settings_id() == "f55afc1f8339"
     assert load_config(ROOT / "configs" / "demo.yaml", [*earlier_demo, "selection.text_weighting=norm"]).settings_id() != "8205684e18c2"

@@ -10,7 +10,7 @@ from flashvlm.decode import Sampling, _decode_decord, _decode_pyav, resize_frame
 from pipeline.decode import DecodeVideos, StageError, read_and_decode
 from pipeline.listing import list_videos
 from pipeline.schema import DECODED, LISTED, frames_of
-from pipeline.synthetic import make_clip
+from shapes.clips import make_clip
 from pipeline_fixtures import make_live_stream
 
 DECORD_OK = [

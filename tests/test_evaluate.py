@@ -14,6 +14,7 @@ import torch
 
 from pipeline.evaluate import EVALUATIONS, choice_index, read_labels, summarize
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
+from tiny_models import LLAVA_PATH, QWEN_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,13 +115,13 @@ def test_evaluate_job_refuses_a_malformed_labels_file_before_it_runs(tmp_path, c
 def adapter(flashvlm_cache, one_thread):
     import flashvlm
 
-    model, processor = flashvlm.load("flashvlm-tiny/llava", dtype=torch.float32, device="cpu")
+    model, processor = flashvlm.load(LLAVA_PATH, dtype=torch.float32, device="cpu")
     return flashvlm.wrap(model, 16, processor=processor)
 
 
 @pytest.fixture(scope="module")
 def clip():
-    from flashvlm.shapes import render, sample_clip
+    from shapes.clips import render, sample_clip
 
     return render(sample_clip(7, frames=2))  # (2, 336, 336, 3)
 
@@ -222,7 +223,7 @@ def test_score_choices_is_the_sum_of_option_token_log_probs(adapter, clip):
 @pytest.fixture(scope="module")
 def shapes_split(tmp_path_factory):
     """2 labelled shapes clips, plus a broken one with a labelled question."""
-    from flashvlm.shapes import write_split
+    from shapes.clips import write_split
 
     folder = tmp_path_factory.mktemp("shapes")
     labels = write_split(folder, "test", 2, frames=2)
@@ -238,7 +239,7 @@ def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, fl
 
     out_uri = tmp_path / "out"
     code = main([
-        "--set", "model.name=flashvlm-tiny/llava", "--set", f"input.uri={shapes_split}",
+        "--set", f"model.name={LLAVA_PATH}", "--set", f"input.uri={shapes_split}",
         "--set", f"questions_file={shapes_split / 'questions.jsonl'}", "--set", f"output.uri={out_uri}",
         "--set", "sampling.frames=2", "--set", "evaluation.budgets=[null, 16]", "--set", "input.generate_shapes=null",
         "--set", "evaluation.settings=[{method: flashvlm}, {method: random, options: {seed: 1}}]",
@@ -247,7 +248,7 @@ def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, fl
     assert code == 0, printed
     summary = json.loads(printed.strip().splitlines()[-1])
     labels = [json.loads(line) for line in (shapes_split / "questions.jsonl").read_text().splitlines()]
-    assert summary["model"] == "flashvlm-tiny/llava" and summary["items"] == len(labels)
+    assert summary["model"] == LLAVA_PATH and summary["items"] == len(labels)
     assert [(r["method"], r["budget"]) for r in summary["results"]] == [("full", None), ("flashvlm", 16), ("random", 16)]
     assert set(summary["results"][0]) == {"method", "budget", "options", "accuracy", "retention", "agreement",
                                           "object_recall", "ms_per_answer"}
@@ -282,7 +283,7 @@ def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, fl
 def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(ray_local, flashvlm_cache, tmp_path, capsys):
     """Any model flashvlm.load takes: Qwen2.5-VL, whose "frames" are temporal patches of merged tokens, on one
     clip with an open and a multiple-choice question, two methods at one budget besides the full one."""
-    from flashvlm.shapes import write_split
+    from shapes.clips import write_split
     from pipeline.evaluate import main
 
     split = write_split(tmp_path / "shapes", "test", 1, frames=2).parent
@@ -294,7 +295,7 @@ def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(ray_local, flashvlm_ca
     )
     out_uri = tmp_path / "out"
     code = main([
-        "--set", "model.name=flashvlm-tiny/qwen2_5_vl", "--set", f"input.uri={split}", "--set", f"questions_file={labels}",
+        "--set", f"model.name={QWEN_PATH}", "--set", f"input.uri={split}", "--set", f"questions_file={labels}",
         "--set", f"output.uri={out_uri}", "--set", "sampling.frames=2", "--set", "sampling.size=112",
         "--set", "evaluation.budgets=[null, 4]", "--set", "input.generate_shapes=null",
         "--set", "evaluation.settings=[{method: uniform}, {method: random, options: {seed: 1}}]",
@@ -302,7 +303,7 @@ def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(ray_local, flashvlm_ca
     printed = capsys.readouterr().out
     assert code == 0, printed
     summary = json.loads(printed.strip().splitlines()[-1])
-    assert summary["model"] == "flashvlm-tiny/qwen2_5_vl" and summary["items"] == 2
+    assert summary["model"] == QWEN_PATH and summary["items"] == 2
     assert [(r["method"], r["budget"]) for r in summary["results"]] == [("full", None), ("uniform", 4), ("random", 4)]
     assert summary["results"][0]["agreement"] == 1.0
     rows = pq.read_table(next((out_uri / "evaluations").glob("date=*/*.parquet"))).to_pylist()

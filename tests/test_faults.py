@@ -17,7 +17,7 @@ import pipeline.run
 from pipeline.answer import AnswerQuestions
 from pipeline.commit import STAGING
 from pipeline.run import run
-from pipeline.synthetic import make_clip
+from shapes.clips import make_clip
 from pipeline.tables import read_table
 from pipeline_fixtures import QUESTIONS, tiny_job_config
 

@@ -16,7 +16,7 @@ import pytest
 import pipeline.commit
 from pipeline.commit import STAGING, commit, recover, rollback, staging_uri
 from pipeline.schema import ERRORS
-from pipeline.synthetic import make_clip
+from shapes.clips import make_clip
 from pipeline.tables import done_keys, latest_answers, read_table, table_glob
 from pipeline.write import ParquetWriter, partition_dir
 from pipeline.run import run

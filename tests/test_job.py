@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.run import DEFAULT_CONFIG, resolve_input, run, summary_text
+from pipeline.run import DEFAULT_CONFIG, run, summary_text
+from shapes.demo import demo_input
 from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS
+from tiny_models import LLAVA_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -66,7 +68,7 @@ def test_s3_end_to_end_with_a_questions_file(ray_local, clip_dir, s3_options, s3
         f"""
 input: {{uri: "s3://{s3_bucket}/videos/"}}
 questions_file: s3://{s3_bucket}/questions.jsonl
-model: {{name: flashvlm-tiny/llava, dtype: float32, device: cpu, max_new_tokens: 4}}
+model: {{name: {LLAVA_PATH}, dtype: float32, device: cpu, max_new_tokens: 4}}
 sampling: {{frames: 2, size: 336}}
 selection: {{budget: 8}}
 output: {{uri: "s3://{s3_bucket}/qa"}}
@@ -161,22 +163,22 @@ def test_demo_answers_generated_shapes_clips_and_the_sample_clips(ray_local, tmp
 
 def test_demo_generates_clips_when_the_sample_folder_is_absent(tmp_path):
     cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/absent/", "input.generate_shapes=null", "input.generate_if_missing=3"])
-    folder = Path(resolve_input(cfg))
+    folder = Path(demo_input(cfg))
     clips = sorted(folder.glob("clip_*.mp4"))
     assert len(clips) >= cfg.input.generate_if_missing and all(p.stat().st_size > 0 for p in clips)
     cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}", "input.generate_shapes=null"])
-    assert resolve_input(cfg) == str(tmp_path)  # present, or generation off: used as given
+    assert demo_input(cfg) == str(tmp_path)  # present, or generation off: used as given
 
 
 def test_a_demo_can_generate_a_labelled_shapes_split_where_the_input_is_missing(tmp_path):
     shapes = "input.generate_shapes={split: test, clips: 2, frames: 2}"
     cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/shapes/test", shapes])
-    assert resolve_input(cfg) == f"{tmp_path}/shapes/test"
+    assert demo_input(cfg) == f"{tmp_path}/shapes/test"
     assert sorted(p.name for p in (tmp_path / "shapes" / "test").iterdir()) == ["clip_00000.mp4", "clip_00001.mp4", "questions.jsonl"]
     rows = [json.loads(line) for line in (tmp_path / "shapes" / "test" / "questions.jsonl").read_text().splitlines()]
     assert rows and {"video_uri", "question", "answer"} <= set(rows[0])
     with pytest.raises(ValueError, match="must end in the split's name 'test'"):
-        resolve_input(load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/elsewhere", shapes]))
+        demo_input(load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/elsewhere", shapes]))
 
 
 # ---- the command line: exit status and flags, in a fresh process (no Ray is started by these) ------------

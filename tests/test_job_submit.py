@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_fixtures import BROKEN_CLIPS, free_port
+from tiny_models import LLAVA_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -114,7 +115,7 @@ def test_ray_job_submit_runs_the_job_against_s3(ray_head, clip_dir, s3_options, 
         f"""
 input: {{uri: "s3://{s3_bucket}/videos/"}}
 questions: ["What is in the video?"]
-model: {{name: flashvlm-tiny/llava, dtype: float32, device: cpu, max_new_tokens: 4}}
+model: {{name: {LLAVA_PATH}, dtype: float32, device: cpu, max_new_tokens: 4}}
 sampling: {{frames: 2}}
 selection: {{budget: 8}}
 output: {{uri: "s3://{s3_bucket}/qa"}}

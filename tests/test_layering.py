@@ -1,4 +1,5 @@
-"""One direction of dependency (../shared/DESIGN.md): jobs -> pipeline -> flashvlm, read from the source.
+"""One direction of dependency: jobs -> shapes -> pipeline -> flashvlm, read from the source (experiments and
+benchmarks may use any of them; tests everything but jobs).
 
 Every import of every module is read with `ast` (top-level and inside functions, `import x`, `from x import y`,
 relative imports, and `importlib.import_module("x")` with a literal name), so a lazy import cannot hide.
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("flashvlm", "pipeline", "jobs", "benchmarks", "tests")
+LAYERS = ("flashvlm", "pipeline", "shapes", "jobs", "benchmarks", "experiments", "tests")
 STAGES = ("pipeline.listing", "pipeline.decode", "pipeline.answer", "pipeline.write")  # DESIGN.md's stages
 
 
@@ -56,9 +57,16 @@ RULES = [
     ("flashvlm", "pipeline", "the library never imports the pipeline"),
     ("flashvlm", "jobs", "the library never imports a job"),
     *(("flashvlm", lib, "the library knows nothing of Ray, storage or tables") for lib in ("ray", "fsspec", "s3fs", "pyarrow")),
+    ("flashvlm", "shapes", "the library knows no task: a task's checkpoint reaches flashvlm.load through an entry point"),
     ("pipeline", "jobs", "the pipeline never imports a job"),
+    ("pipeline", "shapes", "the pipeline knows no task: the shapes task uses it (jobs call shapes.demo for demo inputs)"),
+    ("pipeline", "experiments", "the pipeline never imports an experiment"),
+    ("shapes", "jobs", "the shapes task never imports a job"),
+    ("shapes", "benchmarks", "the shapes task never imports a benchmark"),
     ("tests", "jobs", "tests import pipeline/ (running the script as a subprocess is fine)"),
     ("benchmarks", "jobs", "benchmarks import pipeline/"),
+    ("benchmarks", "experiments", "benchmarks measure the product, not experiments"),
+    ("experiments", "jobs", "experiments import the library, not jobs"),
 ]
 
 
@@ -85,7 +93,7 @@ def test_tests_and_benchmarks_load_no_script_as_a_module():
     # what an import statement would not show: importlib's spec_from_file_location or runpy on a script
     loaders = ("spec_from_file_location", "run_path", "run_module")
     wrong = []
-    for layer in ("tests", "benchmarks"):
+    for layer in ("tests", "benchmarks", "experiments"):
         for path in sorted((ROOT / layer).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Call) and called(node) in loaders:

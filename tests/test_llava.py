@@ -15,7 +15,7 @@ import torch
 import flashvlm
 from flashvlm.models.base import VideoAnswer
 from flashvlm.models.llava import LlavaAdapter, feature_layer_index
-from flashvlm.tiny_models import TINY_LLAVA, build_tiny_llava, tiny_cache_dir, tiny_model_path
+from tiny_models import LLAVA_PATH, TINY_LLAVA, build_tiny_llava, tiny_cache_dir, tiny_model_path
 
 N = 576
 PROMPT = "USER: <image>\n{q} ASSISTANT:"
@@ -486,7 +486,7 @@ def test_bad_inputs_are_value_errors_naming_them(llava):
     with pytest.raises(ValueError, match="config"):
         flashvlm.wrap(model, config={"eta": 0.5})
     with pytest.raises(ValueError, match="dtype"):
-        flashvlm.load("flashvlm-tiny/llava", dtype="float8")
+        flashvlm.load(LLAVA_PATH, dtype="float8")
     with pytest.raises(ValueError, match="name_or_path"):
         flashvlm.load(None)
 

@@ -14,13 +14,14 @@ from pipeline.questions import attach_questions
 from pipeline.schema import ANSWERED, ANSWERS, DECODED, ERRORS, WRITE_SUMMARY, frames_of
 from pipeline.tables import draw_answer_row, duckdb_connect, read_table, table_glob
 from pipeline.write import WriteTables
+from tiny_models import LLAVA_PATH, QWEN_PATH
 
 QUESTIONS = ["What is happening?", "What colour is it?"]
 CFG = validate_config(
     {
         "input": {"uri": "unused"},
         "questions": QUESTIONS,
-        "model": {"name": "flashvlm-tiny/llava", "dtype": "float32", "device": "cpu", "max_new_tokens": 4},
+        "model": {"name": LLAVA_PATH, "dtype": "float32", "device": "cpu", "max_new_tokens": 4},
         "sampling": {"frames": 2, "size": 336},
         "selection": {"budget": 16},
         "output": {"uri": "unused"},
@@ -67,7 +68,7 @@ def test_answer_rows_carry_tokens_kept_indices_and_video_metadata(answered):
         assert row["tokens_total"] == 2 * 576  # LLaVA-1.5 at 336 px: 24 x 24 tokens per frame
         # the clip keeps budget * frames tokens; a frame may keep more or fewer than budget (even none)
         assert all(k == sorted(k) and all(0 <= i < 576 for i in k) for k in row["kept"])
-        assert row["model"] == "flashvlm-tiny/llava" and row["budget"] == 16 and row["latency_ms"] > 0
+        assert row["model"] == LLAVA_PATH and row["budget"] == 16 and row["latency_ms"] > 0
         assert row["width"] > 0 and row["fps"] > 0 and row["run_id"] == "run-a" and row["created_at"] is not None
 
 
@@ -187,7 +188,7 @@ def test_readme_queries_run_as_written(answered, tmp_path):
 
 def test_the_qwen_adapter_through_the_answer_stage_with_a_split(decoded):
     cfg = validate_config(
-        {**CFG.model_dump(), "model": {**CFG.model.model_dump(), "name": "flashvlm-tiny/qwen2_5_vl"},
+        {**CFG.model_dump(), "model": {**CFG.model.model_dump(), "name": QWEN_PATH},
          "sampling": {"frames": 2, "size": 112}, "selection": {"budget": 8, "split": "per_frame"}}
     )
     listed = decoded.filter(pa.compute.is_null(decoded.column("error"))).slice(0, 1).select(

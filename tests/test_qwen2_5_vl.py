@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="session")
 def tiny_qwen_path(flashvlm_cache):
     """The tiny Qwen2.5-VL, built once in the session's offline FLASHVLM_CACHE."""
-    from flashvlm.tiny_models import TINY_QWEN2_5_VL, tiny_model_path
+    from tiny_models import TINY_QWEN2_5_VL, tiny_model_path
 
     return tiny_model_path(TINY_QWEN2_5_VL)
 
@@ -402,7 +402,7 @@ def test_generate_needs_no_processor(tiny, batch, budget):
 
 def test_load_tiny_by_name_and_answer(tiny_qwen_path):
     import flashvlm
-    from flashvlm.tiny_models import TINY_QWEN2_5_VL
+    from tiny_models import TINY_QWEN2_5_VL
 
     model, processor = flashvlm.load(TINY_QWEN2_5_VL, dtype="float32")
     answers = flashvlm.wrap(model, budget=4, processor=processor).answer_video(frames(4), QUESTIONS, max_new_tokens=3)

@@ -13,11 +13,12 @@ from pipeline.config import load_config, validate_config
 from pipeline.run import run, summary_text
 from pipeline.listing import list_videos
 from pipeline.questions import attach_questions, questions_by_video
-from pipeline.synthetic import make_clip
+from shapes.clips import make_clip
+from tiny_models import LLAVA_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {
-    "input": {"uri": "/x"}, "questions": ["q?"], "model": {"name": "flashvlm-tiny/llava", "device": "cpu"},
+    "input": {"uri": "/x"}, "questions": ["q?"], "model": {"name": LLAVA_PATH, "device": "cpu"},
     "output": {"uri": "/y"},
 }
 
@@ -137,7 +138,7 @@ def test_credentials_never_printed_logged_or_written(ray_local, flashvlm_cache, 
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({
         "input": {"uri": f"s3://{s3_bucket}/v/"}, "questions": ["q?"],
-        "model": {"name": "flashvlm-tiny/llava", "dtype": "float32", "device": "cpu", "max_new_tokens": 2},
+        "model": {"name": LLAVA_PATH, "dtype": "float32", "device": "cpu", "max_new_tokens": 2},
         "sampling": {"frames": 2, "size": 336}, "selection": {"budget": 8},
         "output": {"uri": f"s3://{s3_bucket}/qa"}, "storage_options": options, "ray": {"decode_timeout_s": 30},
     }))

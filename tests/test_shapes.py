@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from flashvlm import shapes as S
+from shapes import clips as S
 
 SEEDS = range(40)
 TEMPLATES = {
@@ -340,3 +340,11 @@ def test_write_split_is_read_by_the_pipeline(tmp_path):
     by_video = questions_by_video(table, str(folder))  # the job's input.uri is the split folder
     assert set(by_video) == {normalize_uri(str(c)) for c in clips}
     assert by_video[normalize_uri(str(clips[1]))] == [r["question"] for r in mine]
+
+
+def test_the_demo_config_offers_every_split():
+    from typing import get_args
+
+    from pipeline.config import GenerateShapes
+
+    assert get_args(GenerateShapes.model_fields["split"].annotation) == S.SPLITS

@@ -1,4 +1,4 @@
-"""Training the shapes LLaVA (pipeline/training.py): the examples it builds, batching, and short runs."""
+"""Training the shapes LLaVA (shapes/training.py): the examples it builds, batching, and short runs."""
 
 import json
 import random
@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
-from flashvlm import shapes
-from flashvlm.shapes_model import CAPTION_PROMPT, IGNORE_INDEX, build_shapes_model, conversation
-from pipeline.training import (
+from shapes import clips as shapes
+from shapes.model import CAPTION_PROMPT, IGNORE_INDEX, build_shapes_model, conversation
+from shapes.training import (
     BACKGROUND, OBJECT_CLASSES, StageConfig, TrainConfig, collate, crop_features, crops, decoded_clip, patch_labels, train,
 )
 
@@ -124,6 +124,39 @@ def test_the_vision_stage_trains_the_tower_alone(tmp_path):
         TrainConfig.model_validate({**cfg.model_dump(), "resume": {"checkpoint": "x", "after_stage": 1}})
 
 
+@pytest.mark.slow
+def test_llava_order_text_then_alignment_of_the_projector_alone(tmp_path):
+    # LLaVA's order: the language model pretrained on text alone, then alignment with the tower and the language
+    # model frozen (only the projector learns), then QA training the projector and the language model.
+    import flashvlm
+
+    start = build_shapes_model(seed=0)[0].state_dict()
+
+    def trained(stages: list[StageConfig], name: str) -> tuple[dict, dict]:
+        cfg = TrainConfig(frames=1, validation_clips=1, test_clips=0, output=str(tmp_path / name), save_dtype="float32", stages=stages)
+        record = train(cfg, log=lambda line: None)
+        return record, flashvlm.load(str(tmp_path / name))[0].state_dict()
+
+    def moved(a: dict, b: dict) -> set[str]:
+        return {n for n in a if not torch.equal(a[n], b[n])}
+
+    text = StageConfig(kind="text", steps=2, batch=4, lr=1e-3, warmup=1)
+    record, after_text = trained([text], "text")
+    assert 0 <= record["stages"][0]["validation"]["text_token_accuracy"] <= 1
+    changed = moved(start, after_text)
+    assert changed and all(".language_model." in n or n.startswith("lm_head.") for n in changed), sorted(changed)[:5]
+
+    align = StageConfig(kind="alignment", freeze_vision=True, freeze_language=True, steps=2, batch=2, lr=1e-3, warmup=1, frames=[1])
+    qa = StageConfig(kind="qa", freeze_vision=True, steps=1, batch=2, lr=1e-3, warmup=1, frames=[1])
+    _, after_align = trained([text, align], "aligned")
+    projector = {n for n in start if ".multi_modal_projector." in n}
+    assert moved(after_text, after_align) == projector, sorted(moved(after_text, after_align))[:5]
+    _, after_qa = trained([text, align, qa], "qa")
+    assert any(".language_model." in n for n in moved(after_align, after_qa)) and not any(".vision_tower." in n for n in moved(start, after_qa))
+    with pytest.raises(ValueError, match="freeze_vision / freeze_language apply to alignment and qa stages, not text"):
+        StageConfig(kind="text", freeze_language=True, steps=1, lr=1e-3)
+
+
 def test_position_is_an_output_of_the_patch_head_only():
     assert StageConfig(kind="vision", target="patches", position=True, steps=1, lr=1e-3).position
     for kind, target in (("vision", "crops"), ("qa", "patches"), ("alignment", "crops")):
@@ -194,10 +227,13 @@ def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path, monkeypatch):
     assert type(model).__name__ == "LlavaForConditionalGeneration" and model.dtype == torch.float16  # as saved
     assert flashvlm.load(str(tmp_path / "ckpt"), dtype="float32")[0].dtype == torch.float32
 
-    # "flashvlm-tiny/shapes" is the package's checkpoint directory, and a clear error while it has none
-    monkeypatch.setattr(flashvlm.models, "checkpoint_dir", lambda: tmp_path / "ckpt")
+    # "flashvlm-tiny/shapes" is the shapes package's checkpoint directory (an entry point the library reads),
+    # and a clear error while it has none
+    from shapes import model as shapes_model
+
+    monkeypatch.setattr(shapes_model, "checkpoint_dir", lambda: tmp_path / "ckpt")
     assert flashvlm.load("flashvlm-tiny/shapes")[0].config.text_config.hidden_size == 128
-    monkeypatch.setattr(flashvlm.models, "checkpoint_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr(shapes_model, "checkpoint_dir", lambda: tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="flashvlm-tiny/shapes: no trained checkpoint at .*none.*train_shapes"):
         flashvlm.load("flashvlm-tiny/shapes")
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from pipeline_fixtures import GOOD_CLIPS, QUESTIONS, tiny_job_config
+from tiny_models import LLAVA_PATH, QWEN_PATH
 
 pytestmark = pytest.mark.slow
 
 RAY = {"decode_batch_size": 2, "model_batch_size": 2, "decode_timeout_s": 60}
 
 
-@pytest.mark.parametrize("model", ["flashvlm-tiny/llava", "flashvlm-tiny/qwen2_5_vl"])
+@pytest.mark.parametrize("model", [LLAVA_PATH, QWEN_PATH])
 def test_budget_null_answers_every_video_with_every_token(model, ray_local, clip_dir, flashvlm_cache, tmp_path):
     from pipeline.run import run
     from pipeline.tables import read_table

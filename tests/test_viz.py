@@ -4,6 +4,7 @@ import numpy as np
 from PIL import Image
 
 from flashvlm.viz import CAPTION_HEIGHT, PRUNED_BRIGHTNESS, draw_kept, main, token_grid
+from tiny_models import LLAVA_PATH
 
 
 def cell_mean(image: np.ndarray, frame: int, index: int, grid, size: int, columns: int) -> float:
@@ -32,10 +33,10 @@ def test_kept_tokens_are_bright_and_pruned_ones_dimmed():
     assert cell_mean(image, 1, 0, (24, 24), 336, 2) == int(200 * PRUNED_BRIGHTNESS)
 
 
-def test_cli_draws_a_real_clip(shared_videos, tmp_path):
+def test_cli_draws_a_real_clip(shared_videos, flashvlm_cache, tmp_path):
     out = tmp_path / "kept.png"
     main([str(shared_videos / "chaplin.mp4"), "--question", "What is the man holding?", "--frames", "4",
-          "--budget", "32", "--out", str(out)])
+          "--budget", "32", "--model", LLAVA_PATH, "--out", str(out)])
     image = np.asarray(Image.open(out).convert("RGB")).astype(np.float64)
     assert image.shape == (CAPTION_HEIGHT + 336, 4 * 336, 3)
 
@@ -44,7 +45,7 @@ def test_cli_draws_a_real_clip(shared_videos, tmp_path):
     from flashvlm.decode import Sampling, decode_file
 
     frames, _ = decode_file(shared_videos / "chaplin.mp4", Sampling(frames=4, size=336))
-    vlm = flashvlm.wrap(flashvlm.load("flashvlm-tiny/llava")[0], budget=32)
+    vlm = flashvlm.wrap(flashvlm.load(LLAVA_PATH)[0], budget=32)
     answer = vlm.answer_video(frames, ["What is the man holding?"], max_new_tokens=1)[0]
     assert answer.tokens_kept == 4 * 32 and answer.tokens_total == 4 * 576
     for t, kept in enumerate(answer.kept):

@@ -20,7 +20,6 @@ import torch
 
 from flashvlm.models.base import KeptTokens, TokenSelectionAdapter, VideoAnswer, load_processor
 from flashvlm.selection import SelectionConfig
-from flashvlm.shapes_model import SHAPES_MODEL, checkpoint_dir
 
 # Model class name -> "module:adapter class".
 ADAPTERS = {
@@ -30,7 +29,11 @@ ADAPTERS = {
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["ADAPTERS", "KeptTokens", "TokenSelectionAdapter", "VideoAnswer", "load", "wrap"]
+# Packages name checkpoints they ship through this entry-point group: name = "module:function", the function
+# returning the checkpoint's local directory (e.g. the shapes package's "flashvlm-tiny/shapes", pyproject.toml).
+CHECKPOINTS_GROUP = "flashvlm.checkpoints"
+
+__all__ = ["ADAPTERS", "CHECKPOINTS_GROUP", "KeptTokens", "TokenSelectionAdapter", "VideoAnswer", "checkpoint_path", "load", "wrap"]
 
 
 def _resolve_dtype(dtype: object) -> torch.dtype | str | None:
@@ -43,6 +46,16 @@ def _resolve_dtype(dtype: object) -> torch.dtype | str | None:
     raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
 
 
+def checkpoint_path(name_or_path: str | os.PathLike) -> str:
+    """What from_pretrained reads for `name_or_path`: the directory of a checkpoint an installed package
+    names in the "flashvlm.checkpoints" entry-point group, else `name_or_path` itself (hub id or path)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=CHECKPOINTS_GROUP, name=str(name_or_path)):
+        return str(entry.load()())
+    return str(name_or_path)
+
+
 def load(
     name_or_path: str | os.PathLike,
     *,
@@ -52,32 +65,19 @@ def load(
 ) -> tuple[Any, Any]:
     """(model, processor) from a hub id or a local checkpoint directory, model in eval mode.
 
-    "flashvlm-tiny/llava" and "flashvlm-tiny/qwen2_5_vl" name tiny random checkpoints built offline on
-    first use (see flashvlm.tiny_models) and then loaded through the same from_pretrained path;
-    "flashvlm-tiny/shapes" names the shapes model's checkpoint in the package (flashvlm.shapes_model). Where the
+    A name an installed package registers (`checkpoint_path`, e.g. "flashvlm-tiny/shapes") loads from the
+    directory it names, through the same from_pretrained path. Where the
     AutoProcessor cannot be built without torchvision (Qwen2.5-VL's video processor), the family's
     torchvision-free processor with the same call is returned instead.
     dtype: a torch.dtype, "float32", "bfloat16", "float16" or "auto"; None keeps from_pretrained's default.
     """
     from transformers import AutoModelForImageTextToText
 
-    from flashvlm import tiny_models
-
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
         raise ValueError(f"name_or_path must be a hub id or a directory, got {name_or_path!r}")
     if not isinstance(trust_remote_code, bool):
         raise ValueError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
-    if str(name_or_path) == SHAPES_MODEL:  # the shapes model trained here: a checkpoint inside the package
-        path = str(checkpoint_dir())
-        if not (checkpoint_dir() / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{SHAPES_MODEL}: no trained checkpoint at {path}; `python jobs/train_shapes.py` writes one there "
-                "(or pass the directory another run wrote)"
-            )
-    elif tiny_models.is_tiny_model(name_or_path):
-        path = tiny_models.tiny_model_path(name_or_path)
-    else:
-        path = str(name_or_path)
+    path = checkpoint_path(name_or_path)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     resolved = _resolve_dtype(dtype)
     if resolved is not None:

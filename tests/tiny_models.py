@@ -1,9 +1,9 @@
-"""Small offline VLMs: tiny, randomly initialised checkpoints that the demo, the tests and the benchmarks run.
+"""Tiny, randomly initialised VLM checkpoints for the tests: LLaVA-1.5 and Qwen2.5-VL, built offline.
 
-`flashvlm.load("flashvlm-tiny/llava")` (or "flashvlm-tiny/qwen2_5_vl") builds one here on first use, in
-$FLASHVLM_CACHE or ~/.cache/flashvlm, with no download. Each builder writes a real checkpoint (config,
-weights, tokenizer, processor) with `save_pretrained`, so it loads through the same `flashvlm.load` /
-`from_pretrained` path as a hub checkpoint.
+`tiny_model_path(TINY_LLAVA)` builds one on first use in $FLASHVLM_CACHE (or ~/.cache/flashvlm) and returns
+its directory; the tests then load it by that local path, through the same `flashvlm.load` /
+`from_pretrained` path as a hub checkpoint. Each builder writes a real checkpoint (config, weights,
+tokenizer, processor) with `save_pretrained`.
 """
 
 import os
@@ -12,7 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# Names `flashvlm.load` resolves to a tiny checkpoint built here on first use (see `tiny_model_path`).
+from shapes.model import bpe_tokenizer, llava_1_5
+
+# The tiny checkpoints, by the names of their cache folders (see `tiny_model_path`).
 TINY_LLAVA = "flashvlm-tiny/llava"
 TINY_QWEN2_5_VL = "flashvlm-tiny/qwen2_5_vl"
 
@@ -40,98 +42,12 @@ _TINY_DECODER = dict(
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
-def _tiny_bpe_tokenizer(
-    specials: list[str],
-    bos: str | None,
-    eos: str,
-    pad: str,
-    unk: str | None,
-    corpus: list[str] = _TINY_CORPUS,
-    vocab_size: int = 400,
-):
-    """A byte-level BPE trained in-process on `corpus`, wrapped for transformers (no download)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    if bos is not None:  # Llama-style: every encoded text starts with BOS
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=pad,
-        unk_token=unk,
-        padding_side="left",  # decoder-only generation pads on the left
-    )
-
-
-def llava_1_5(tokenizer: Any, vision: dict[str, Any], text: dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
-    """(model, processor): a randomly initialised LLaVA-1.5 with the real image geometry and the given widths.
-
-    Real where the selection depends on it: CLIP vision tower at 336 px with patch 14 (N = 576 patches +
-    [CLS]), features from layer -2 with [CLS] dropped ("default" strategy), a two-layer GELU projector, a
-    Llama text model, and the processor that expands each <image> into 576 placeholder tokens.
-    tokenizer: with bos, eos, pad and an atomic "<image>" token. vision / text: CLIPVisionConfig and
-    LlamaConfig widths. Deterministic for `seed`.
-    """
-    import torch
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, **vision),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            **text,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # the [CLS] token, dropped by the "default" strategy
-    )
-    return model, processor
-
-
 def build_tiny_llava(path: str | os.PathLike) -> str:
     """Build a tiny, randomly initialised LLaVA-1.5 (`llava_1_5`) and save it to `path`; returns the path.
 
     Narrow everywhere, so that a generate call takes well under a second on CPU. Deterministic (seed 0).
     """
-    tokenizer = _tiny_bpe_tokenizer(_LLAVA_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
+    tokenizer = bpe_tokenizer(_LLAVA_SPECIALS, corpus=_TINY_CORPUS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
     # Register <image> as a special token so that it is never merged with neighbouring text.
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     vision = dict(
@@ -178,7 +94,7 @@ def build_tiny_qwen2_5_vl(path: str | os.PathLike) -> str:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = Path(path)
-    tokenizer = _tiny_bpe_tokenizer(_QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None)
+    tokenizer = bpe_tokenizer(_QWEN_SPECIALS, corpus=_TINY_CORPUS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
     config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -259,3 +175,7 @@ def tiny_model_path(name: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+LLAVA_PATH = str(tiny_cache_dir(TINY_LLAVA))  # where the `flashvlm_cache` fixture builds them: configs name these
+QWEN_PATH = str(tiny_cache_dir(TINY_QWEN2_5_VL))

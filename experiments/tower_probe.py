@@ -1,6 +1,6 @@
 """What the patch features LLaVA reads carry of an object's shape and of its motion: linear probes on a CLIP tower.
 
-    python benchmarks/tower_probe.py CHECKPOINT [CHECKPOINT ...]     # "random": the untrained shapes tower
+    python experiments/tower_probe.py CHECKPOINT [CHECKPOINT ...]     # "random": the untrained shapes tower
 
 Features are the tower's hidden state at `vision_feature_layer` (-2, [CLS] dropped) on fresh training-split
 clips (H.264 round trip, the adapter's preprocessing), pooled over the patches an object covers
@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import flashvlm  # noqa: E402
-from flashvlm import shapes  # noqa: E402
+from shapes import clips as shapes  # noqa: E402
 from flashvlm.models import wrap  # noqa: E402
-from flashvlm.shapes_model import build_shapes_model  # noqa: E402
-from pipeline.training import decoded_clip  # noqa: E402
+from shapes.model import build_shapes_model  # noqa: E402
+from shapes.training import decoded_clip  # noqa: E402
 
 FIRST = 900_000  # clip indices far past what a training run reaches
 

@@ -1,4 +1,4 @@
-"""The small LLaVA-1.5 trained here on the shapes task (flashvlm/shapes.py): architecture, tokenizer, examples.
+"""The small LLaVA-1.5 trained here on the shapes task (shapes/clips.py): architecture, tokenizer, examples.
 
 Real LLaVA-1.5 where the selection depends on it: a CLIP vision tower at 336 px with 14 px patches (576
 patches a frame plus [CLS]), features from layer -2 with [CLS] dropped, a two-layer GELU projector, a
@@ -41,7 +41,18 @@ _SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 def checkpoint_dir() -> Path:
     """Where the trained checkpoint is committed (package data, beside this module)."""
-    return Path(__file__).resolve().parent / "checkpoints" / "shapes"
+    return Path(__file__).resolve().parent / "checkpoint"
+
+
+def checkpoint_path() -> Path:
+    """The committed checkpoint's directory, registered as "flashvlm-tiny/shapes" (pyproject.toml's
+    flashvlm.checkpoints entry point), so `flashvlm.load("flashvlm-tiny/shapes")` finds it."""
+    if not (checkpoint_dir() / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{SHAPES_MODEL}: no trained checkpoint at {checkpoint_dir()}; `python jobs/train_shapes.py` writes one there "
+            "(or pass the directory another run wrote)"
+        )
+    return checkpoint_dir()
 
 
 def corpus() -> list[str]:
@@ -50,7 +61,7 @@ def corpus() -> list[str]:
     Questions and captions of a few hundred generated clips cover every template, colour, shape,
     direction and digit; the chat markers and the caption instruction are added once.
     """
-    from flashvlm import shapes
+    from shapes import clips as shapes
 
     lines = [f"USER: ASSISTANT: {CAPTION_PROMPT}"]
     for index in range(300):
@@ -63,17 +74,13 @@ def corpus() -> list[str]:
 
 def build_tokenizer() -> Any:
     """A byte-level BPE over `corpus()` (every task word one token), with LLaVA's special tokens."""
-    from flashvlm.tiny_models import _tiny_bpe_tokenizer
-
-    tokenizer = _tiny_bpe_tokenizer(_SPECIALS, "<s>", "</s>", "<pad>", "<unk>", corpus=corpus(), vocab_size=512)
+    tokenizer = bpe_tokenizer(_SPECIALS, "<s>", "</s>", "<pad>", "<unk>", corpus=corpus(), vocab_size=512)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     return tokenizer
 
 
 def build_shapes_model(seed: int = 0) -> tuple[Any, Any]:
     """(model, processor): the untrained shapes LLaVA, randomly initialised from `seed`."""
-    from flashvlm.tiny_models import llava_1_5
-
     model, processor = llava_1_5(build_tokenizer(), VISION, TEXT, seed=seed)
     embeddings = model.model.vision_tower.embeddings
     with torch.no_grad():
@@ -107,7 +114,7 @@ def conversation(adapter: Any, frames: int, turns: Sequence[tuple[str, str]]) ->
         [<s> USER: <image> x T*N] [\\n q1 ASSISTANT: a1</s>] [\\n q2 ASSISTANT: a2</s>] ...
         turn:  0 ...                1 ...                         2 ...
 
-    `pipeline.training.collate` masks attention so that a turn sees the prefix and itself only, at the
+    `shapes.training.collate` masks attention so that a turn sees the prefix and itself only, at the
     positions it has in its own prompt: each turn is a single-question example, so no answer can be read
     off another turn's text, at the cost of one pass over the clip's frames. Only answers are supervised.
     """
@@ -126,3 +133,89 @@ def conversation(adapter: Any, frames: int, turns: Sequence[tuple[str, str]]) ->
         labels += [torch.full((len(prompt) - prefix,), IGNORE_INDEX), reply]
         turn.append(torch.full((len(prompt) - prefix + len(reply),), k))
     return torch.cat(ids)[None], torch.cat(labels)[None], torch.cat(turn)[None]
+
+
+def bpe_tokenizer(
+    specials: list[str],
+    bos: str | None,
+    eos: str,
+    pad: str,
+    unk: str | None,
+    corpus: list[str],
+    vocab_size: int = 400,
+):
+    """A byte-level BPE trained in-process on `corpus`, wrapped for transformers (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    if bos is not None:  # Llama-style: every encoded text starts with BOS
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        padding_side="left",  # decoder-only generation pads on the left
+    )
+
+
+def llava_1_5(tokenizer: Any, vision: dict[str, Any], text: dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
+    """(model, processor): a randomly initialised LLaVA-1.5 with the real image geometry and the given widths.
+
+    Real where the selection depends on it: CLIP vision tower at 336 px with patch 14 (N = 576 patches +
+    [CLS]), features from layer -2 with [CLS] dropped ("default" strategy), a two-layer GELU projector, a
+    Llama text model, and the processor that expands each <image> into 576 placeholder tokens.
+    tokenizer: with bos, eos, pad and an atomic "<image>" token. vision / text: CLIPVisionConfig and
+    LlamaConfig widths. Deterministic for `seed`.
+    """
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, **vision),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            **text,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the [CLS] token, dropped by the "default" strategy
+    )
+    return model, processor

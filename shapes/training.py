@@ -1,5 +1,7 @@
-"""Training the small shapes LLaVA (flashvlm/shapes_model.py) the way LLaVA is trained, on generated clips.
+"""Training the small shapes LLaVA (shapes/model.py) the way LLaVA is trained, on generated clips.
 
+    stage "text":       the language model alone on the task's text (captions, and questions with their answers),
+                        as a language model is pretrained before LLaVA uses it
     stage "vision":     the CLIP tower alone: target "crops", a classifier of which objects a crop of a frame
                         holds (image-level labels; the crop's patches keep their positions in the 24 x 24
                         grid); target "patches", which object covers each patch of a whole frame, read from
@@ -7,15 +9,16 @@
                         `position` each patch's row and column too
     stage "alignment":  a caption of every clip (which objects, colours, motions), one turn a clip
     stage "qa":         the task's questions about every clip, each an independent turn over one copy of
-                        the clip's image tokens (`shapes_model.conversation`, masked by `collate`)
+                        the clip's image tokens (`shapes.model.conversation`, masked by `collate`)
 
 LLaVA starts from a pretrained CLIP tower; none exists here, so the "vision" stage makes one. The recipe
 (configs/train_shapes.yaml) uses target "patches", which trains the very features the language model reads
 (README, "The shapes model"); "crops" (8 x 8 patches by default) sees about ten times more crops than whole
 frames per second of compute but trains [CLS], and its patch features stayed poor. The stage's classifier
 head is dropped after it, as LLaVA drops CLIP's projection.
-The later stages train every weight, or every weight but the tower's with `freeze_vision` (LLaVA-1.5
-keeps CLIP frozen throughout). Every clip is new: clip i of a stage is
+The later stages train every weight, or leave the tower as it is with `freeze_vision` (LLaVA-1.5 keeps CLIP
+frozen throughout) and the language model with `freeze_language` (LLaVA-1.5's alignment stage trains the
+projector alone, so that it learns to place patches near the words that describe them). Every clip is new: clip i of a stage is
 `shapes.sample_clip(clip_seed("train", offset + i))`, rendered, encoded to H.264 and decoded again the way
 the pipeline decodes it, then preprocessed by the adapter's own `pixel_values`. No data or loss refers to
 token selection: the model is trained at full budget only, so that selection is judged on a model that was
@@ -36,8 +39,8 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flashvlm import shapes
-from flashvlm.shapes_model import CAPTION_PROMPT, IGNORE_INDEX, conversation
+from shapes import clips as shapes
+from shapes.model import CAPTION_PROMPT, IGNORE_INDEX, conversation
 from pipeline.scoring import is_correct
 
 OBJECT_CLASSES = tuple((shape, colour) for shape in shapes.SHAPES for colour in shapes.COLOURS)  # the vision stage's 32 labels
@@ -48,8 +51,9 @@ class _Strict(BaseModel):
 
 
 class StageConfig(_Strict):
-    kind: Literal["vision", "alignment", "qa"] = Field(
-        description="vision: the tower alone (see target); alignment: captions, one turn a clip; qa: the task's questions"
+    kind: Literal["text", "vision", "alignment", "qa"] = Field(
+        description="text: the language model alone on the task's text; vision: the tower alone (see target); "
+        "alignment: captions, one turn a clip; qa: the task's questions"
     )
     target: Literal["crops", "patches"] = Field(
         default="crops",
@@ -62,6 +66,10 @@ class StageConfig(_Strict):
         "they keep where the patch is, which motion needs (README: it slowed the language model, so the recipe leaves it off)",
     )
     freeze_vision: bool = Field(default=False, description="alignment / qa: the vision tower stays as it is (LLaVA-1.5 keeps CLIP frozen)")
+    freeze_language: bool = Field(
+        default=False, description="alignment / qa: the language model (embeddings and head included) stays as it is: only the projector "
+        "learns, as in LLaVA-1.5's alignment stage"
+    )
     steps: int = Field(ge=0, description="optimizer steps")
     batch: int = Field(default=1, ge=1, description="clips a step (one clip length a step), padded to the longest conversation")
     crop: int = Field(default=8, ge=1, le=shapes.GRID, description="vision: a crop's side in patches (8: 112 px, room for the largest object)")
@@ -71,6 +79,12 @@ class StageConfig(_Strict):
     frames: list[int] = Field(
         default=[4], min_length=1, description="clip lengths, one drawn per step: one-frame clips are 4x cheaper than four"
     )
+
+    @model_validator(mode="after")
+    def _freezing_needs_a_multimodal_stage(self) -> "StageConfig":
+        if (self.freeze_vision or self.freeze_language) and self.kind not in ("alignment", "qa"):
+            raise ValueError(f"freeze_vision / freeze_language apply to alignment and qa stages, not {self.kind}")
+        return self
 
     @model_validator(mode="after")
     def _position_needs_patches(self) -> "StageConfig":
@@ -111,7 +125,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(default=25, ge=1)
     validate_every: int = Field(default=0, ge=0, description="also validate every this many steps (0: at each stage's end only)")
     threads: Optional[int] = Field(default=2, ge=1, description="torch threads; None: torch's default")
-    output: str = Field(default="flashvlm/checkpoints/shapes", description="checkpoint directory (save_pretrained)")
+    output: str = Field(default="shapes/checkpoint", description="checkpoint directory (save_pretrained)")
     save_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     autocast: Literal["none", "bfloat16"] = Field(
         default="none", description="bfloat16: compute under torch.autocast (weights and optimizer stay float32); ~1.4x faster on CPUs with AVX512-BF16"
@@ -142,7 +156,7 @@ def collate(
     examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, S) input_ids, labels, (B, 1, S, S) additive attention mask and (B, S) position_ids of
-    `shapes_model.conversation` examples, right-padded to the longest.
+    `shapes.model.conversation` examples, right-padded to the longest.
 
     Position i attends to position j <= i when j is in the shared prefix (turn 0) or in i's own turn, and
     a turn's positions continue from the prefix's end: each turn is computed exactly as its prompt alone.
@@ -290,6 +304,41 @@ def language_loss(model: Any, adapter: Any, specs: list[Any], kind: str, frames:
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixel_values, labels=labels).loss
 
 
+def text_document(spec: Any, draws: int) -> str:
+    """The task's text about clip `spec`, no image: its caption, then its questions each followed by its answer."""
+    items = {q.question: q.answer for d in range(draws) for q in shapes.questions(spec, seed=spec.seed * draws + d)}
+    return " ".join([shapes.caption(spec), *(f"{q} {a}" for q, a in items.items())])
+
+
+def text_batch(tokenizer: Any, specs: list[Any], draws: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, S) input_ids, attention mask and labels of the clips' text documents: BOS, text, EOS, right-padded;
+    every token but BOS and padding is a target (language modelling)."""
+    encoded = [tokenizer(text_document(spec, draws))["input_ids"] + [tokenizer.eos_token_id] for spec in specs]
+    length = max(len(ids) for ids in encoded)
+    ids = torch.full((len(specs), length), tokenizer.pad_token_id)
+    mask = torch.zeros((len(specs), length), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)], mask[row, : len(tokens)] = torch.tensor(tokens), 1
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    labels[:, 0] = IGNORE_INDEX  # BOS is given, not predicted
+    return ids, mask, labels
+
+
+def text_loss(model: Any, tokenizer: Any, specs: list[Any], draws: int) -> torch.Tensor:
+    """The text stage's loss: next-token prediction on the clips' text documents, no image."""
+    ids, mask, labels = text_batch(tokenizer, specs, draws)
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def text_token_accuracy(model: Any, tokenizer: Any, specs: list[Any], draws: int) -> float:
+    """Share of the documents' tokens predicted exactly (teacher forcing): the text stage's validation score."""
+    with torch.no_grad():
+        ids, mask, labels = text_batch(tokenizer, specs, draws)
+        predicted, target = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1), labels[:, 1:]
+        scored = target != IGNORE_INDEX
+        return int((predicted[scored] == target[scored]).sum()) / max(1, int(scored.sum()))
+
+
 def patch_accuracy(tower: Any, head: Any, layer: int, adapter: Any, specs: list[Any]) -> dict[str, Any]:
     """On the patches objects cover: the share whose highest-scoring class has that object's shape, and its
     colour (the vision stage's validation score with target "patches"); with a `position` head, the share
@@ -373,7 +422,7 @@ def save(model: Any, processor: Any, output: Path, dtype: str, log: Callable[[st
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train from scratch, save the checkpoint to cfg.output, return the record (test accuracy per type)."""
     from flashvlm.models import wrap
-    from flashvlm.shapes_model import build_shapes_model
+    from shapes.model import build_shapes_model
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -396,7 +445,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
 
     def validate(stage: StageConfig, name: str, head: Any) -> dict[str, Any]:
         model.eval()
-        if stage.kind == "vision" and stage.target == "patches":
+        if stage.kind == "text":
+            score = {"text_token_accuracy": round(text_token_accuracy(model, adapter.tokenizer, validation, cfg.question_draws), 4)}
+        elif stage.kind == "vision" and stage.target == "patches":
             score = patch_accuracy(tower, head, layer, adapter, validation)
         elif stage.kind == "vision":
             score = crop_accuracy(tower, head, adapter, validation, stage)
@@ -423,7 +474,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             tower.requires_grad_(True)
             trained = [*tower.parameters(), *head.parameters()]
         else:
-            tower.requires_grad_(not stage.freeze_vision)  # frozen: no gradient is computed through it at all
+            # Frozen: no gradient is computed for it. The text stage has no image, so only the language model learns.
+            tower.requires_grad_(stage.kind != "text" and not stage.freeze_vision)
+            model.model.multi_modal_projector.requires_grad_(stage.kind != "text")
+            for part in (model.model.language_model, model.lm_head):
+                part.requires_grad_(not stage.freeze_language)
             trained = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trained, lr=stage.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
         model.train()
@@ -436,6 +491,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
             with autocast:
                 if head is not None:
                     loss = vision_loss(tower, head, layer, adapter, specs, stage, rng)
+                elif stage.kind == "text":
+                    loss = text_loss(model, adapter.tokenizer, specs, cfg.question_draws)
                 else:
                     loss = language_loss(model, adapter, specs, stage.kind, frames, rng, cfg.question_draws)
             loss.backward()

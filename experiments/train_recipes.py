@@ -1,10 +1,10 @@
 """Which training recipe for the shapes LLaVA learns within the clips an hour of 2 CPU cores affords.
 
-    python benchmarks/train_recipes.py NAME SECONDS OUTDIR      # one recipe; run several side by side on a GPU
+    python experiments/train_recipes.py NAME SECONDS OUTDIR      # one recipe; run several side by side on a GPU
 
 Trains recipe NAME (RECIPES below) on question answering over fresh one-frame (or 2-4-frame) clips for
 SECONDS, rendered without the H.264 round trip (`shapes.render`: cheaper, and the data is the same up to
-compression), with the training job's own examples (`pipeline.training.turns`, `collate`). Every 2,000
+compression), with the training job's own examples (`shapes.training.turns`, `collate`). Every 2,000
 clips (EVAL_EVERY) it scores 48 validation clips (EVAL_CLIPS), every question asked alone, an answer right
 when its tokens are the greedy ones (teacher forcing: no generate loop). Writes OUTDIR/NAME.log, one JSON
 line per evaluation: {"clips", "step", "loss", "s", "val": {question type: accuracy}}, and prints each
@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flashvlm import shapes  # noqa: E402
-from flashvlm import shapes_model  # noqa: E402
-from pipeline.training import collate, turns  # noqa: E402
+from shapes import clips as shapes  # noqa: E402
+from shapes import model as shapes_model  # noqa: E402
+from shapes.training import collate, turns  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RECIPES = {
