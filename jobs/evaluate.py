@@ -29,7 +29,6 @@ if str(ROOT) not in sys.path:  # `python jobs/evaluate.py` puts jobs/ first on t
 
 from pipeline.config import ConfigError, job_parser  # noqa: E402
 from pipeline.evaluate import DEFAULT_CONFIG, evaluate, load_eval_config  # noqa: E402
-from shapes.demo import demo_input  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -48,7 +47,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"config {args.config}: model {cfg.model.name}, budgets {cfg.evaluation.budgets}, methods "
           f"{[s.label() for s in cfg.evaluation.settings]}, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
     try:
-        out = evaluate(cfg, demo_input(cfg))
+        out = evaluate(cfg)
     except ValueError as exc:
         if str(exc).startswith("labels file"):  # a malformed labels file: the message names file and row
             print(exc, file=sys.stderr)

@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:  # `python jobs/train_shapes.py` puts jobs/ first 
     sys.path.insert(0, str(ROOT))
 
 from pipeline.config import ConfigError, job_parser, load_config  # noqa: E402
+from pipeline.scoring import is_correct  # noqa: E402
 from shapes.training import TrainConfig, train  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    record = train(cfg, log=lambda line: print(line, flush=True))
+    record = train(cfg, is_correct, log=lambda line: print(line, flush=True))
     print(json.dumps(record), flush=True)
     return 0
 

@@ -29,7 +29,6 @@ if str(ROOT) not in sys.path:  # `python jobs/video_qa.py` puts jobs/ first on t
 
 from pipeline.config import ConfigError, job_parser, load_config  # noqa: E402
 from pipeline.run import DEFAULT_CONFIG, run, summary_text  # noqa: E402
-from shapes.demo import demo_input  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -53,7 +52,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.incremental:
         cfg.incremental = True
     try:
-        record = run(cfg, demo_input(cfg))
+        record = run(cfg)
     except ConfigError as exc:  # e.g. a local output.uri on a cluster of several nodes, refused at start
         print(exc, file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from flashvlm.selection import TEXT_WEIGHTINGS, SelectionConfig, split_budget
 from flashvlm.selectors import METHODS, method_options
 from flashvlm.video import SPLITS, select_video_tokens
 from pipeline.storage import redact_options
+from shapes.clips import SPLITS as SHAPES_SPLITS
 
 # The library's own sets of values, as the types of the fields that take them (Literal[("a", "b")] is
 # Literal["a", "b"]): a value the library would refuse in a model actor is refused at load instead.
@@ -111,9 +112,9 @@ class _Strict(BaseModel):
 
 
 class GenerateShapes(_Strict):
-    """A split of the labelled shapes task (shapes/clips.py, which writes it: shapes.demo): its clips and its questions.jsonl."""
+    """A split of the labelled shapes task (shapes/clips.py): its clips and its questions.jsonl."""
 
-    split: Literal["train", "validation", "test"] = "test"  # shapes.clips.SPLITS (tests/test_shapes.py checks they agree)
+    split: Literal[SHAPES_SPLITS] = "test"  # type: ignore[valid-type]
     clips: int = Field(default=8, ge=1)
     frames: int = Field(default=4, ge=1, le=8)
 

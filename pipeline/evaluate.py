@@ -534,18 +534,17 @@ def grid_of(cfg: EvalConfig) -> list[dict[str, Any]]:
     return out
 
 
-def evaluate(cfg: EvalConfig, input_uri: str | None = None) -> dict[str, Any]:
-    """Run the evaluation; returns {"record", "results", "by_type", "tables", "plot", "summary"}.
-    input_uri: where to list videos, when not cfg.input.uri (a demo's generated clips: shapes.demo)."""
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation; returns {"record", "results", "by_type", "tables", "plot", "summary"}."""
     from pipeline.commit import commit, final_path, recover, rollback, staging_uri
-    from pipeline.run import decode_dataset, init_ray, list_inputs, model_gpus, pool, versions
+    from pipeline.run import decode_dataset, init_ray, list_inputs, model_gpus, pool, resolve_input, versions
     from pipeline.write import ParquetWriter, partition_dir, write_run_record
 
     started = datetime.now(timezone.utc)
     run_id = cfg.run_id or f"eval-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     run_date = f"{started:%Y-%m-%d}"
     t0 = time.perf_counter()
-    input_uri = input_uri or cfg.input.uri
+    input_uri = resolve_input(cfg)
     # A malformed labels file is refused before anything runs, naming the file and the row.
     labelled = read_labels(cfg.questions_file, cfg.storage_options) if cfg.questions_file else []
     record: dict[str, Any] = {

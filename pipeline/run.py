@@ -97,6 +97,30 @@ def missing_locally(uri: str) -> bool:
     return not fs.exists(path)
 
 
+def resolve_input(cfg: JobConfig) -> str:
+    """input.uri, or (demo) generated clips when that local path does not exist: a shapes split written
+    there (input.generate_shapes), or short synthetic clips in a temporary folder (generate_if_missing)."""
+    uri = cfg.input.uri
+    missing = missing_locally(uri)
+    shapes = cfg.input.generate_shapes
+    if shapes is not None and missing:
+        path = Path(filesystem(uri)[1])
+        if path.name != shapes.split:
+            raise ValueError(f"input.generate_shapes: input.uri {uri} must end in the split's name {shapes.split!r}")
+        from shapes.clips import write_split
+
+        labels = write_split(path.parent, shapes.split, shapes.clips, frames=shapes.frames)
+        print(f"{uri} not found: generated {shapes.clips} shapes clips ({shapes.split} split) and {labels}", flush=True)
+    elif cfg.input.generate_if_missing and missing:
+        folder = Path(tempfile.gettempdir()) / "flashvlm-demo-clips"
+        from shapes.clips import make_clips
+
+        make_clips(folder, cfg.input.generate_if_missing)
+        print(f"{uri} not found: using {cfg.input.generate_if_missing} generated clips in {folder}", flush=True)
+        return str(folder)
+    return uri
+
+
 def input_locations(cfg: JobConfig, input_uri: str) -> list[str]:
     """input_uri and input.extra_uris; in a demo (input.generate_*), local extras that do not exist are left out."""
     demo = cfg.input.generate_shapes is not None or cfg.input.generate_if_missing > 0
@@ -267,9 +291,8 @@ def _totals(record: dict[str, Any], summaries: list[dict[str, Any]], t0: float) 
     record["wall_s"] = time.perf_counter() - t0
 
 
-def run(cfg: JobConfig, input_uri: str | None = None) -> dict[str, Any]:
+def run(cfg: JobConfig) -> dict[str, Any]:
     """Run the whole job; returns the run record (also written to runs/). Raises if the pipeline fails.
-    input_uri: where to list videos, when not cfg.input.uri (a demo's generated clips: shapes.demo).
 
     All or nothing: the run's files are staged and committed at the end (pipeline.commit); a run that
     raises is rolled back (its record, status failed, still goes to runs/).
@@ -299,7 +322,7 @@ def run(cfg: JobConfig, input_uri: str | None = None) -> dict[str, Any]:
         for what in ("rolled_forward", "rolled_back"):
             if recovered[what]:
                 print(f"earlier interrupted runs {what.replace('_', ' ')}: {', '.join(recovered[what])}", flush=True)
-        input_uri = input_uri or cfg.input.uri
+        input_uri = resolve_input(cfg)
         listed, skipped = list_inputs(cfg, input_uri)
         already = 0
         if cfg.incremental:

@@ -3,8 +3,7 @@
     clips      the generator: clips of coloured shapes, their questions, captions and object patches; plain clips
     model      the small LLaVA-1.5 (architecture, tokenizer, training examples) and its committed checkpoint
     training   LLaVA's stages on generated clips (jobs/train_shapes.py runs them)
-    demo       demo inputs generated where a config's local folder is missing (jobs call it)
     checkpoint/  the trained model, loaded as flashvlm.load("flashvlm-tiny/shapes")
 
-A user of the library (flashvlm) and of the pipeline's config and scoring; neither of them imports it.
+A user of the library (flashvlm); it never imports the pipeline, which uses it for demo inputs and labels.
 """

@@ -41,7 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shapes import clips as shapes
 from shapes.model import CAPTION_PROMPT, IGNORE_INDEX, conversation
-from pipeline.scoring import is_correct
 
 OBJECT_CLASSES = tuple((shape, colour) for shape in shapes.SHAPES for colour in shapes.COLOURS)  # the vision stage's 32 labels
 
@@ -396,7 +395,10 @@ def caption_token_accuracy(model: Any, adapter: Any, specs: list[Any], frames: i
     return right / max(1, total)
 
 
-def qa_accuracy(adapter: Any, specs: list[Any]) -> dict[str, Any]:
+Scorer = Callable[[str, str], Optional[bool]]  # (answer text, label) -> correct: the pipeline's rule, pipeline.scoring.is_correct
+
+
+def qa_accuracy(adapter: Any, specs: list[Any], is_correct: Scorer) -> dict[str, Any]:
     """Accuracy per question type of `adapter.answer_video` (the inference path) on the clips' questions."""
     right: dict[str, int] = {t: 0 for t in shapes.QUESTION_TYPES}
     count: dict[str, int] = {t: 0 for t in shapes.QUESTION_TYPES}
@@ -419,8 +421,9 @@ def save(model: Any, processor: Any, output: Path, dtype: str, log: Callable[[st
     log(f"saved {output} ({sum(f.stat().st_size for f in output.iterdir()) / 1e6:.1f} MB)")
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train from scratch, save the checkpoint to cfg.output, return the record (test accuracy per type)."""
+def train(cfg: TrainConfig, is_correct: Scorer, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train from scratch, save the checkpoint to cfg.output, return the record (test accuracy per type).
+    is_correct scores an answer against its label (the job passes the pipeline's rule: this package never imports it)."""
     from flashvlm.models import wrap
     from shapes.model import build_shapes_model
 
@@ -454,7 +457,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
         elif stage.kind == "alignment":
             score = {"caption_token_accuracy": round(caption_token_accuracy(model, adapter, validation, cfg.frames), 4)}
         else:
-            score = qa_accuracy(adapter, validation)
+            score = qa_accuracy(adapter, validation, is_correct)
         model.train()
         log(f"[{name}] validation: {json.dumps(score)}")
         return score
@@ -522,6 +525,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any
     model.eval()
 
     test = [shapes.sample_clip(shapes.clip_seed("test", i), cfg.frames) for i in range(cfg.test_clips)]
-    record["test"] = qa_accuracy(adapter, test)
+    record["test"] = qa_accuracy(adapter, test, is_correct)
     record["minutes"] = round((time.time() - t_start) / 60, 2)
     return record

@@ -43,7 +43,9 @@ def test_training_config_validates():
 
     cfg = load_config(ROOT / "configs" / "train_shapes.yaml", schema=TrainConfig)
     kinds = [s.kind for s in cfg.stages]
-    assert kinds[:2] == ["vision", "alignment"] and set(kinds[2:]) == {"qa"}, "the tower first, then LLaVA's two stages"
+    assert kinds[:3] == ["text", "vision", "alignment"] and set(kinds[3:]) == {"qa"}, "language model and tower first, then LLaVA's two stages"
+    alignment = cfg.stages[2]
+    assert alignment.freeze_vision and alignment.freeze_language, "LLaVA-1.5's alignment trains the projector alone"
     with pytest.raises(ConfigError, match="stages.0.kind"):
         load_config(ROOT / "configs" / "train_shapes.yaml", ["stages.0.kind=captions"], schema=TrainConfig)
 

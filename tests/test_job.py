@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.run import DEFAULT_CONFIG, run, summary_text
-from shapes.demo import demo_input
+from pipeline.run import DEFAULT_CONFIG, resolve_input, run, summary_text
 from pipeline_fixtures import BROKEN_CLIPS, FALLBACK_CLIPS
 from tiny_models import LLAVA_PATH
 
@@ -163,22 +162,22 @@ def test_demo_answers_generated_shapes_clips_and_the_sample_clips(ray_local, tmp
 
 def test_demo_generates_clips_when_the_sample_folder_is_absent(tmp_path):
     cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/absent/", "input.generate_shapes=null", "input.generate_if_missing=3"])
-    folder = Path(demo_input(cfg))
+    folder = Path(resolve_input(cfg))
     clips = sorted(folder.glob("clip_*.mp4"))
     assert len(clips) >= cfg.input.generate_if_missing and all(p.stat().st_size > 0 for p in clips)
     cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}", "input.generate_shapes=null"])
-    assert demo_input(cfg) == str(tmp_path)  # present, or generation off: used as given
+    assert resolve_input(cfg) == str(tmp_path)  # present, or generation off: used as given
 
 
 def test_a_demo_can_generate_a_labelled_shapes_split_where_the_input_is_missing(tmp_path):
     shapes = "input.generate_shapes={split: test, clips: 2, frames: 2}"
     cfg = load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/shapes/test", shapes])
-    assert demo_input(cfg) == f"{tmp_path}/shapes/test"
+    assert resolve_input(cfg) == f"{tmp_path}/shapes/test"
     assert sorted(p.name for p in (tmp_path / "shapes" / "test").iterdir()) == ["clip_00000.mp4", "clip_00001.mp4", "questions.jsonl"]
     rows = [json.loads(line) for line in (tmp_path / "shapes" / "test" / "questions.jsonl").read_text().splitlines()]
     assert rows and {"video_uri", "question", "answer"} <= set(rows[0])
     with pytest.raises(ValueError, match="must end in the split's name 'test'"):
-        demo_input(load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/elsewhere", shapes]))
+        resolve_input(load_config(DEFAULT_CONFIG, [f"input.uri={tmp_path}/elsewhere", shapes]))
 
 
 # ---- the command line: exit status and flags, in a fresh process (no Ray is started by these) ------------

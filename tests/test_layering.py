@@ -1,4 +1,4 @@
-"""One direction of dependency: jobs -> shapes -> pipeline -> flashvlm, read from the source (experiments and
+"""One direction of dependency (../shared/DESIGN.md): jobs -> pipeline -> shapes -> flashvlm, read from the source (experiments and
 benchmarks may use any of them; tests everything but jobs).
 
 Every import of every module is read with `ast` (top-level and inside functions, `import x`, `from x import y`,
@@ -59,8 +59,8 @@ RULES = [
     *(("flashvlm", lib, "the library knows nothing of Ray, storage or tables") for lib in ("ray", "fsspec", "s3fs", "pyarrow")),
     ("flashvlm", "shapes", "the library knows no task: a task's checkpoint reaches flashvlm.load through an entry point"),
     ("pipeline", "jobs", "the pipeline never imports a job"),
-    ("pipeline", "shapes", "the pipeline knows no task: the shapes task uses it (jobs call shapes.demo for demo inputs)"),
     ("pipeline", "experiments", "the pipeline never imports an experiment"),
+    ("shapes", "pipeline", "the shapes task uses the library, never the pipeline (a job passes it the pipeline's scorer)"),
     ("shapes", "jobs", "the shapes task never imports a job"),
     ("shapes", "benchmarks", "the shapes task never imports a benchmark"),
     ("tests", "jobs", "tests import pipeline/ (running the script as a subprocess is fine)"),

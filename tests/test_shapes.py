@@ -341,10 +341,3 @@ def test_write_split_is_read_by_the_pipeline(tmp_path):
     assert set(by_video) == {normalize_uri(str(c)) for c in clips}
     assert by_video[normalize_uri(str(clips[1]))] == [r["question"] for r in mine]
 
-
-def test_the_demo_config_offers_every_split():
-    from typing import get_args
-
-    from pipeline.config import GenerateShapes
-
-    assert get_args(GenerateShapes.model_fields["split"].annotation) == S.SPLITS

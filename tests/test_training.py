@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from pipeline.scoring import is_correct
 from shapes import clips as shapes
 from shapes.model import CAPTION_PROMPT, IGNORE_INDEX, build_shapes_model, conversation
 from shapes.training import (
@@ -103,7 +104,7 @@ def test_the_vision_stage_trains_the_tower_alone(tmp_path):
 
     cfg = TrainConfig(frames=1, stages=[StageConfig(kind="vision", steps=2, batch=2, lr=1e-3, warmup=1, frames=[1], crop=6, crops=2)],
                       validation_clips=2, test_clips=0, output=str(tmp_path / "ckpt"), save_dtype="float32")
-    record = train(cfg, log=lambda line: None)
+    record = train(cfg, is_correct, log=lambda line: None)
     assert set(record["stages"][0]["validation"]) == {"shape", "colour", "crops"}
     trained, _ = flashvlm.load(str(tmp_path / "ckpt"))
     start, _ = build_shapes_model(seed=0)
@@ -116,7 +117,7 @@ def test_the_vision_stage_trains_the_tower_alone(tmp_path):
         **cfg.model_dump(), "stages": [*cfg.model_dump()["stages"], {"kind": "alignment", "steps": 0, "lr": 1e-3, "frames": [1]}],
         "validation_clips": 0, "output": str(tmp_path / "resumed"), "resume": {"checkpoint": str(tmp_path / "ckpt"), "after_stage": 1},
     })
-    record = train(resumed, log=lambda line: None)
+    record = train(resumed, is_correct, log=lambda line: None)
     assert record["stages"][0] == {"kind": "vision", "frames": [1], "steps": 2, "resumed_from": str(tmp_path / "ckpt")}
     again = flashvlm.load(str(tmp_path / "resumed"))[0].state_dict()
     assert all(torch.equal(after[name], again[name]) for name in after)
@@ -134,7 +135,7 @@ def test_llava_order_text_then_alignment_of_the_projector_alone(tmp_path):
 
     def trained(stages: list[StageConfig], name: str) -> tuple[dict, dict]:
         cfg = TrainConfig(frames=1, validation_clips=1, test_clips=0, output=str(tmp_path / name), save_dtype="float32", stages=stages)
-        record = train(cfg, log=lambda line: None)
+        record = train(cfg, is_correct, log=lambda line: None)
         return record, flashvlm.load(str(tmp_path / name))[0].state_dict()
 
     def moved(a: dict, b: dict) -> set[str]:
@@ -189,7 +190,7 @@ def test_patch_target_then_a_frozen_tower_under_bfloat16(tmp_path):
         stages=[StageConfig(kind="vision", target="patches", position=True, steps=2, batch=2, lr=1e-3, warmup=1, frames=[1]),
                 StageConfig(kind="qa", freeze_vision=True, steps=2, batch=2, lr=1e-3, warmup=1, frames=[1])],
     )
-    record = train(cfg, log=lambda line: None)
+    record = train(cfg, is_correct, log=lambda line: None)
     assert set(record["stages"][0]["validation"]) == {"shape", "colour", "patches", "position"}
     assert 0 <= record["stages"][0]["validation"]["position"] <= 1
     trained = flashvlm.load(str(tmp_path / "ckpt"))[0].state_dict()
@@ -198,7 +199,7 @@ def test_patch_target_then_a_frozen_tower_under_bfloat16(tmp_path):
     assert any(".vision_tower." in name for name in changed) and any(".language_model." in name for name in changed)
     cfg.stages = cfg.stages[:1]
     cfg.output = str(tmp_path / "tower")
-    train(cfg, log=lambda line: None)
+    train(cfg, is_correct, log=lambda line: None)
     tower_only = flashvlm.load(str(tmp_path / "tower"))[0].state_dict()
     towers = [name for name in start if ".vision_tower." in name]
     assert all(torch.equal(tower_only[name], trained[name]) for name in towers), "the frozen tower moved"
@@ -216,7 +217,7 @@ def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path, monkeypatch):
         validation_clips=1, test_clips=1, output=str(tmp_path / "ckpt"),
     )
     lines: list[str] = []
-    record = train(cfg, log=lines.append)
+    record = train(cfg, is_correct, log=lines.append)
     assert [s["kind"] for s in record["stages"]] == ["alignment", "qa"]
     assert "caption_token_accuracy" in record["stages"][0]["validation"]
     assert set(record["test"]["accuracy"]) <= set(shapes.QUESTION_TYPES) and record["test"]["items"] > 0
