@@ -30,12 +30,13 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-bench: venv
+bench: venv  # every script in benchmarks/ (docs/benchmarks.md)
 	$(PY) benchmarks/selection.py
 	$(PY) benchmarks/prefill.py --model llava-1.5-7b
 	$(PY) benchmarks/prefill.py --model qwen2.5-vl-7b
 	$(PY) benchmarks/video_redundancy.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

@@ -1,4 +1,4 @@
-"""FlashVLM text-guided visual token selection for images (the rule of ALGORITHM.md), batched.
+"""FlashVLM text-guided visual token selection for images (the rule of docs/algorithm.md), batched.
 
 Shapes used throughout:
     B  images (or frames) in the batch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 # The spec's fixed denominators for min-max normalisation (not the fusion clamp, which is configurable).
 _MINMAX_EPS = 1e-6
 
-# How the guide-text tokens weigh in the relevance (ALGORITHM.md, "Option: text weighting"): "none" (the
+# How the guide-text tokens weigh in the relevance (docs/algorithm.md, "Text weighting"): "none" (the
 # paper), or "norm": each token's cosines scaled by its raw embedding norm over the row's largest.
 TEXT_WEIGHTINGS = ("none", "norm")
 

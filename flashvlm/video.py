@@ -173,7 +173,7 @@ def select_video_tokens(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Indices of the visual tokens FlashVLM keeps for each clip: importance per frame, background per clip.
 
-    The rule, per clip (ALGORITHM.md, video section). A token is UNCHANGED when its vision feature has cosine
+    The rule, per clip (docs/algorithm.md, "The clip rule"). A token is UNCHANGED when its vision feature has cosine
     >= NEAR_IDENTICAL to the same place of the previous frame; it REPEATS when it has that cosine to a kept
     token of ANOTHER frame, at any place.
     1. Scores (steps 1-4) of every token from its own frame: `fused_scores` on the (B*T, N) view, the guide
@@ -205,9 +205,8 @@ def select_video_tokens(
     keep every patch of a planted moving object (or cover it at its place) and no background token that
     repeats another frame's; worst coverage change: per_frame -0.0001 (transparent.webm, nearly blank),
     global -0.0326 (fire2.mp4 without text, whose clip-wide saliency ranking puts the important tokens in two
-    frames of flames). Means +0.025 / +0.022. On the shapes model (README, evaluation) every split answers
-    at the same accuracy, and frame_by_frame keeps more of the question's object, which that model's text
-    relevance does not mark important, so the clip rule keeps it once as background.
+    frames of flames). Means +0.025 / +0.022. The evaluation (docs/evaluation.md) compares the splits'
+    answers on the shapes model.
 
     Args:
         vision: (B, T, N, Dv) vision-encoder features of every frame.

@@ -2,7 +2,7 @@
 """Measure what token pruning costs in answers: one sample at a grid of budgets x selection methods.
 
     python jobs/evaluate.py                                         # configs/eval_demo.yaml: shapes test split
-    python jobs/evaluate.py --set model.name=flashvlm-tiny/llava --set evaluation.budgets=[null,64,16]
+    python jobs/evaluate.py --set 'evaluation.budgets=[null,64,16]'                # fewer budgets
     ray job submit --working-dir . -- python jobs/evaluate.py --config configs/eval_llava15_7b_videomme.yaml
 
 Each video is decoded once and its vision features computed once; every setting reuses them

@@ -13,9 +13,8 @@
     write.py      stage 4: Parquet answers/errors, Hive-partitioned, deterministic names; runs record
     commit.py     all-or-nothing runs: staging folder, _COMMIT.json manifest, roll forward or back
     tables.py     reading the tables back (pyarrow, DuckDB), and drawing an answers row (flashvlm.viz)
-    synthetic.py  short generated clips for the demo and tests
 
-Imports point down only: jobs/ -> pipeline/ -> flashvlm/ (tests/test_layering.py checks it). Stages are
+Imports point down only: jobs/ -> pipeline/ -> shapes/ -> flashvlm/ (tests/test_layering.py checks it). Stages are
 classes for `Dataset.map_batches(batch_format="pyarrow")` and never import one another; failures travel as
 rows with error columns until the writer splits them into errors/.
 """

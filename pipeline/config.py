@@ -153,7 +153,7 @@ class InputConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(min_length=1, description="hub id, local path, or flashvlm-tiny/<family> for the offline tiny models")
+    name: str = Field(min_length=1, description="hub id, local path, or a registered name such as flashvlm-tiny/shapes")
     dtype: Optional[DType] = Field(default=None, description="None: the loader's default")
     device: Annotated[Optional[str], AfterValidator(_torch_device)] = Field(
         default=None, description="cpu, cuda, cuda:N (any torch device); None lets flashvlm.load choose"

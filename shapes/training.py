@@ -13,7 +13,7 @@
 
 LLaVA starts from a pretrained CLIP tower; none exists here, so the "vision" stage makes one. The recipe
 (configs/train_shapes.yaml) uses target "patches", which trains the very features the language model reads
-(README, "The shapes model"); "crops" (8 x 8 patches by default) sees about ten times more crops than whole
+(docs/shapes.md); "crops" (8 x 8 patches by default) sees about ten times more crops than whole
 frames per second of compute but trains [CLS], and its patch features stayed poor. The stage's classifier
 head is dropped after it, as LLaVA drops CLIP's projection.
 The later stages train every weight, or leave the tower as it is with `freeze_vision` (LLaVA-1.5 keeps CLIP
@@ -62,7 +62,7 @@ class StageConfig(_Strict):
     position: bool = Field(
         default=False,
         description="vision, target patches: also predict each patch's row and column from the same features, so that "
-        "they keep where the patch is, which motion needs (README: it slowed the language model, so the recipe leaves it off)",
+        "they keep where the patch is, which motion needs (it slowed the language model's learning, so the recipe leaves it off)",
     )
     freeze_vision: bool = Field(default=False, description="alignment / qa: the vision tower stays as it is (LLaVA-1.5 keeps CLIP frozen)")
     freeze_language: bool = Field(

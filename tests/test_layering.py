@@ -1,4 +1,4 @@
-"""One direction of dependency (../shared/DESIGN.md): jobs -> pipeline -> shapes -> flashvlm, read from the source (experiments and
+"""One direction of dependency (README, "Where things are"): jobs -> pipeline -> shapes -> flashvlm, read from the source (experiments and
 benchmarks may use any of them; tests everything but jobs).
 
 Every import of every module is read with `ast` (top-level and inside functions, `import x`, `from x import y`,
