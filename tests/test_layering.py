@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("flashvlm", "pipeline", "shapes", "jobs", "benchmarks", "experiments", "tests")
-STAGES = ("pipeline.listing", "pipeline.decode", "pipeline.answer", "pipeline.write")  # DESIGN.md's stages
+STAGES = ("pipeline.listing", "pipeline.decode", "pipeline.answer", "pipeline.write")  # the stages of docs/pipeline.md
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
