@@ -37,6 +37,7 @@ bench: venv  # every script in benchmarks/ (docs/benchmarks.md)
 	$(PY) benchmarks/video_redundancy.py
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/model_stage.py
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

@@ -32,7 +32,7 @@ import torch
 
 import flashvlm
 from flashvlm.selectors import select_video
-from flashvlm.tiny_models import _LLAVA_SPECIALS, _tiny_bpe_tokenizer, llava_1_5
+from shapes.model import build_tokenizer, llava_1_5
 
 # (vision tower, decoder, vocabulary) per --size; "full" is LLaVA-1.5-7B.
 SIZES = {
@@ -80,8 +80,7 @@ def building_on(device: torch.device, dtype: torch.dtype):
 
 def build_adapter(size: str, device: torch.device, dtype: torch.dtype):
     """flashvlm.wrap around a random LLaVA-1.5 of `size`, on `device`, with its processor."""
-    tokenizer = _tiny_bpe_tokenizer(_LLAVA_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", unk="<unk>")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer = build_tokenizer()  # LLaVA's special tokens; the real vocabulary size is set below
     vision, text, vocab = SIZES[size]
     with building_on(device, dtype):
         model, processor = llava_1_5(tokenizer, vision, text, seed=0)
