@@ -250,20 +250,31 @@ def decode_range(file: BinaryIO, start_s: float, end_s: float, sampling: Samplin
             info = _stream_info(container, stream)
             base = info["start_offset_s"]
             container.seek(int((start_s + base) / stream.time_base), stream=stream, backward=True)
-            shown = None  # the frame on screen at the current instant
-            for frame in container.decode(stream):
-                t = (frame.time if frame.time is not None else 0.0) - base
-                while len(picked) < len(times) and t > times[len(picked)] and shown is not None:
-                    picked.append(shown.to_ndarray(format="rgb24"))
-                    rotation = float(shown.rotation or 0)
-                if len(picked) == len(times):
-                    break
-                shown = frame
-            else:  # the stream ended first: the last frame stays on screen (if it lies in the range)
-                if shown is not None and shown.time is not None and shown.time - base < end_s:
-                    while len(picked) < len(times):
-                        picked.append(shown.to_ndarray(format="rgb24"))
-                    rotation = float(shown.rotation or 0)
+            step = 1.0 / info["fps"] if info["fps"] else 0.0  # how long a frame stays on screen
+            shown = None
+
+            def take(frame) -> None:
+                nonlocal rotation
+                picked.append(frame.to_ndarray(format="rgb24"))
+                rotation = float(frame.rotation or 0)
+
+            try:
+                for frame in container.decode(stream):
+                    t = (frame.time if frame.time is not None else 0.0) - base
+                    while len(picked) < len(times) and t > times[len(picked)] and shown is not None:
+                        take(shown)  # the instant fell before this frame: the one before was on screen
+                    while len(picked) < len(times) and t <= times[len(picked)] < t + step:
+                        take(frame)  # on screen at the instant: no need to decode further
+                    if len(picked) == len(times):
+                        break
+                    shown = frame
+                else:  # the stream ended first: its last frame stays on screen (if it lies in the range)
+                    if shown is not None and shown.time is not None and shown.time - base < end_s:
+                        while len(picked) < len(times):
+                            take(shown)
+            except Exception:
+                if len(picked) < len(times):  # damage the decoder met after the range (threads read ahead) is not ours
+                    raise
     except DecodeError:
         raise
     except Exception as exc:

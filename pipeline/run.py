@@ -51,9 +51,6 @@ from pipeline.write import WriteTables, write_run_record
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
 MAX_BLOCKS = 10_000
-# Planning tasks reserve little, so they run beside decode and model actors that hold the cores: most
-# plans read an index (fixed); shot detection (scenes) decodes the video once at low resolution.
-PLAN_NUM_CPUS = 0.25
 _VERSIONED = ("flashvlm", "ray", "pyarrow", "torch", "transformers", "decord", "av", "s3fs", "fsspec")
 
 
@@ -263,7 +260,8 @@ def plan_dataset(cfg: JobConfig, listed: pa.Table):
         fn_kwargs=dict(segments=cfg.sampling.segments.model_dump(), storage_options=cfg.storage_options, done=done),
         batch_size=1,
         batch_format="pyarrow",
-        num_cpus=PLAN_NUM_CPUS,
+        # One CPU, the repartition's own, so Ray Data fuses the two into one task per video: the planning
+        # task needs a CPU that the decode and model pools leave free (ray.num_cpus > their sum).
     ).repartition(target_num_rows_per_block=cfg.ray.decode_batch_size)
 
 

@@ -20,8 +20,8 @@ from pipeline_fixtures import tiny_job_config
 from shapes.clips import encode_long_mp4, long_video_specs, render, write_long_videos
 
 # Two decode actors on the tests' 2-CPU Ray, so one video's segments are decoded by both
-RAY = {"decode_batch_size": 1, "model_batch_size": 2, "decode_timeout_s": 60, "decode_actors": 2, "decode_num_cpus": 0.5,
-       "model_num_cpus": 0.5}
+RAY = {"decode_batch_size": 1, "model_batch_size": 2, "decode_timeout_s": 60, "decode_actors": 2, "decode_num_cpus": 0.25,
+       "model_num_cpus": 0.25}  # and a CPU free for planning tasks
 SCENES, SCENE_S, FRAMES, FPS = 3, 2.0, 2, 4  # 6 s videos: 24 frames at 336 px
 
 
