@@ -2,7 +2,7 @@
 
 The model loads once per actor, in __init__ (GPU when the pool asks for one, else CPU); batches carry
 frames and questions, never models. Each video is one `adapter.answer_video` call for all its
-questions. With labels (a questions file with an `answer` column), each row carries `expected` and
+questions (a time segment: one call on the segment's frames). With labels (a questions file with an `answer` column), each row carries `expected` and
 `correct` (pipeline.scoring.is_correct). A video whose call fails becomes one error row (stage "answer"); the rest of the batch, and
 the run, go on. Rows that arrive with an error (listing, read, decode) pass through as error rows.
 """
@@ -83,7 +83,7 @@ class AnswerQuestions:
 
     def _row(self, row: Mapping[str, Any], now: datetime, **values: Any) -> dict[str, Any]:
         out = dict.fromkeys(ANSWERED.names)
-        for name in ("video_uri", "video_version", "video_size", "decode_ms", "decode_backend", "duration_s", "fps", "width", "height", "decode_node"):
+        for name in ("video_uri", "video_version", "video_size", "segment_index", "start_s", "end_s", "decode_ms", "decode_backend", "duration_s", "fps", "width", "height", "decode_node"):
             out[name] = row.get(name)
         out.update(model=self.model_name, budget=self.budget, frame_size=self.frame_size,
                    settings_id=self.settings_id, run_id=self.run_id, created_at=now, answer_node=self.node)
@@ -108,6 +108,9 @@ class AnswerQuestions:
             return [self._row(row, now, error_stage="answer", error_type=type(exc).__name__, error=error_text(exc))]
         latency_ms = (time.perf_counter() - start) * 1000.0 / max(1, len(questions))
         now = datetime.now(timezone.utc)
+        # a questions-file row with a time range labels the segments it was asked of: its range is in the key
+        starts = row.get("question_start_s") or [None] * len(questions)
+        ends = row.get("question_end_s") or [None] * len(questions)
         return [
             self._row(
                 row,
@@ -115,7 +118,7 @@ class AnswerQuestions:
                 question_index=i,
                 question=question,
                 answer=answer.text,
-                expected=(label := self.expected.get(label_key(row["video_uri"], question))),
+                expected=(label := self.expected.get(label_key(row["video_uri"], question, starts[i], ends[i]))),
                 correct=is_correct(answer.text, label),
                 frames=int(row["frames_shape"][0]),
                 tokens_kept=int(answer.tokens_kept),

@@ -162,8 +162,32 @@ class ModelConfig(_Strict):
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
 
 
+class SegmentsConfig(_Strict):
+    """How a video is cut into time segments, each answered on its own (docs/segments.md)."""
+
+    mode: Literal["none", "fixed", "scenes"] = Field(
+        default="none", description="none: the whole video is one segment; fixed: windows of length_s; scenes: shots"
+    )
+    length_s: Optional[float] = Field(
+        default=None, gt=0, description="fixed: the window length (required); scenes: longer shots are cut into windows of it"
+    )
+    min_s: float = Field(default=0.0, ge=0, description="a last window (fixed) or a shot (scenes) shorter than this joins its neighbour")
+    threshold: float = Field(
+        default=27.0, gt=0, description="scenes: PySceneDetect ContentDetector threshold (mean HSV change between sampled frames)"
+    )
+    detect_fps: float = Field(default=8.0, gt=0, description="scenes: frames a second the shot detector looks at")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "SegmentsConfig":
+        if self.mode == "fixed" and self.length_s is None:
+            raise FieldError("length_s", self.length_s, "mode fixed needs length_s, the window length in seconds")
+        if self.length_s is not None and self.min_s >= self.length_s:
+            raise FieldError("min_s", self.min_s, f"must be shorter than length_s ({self.length_s})")
+        return self
+
+
 class SamplingConfig(_Strict):
-    frames: int = Field(default=8, ge=1, le=1024, description="frames sampled uniformly per video")
+    frames: int = Field(default=8, ge=1, le=1024, description="frames sampled uniformly per video (per segment)")
     fps: Optional[float] = Field(
         default=None, gt=0, description="if set, at most duration*fps frames (never more than `frames`)"
     )
@@ -172,6 +196,18 @@ class SamplingConfig(_Strict):
         default="crop",
         description="crop: shortest side to size then centre crop (CLIP's own preprocessing); squash: ignore aspect",
     )
+    segments: SegmentsConfig = Field(default_factory=SegmentsConfig, description="time segments of long videos")
+
+    def hashed(self) -> dict[str, Any]:
+        """What settings ids hash: every key, segments only when set (mode none keeps earlier runs' ids)."""
+        data = self.model_dump(mode="json")
+        if self.segments.mode == "none":
+            data.pop("segments")
+        return data
+
+    def frame_options(self) -> dict[str, Any]:
+        """The frame sampling options of flashvlm.decode.Sampling (everything but segments)."""
+        return self.model_dump(exclude={"segments"})
 
 
 def _selection_option_fields() -> dict[str, Any]:
@@ -362,7 +398,7 @@ class JobConfig(_Strict):
                 selection.pop(name, None)
         key = {
             "model": self.model.model_dump(mode="json", exclude={"device", "trust_remote_code"}),
-            "sampling": self.sampling.model_dump(mode="json"),
+            "sampling": self.sampling.hashed(),
             "selection": selection,
         }
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

@@ -140,7 +140,7 @@ def setting_id(cfg: EvalConfig, method: str, options: Mapping[str, Any], budget:
     """Like JobConfig.settings_id for one setting of the grid: same id, same answers."""
     key = {
         "model": cfg.model.model_dump(mode="json", exclude={"device", "trust_remote_code"}),
-        "sampling": cfg.sampling.model_dump(mode="json"),
+        "sampling": cfg.sampling.hashed(),
         "selection": {**cfg.selection.model_dump(mode="json"), "method": method, "method_options": dict(options), "budget": budget},
     }
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

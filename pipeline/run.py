@@ -7,11 +7,12 @@ and the run record with its totals. jobs/video_qa.py is the command line over `r
     record = run(cfg)                       # the run record, also written to <output.uri>/runs/
     print(summary_text(cfg, record))
 
-list (driver) -> decode (CPU actor pool) -> answer (model actor pool) -> write (Parquet) -> run record.
+list (driver) -> plan (workers; sampling.segments) -> decode (CPU actor pool) -> answer (model actor pool)
+-> write (Parquet) -> run record.
 Ray: `ray.address` from the config, else RAY_ADDRESS (set by `ray job submit`), else a new local Ray.
 
 Incremental runs (`incremental: true`) answer only the (video_uri, video_version, question) not yet
-answered under the same settings_id. A run writes under <output.uri>/_staging/<run_id>/ and commits at
+answered under the same settings_id (per segment_index too with sampling.segments). A run writes under <output.uri>/_staging/<run_id>/ and commits at
 the end (pipeline/commit.py): readers never see part of a run, and the next run finishes or discards
 what a killed run left.
 """
@@ -40,7 +41,8 @@ from pipeline.commit import commit, final_path, recover, rollback, staging_uri
 from pipeline.config import JobConfig
 from pipeline.decode import DecodeVideos
 from pipeline.listing import ListVideos
-from pipeline.questions import attach_questions, expected_answers, questions_by_video, read_questions_file
+from pipeline.plan import plan_segments
+from pipeline.questions import attach_questions, expected_answers, ranged_questions_by_video, read_questions_file, whole_videos
 from pipeline.schema import LISTED, error_text
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 from pipeline.tables import done_scans
@@ -169,7 +171,7 @@ def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
     )
     per_video = None
     if cfg.questions_file:
-        per_video = questions_by_video(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
+        per_video = ranged_questions_by_video(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
     return attach_questions(listed, cfg.questions, per_video, input_uri, cfg.input.allowed_prefixes)
 
 
@@ -223,21 +225,52 @@ def left_to_do(listed: pa.Table, answered: Iterable, failed: Iterable) -> tuple[
     todo = ok.take(rows[starts])
     todo = todo.set_column(todo.schema.get_field_index("questions"), LISTED.field("questions"),
                            pa.ListArray.from_arrays(offsets, left.column("question").combine_chunks()))
+    for name in ("question_start_s", "question_end_s"):  # parallel to questions: kept at the same positions
+        if ok.column(name).null_count < ok.num_rows:
+            flat = pa.array([v for qs, vs in zip(questions.to_pylist(), ok.column(name).to_pylist())
+                             for v in (vs or [None] * len(qs or []))], pa.float64())
+            todo = todo.set_column(todo.schema.get_field_index(name), LISTED.field(name),
+                                   pa.ListArray.from_arrays(offsets, flat.take(left.column("position").combine_chunks())))
     return pa.concat_tables([todo, errors]).sort_by("video_uri"), ok.num_rows - todo.num_rows
 
 
-def decode_dataset(cfg: JobConfig, listed: pa.Table):
-    """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
+def plan_dataset(cfg: JobConfig, listed: pa.Table):
+    """list -> plan, as a lazy Ray dataset of PLANNED rows, one per time segment. Whole videos
+    (sampling.segments.mode none) are one segment each, made here in Arrow; otherwise pipeline.plan runs
+    on Ray workers, and its rows are cut into blocks of decode_batch_size so one video's segments spread
+    over every decode actor."""
     import ray
 
-    # Small blocks, so every decode actor gets work early; at most MAX_BLOCKS of them, so a million videos
+    segmented = cfg.sampling.segments.mode != "none"
+    if not segmented:
+        listed = whole_videos(listed)
+    # Small blocks, so every actor gets work early; at most MAX_BLOCKS of them, so a million videos
     # are not a million object refs in the driver.
-    per_block = max(cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
+    per_block = max(1 if segmented else cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
     blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
-    return ray.data.from_arrow(blocks).map_batches(
+    ds = ray.data.from_arrow(blocks)
+    if not segmented:
+        return ds
+    done = None
+    if cfg.incremental:  # skipped per segment by the planner (the listing cannot know the segments)
+        done = dict(output_uri=cfg.output.uri, settings_id=cfg.settings_id(), storage_options=cfg.storage_options,
+                    retry=cfg.incremental_retry)
+    return ds.map_batches(
+        plan_segments,
+        fn_kwargs=dict(segments=cfg.sampling.segments.model_dump(), storage_options=cfg.storage_options, done=done),
+        batch_size=1,
+        batch_format="pyarrow",
+        # One CPU, the repartition's own, so Ray Data fuses the two into one task per video: the planning
+        # task needs a CPU that the decode and model pools leave free (ray.num_cpus > their sum).
+    ).repartition(target_num_rows_per_block=cfg.ray.decode_batch_size)
+
+
+def decode_dataset(cfg: JobConfig, listed: pa.Table):
+    """list -> plan -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
+    return plan_dataset(cfg, listed).map_batches(
         DecodeVideos,
         fn_constructor_kwargs=dict(
-            **cfg.sampling.model_dump(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
+            **cfg.sampling.frame_options(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
             threads=cfg.ray.decode_threads,
         ),
         batch_size=cfg.ray.decode_batch_size,
@@ -325,7 +358,7 @@ def run(cfg: JobConfig) -> dict[str, Any]:
         input_uri = resolve_input(cfg)
         listed, skipped = list_inputs(cfg, input_uri)
         already = 0
-        if cfg.incremental:
+        if cfg.incremental and cfg.sampling.segments.mode == "none":  # segments: the planner skips per segment
             listed, already = drop_done(cfg, listed)
         record.update(videos_listed=listed.num_rows + skipped + already, videos_skipped=skipped, videos_already_done=already)
         record["listing_s"] = time.perf_counter() - t0

@@ -7,8 +7,8 @@ from them (`python -m pipeline.schema --update docs/pipeline.md`; tests/test_doc
 
 Output layout under output.uri (Hive-partitioned by the run's UTC date; a run's files appear only when
 it commits, see pipeline/commit.py; _staging/ holds runs in progress and is never read):
-    answers/date=YYYY-MM-DD/<run_id>-<digest>.parquet   one row per (video, question)
-    errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet    one row per failed video
+    answers/date=YYYY-MM-DD/<run_id>-<digest>.parquet   one row per (video, segment, question)
+    errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet    one row per failed video or segment
     runs/date=YYYY-MM-DD/<run_id>.parquet               one row per run
 The `date` column comes from the folder name (hive partitioning), not from the files.
 """
@@ -29,7 +29,7 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 # Error columns carried by every intermediate row: null while the video is healthy. Only the writer
 # splits failed rows from good ones, so nothing is dropped on the way.
 _ERROR_FIELDS = [
-    _f("error_stage", pa.string(), "stage that failed: list, read, decode, answer"),
+    _f("error_stage", pa.string(), "stage that failed: list, plan, read, decode, answer"),
     _f("error_type", pa.string(), "exception class name"),
     _f("error", pa.string(), "readable message"),
 ]
@@ -46,19 +46,32 @@ _VIDEO_FIELDS = [
     _f("video_size", pa.int64(), "bytes"),
 ]
 
+# The time segment a row is about (sampling.segments); a whole video is segment 0 over [0, duration].
+_SEGMENT_FIELDS = [
+    _f("segment_index", pa.int32(), "position of the time segment in the video, from 0 (sampling.segments; a whole video: 0)"),
+    _f("start_s", pa.float64(), "segment start, seconds from the start of the video"),
+    _f("end_s", pa.float64(), "segment end (exclusive), seconds from the start of the video; a whole video: its duration"),
+]
+
 # ---- between stages (internal) -------------------------------------------------------------------
 
 LISTED = pa.schema(
     [
         *_VIDEO_FIELDS,
         _f("questions", pa.list_(pa.string()), "questions to ask of this video"),
+        # A questions-file row may name a time range: asked only of the segments that overlap it.
+        _f("question_start_s", pa.list_(pa.float64()), "parallel to questions: start of the range it asks about; null: the whole video"),
+        _f("question_end_s", pa.list_(pa.float64()), "parallel to questions: end of that range; null: the whole video"),
         *_ERROR_FIELDS,
     ]
 )
 
+# One row per time segment (pipeline/plan.py), the unit of work from decoding on.
+PLANNED = pa.schema([*LISTED, *_SEGMENT_FIELDS])
+
 DECODED = pa.schema(
     [
-        *LISTED,
+        *PLANNED,
         # Raw uint8 RGB bytes of the sampled frames in C order, shape in frames_shape: plain Arrow, so
         # no Ray tensor extension type is needed to pass them between actors.
         _f("frames", pa.large_binary(), "sampled frames, uint8 RGB, C order"),
@@ -71,6 +84,7 @@ DECODED = pa.schema(
         _f("height", pa.int32(), "source height as displayed"),
         _f("decode_backend", pa.string(), "decord or pyav (the fallback)"),
         _f("decode_ms", pa.float64(), "read + decode + resize time of this video"),
+        _f("bytes_read", pa.int64(), "bytes read from storage for this row (a segment reads only its range)"),
         _NODE_FIELDS[0],
     ]
 )
@@ -80,6 +94,7 @@ DECODED = pa.schema(
 ANSWERS = pa.schema(
     [
         *_VIDEO_FIELDS,
+        *_SEGMENT_FIELDS,
         _f("question_index", pa.int16(), "position of the question in the video's question list"),
         _f("question", pa.string(), "the question"),
         _f("answer", pa.string(), "the model's answer"),
@@ -110,7 +125,8 @@ ERRORS = pa.schema(
     [
         _VIDEO_FIELDS[0],
         _VIDEO_FIELDS[1],
-        _f("stage", pa.string(), "stage that failed: list, read, decode, answer", nullable=False),
+        *_SEGMENT_FIELDS,
+        _f("stage", pa.string(), "stage that failed: list, plan, read, decode, answer", nullable=False),
         _f("error_type", pa.string(), "exception class name"),
         _f("error", pa.string(), "readable message"),
         _f("settings_id", pa.string(), "hash of model, sampling and selection settings"),

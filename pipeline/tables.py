@@ -126,6 +126,29 @@ def done_scans(
     return answered, scan_columns(output_uri, "errors", keys[:2], storage_options, permanent)
 
 
+def segment_done_keys(
+    output_uri: str, settings_id: str, uris: list[str], storage_options: Optional[Mapping[str, Any]] = None,
+    retry: str = "transient",
+) -> tuple[set[tuple[str, str, int, str]], set[tuple[str, str, int]]]:
+    """done_scans per time segment, for a few videos (a planning batch): (video_uri, video_version,
+    segment_index, question) answered under settings_id, and (video_uri, video_version, segment_index)
+    whose decode failed for good. Rows written before segments existed are segment 0."""
+    import pyarrow.compute as pc
+
+    if not uris:
+        return set(), set()
+    mine = (pc.field("settings_id") == settings_id) & pc.field("video_uri").isin(uris)
+    keys = ["video_uri", "video_version", "segment_index"]
+    answered = read_columns(output_uri, "answers", [*keys, "question"], storage_options, mine).to_pylist()
+    failed = []
+    if retry != "all":
+        permanent = (mine & (pc.field("stage") == "decode") & pc.field("video_version").is_valid()
+                     & ~pc.field("error_type").isin(list(_TRANSIENT_DECODE_ERRORS)))
+        failed = read_columns(output_uri, "errors", keys, storage_options, permanent).to_pylist()
+    return ({(r["video_uri"], r["video_version"], r["segment_index"] or 0, r["question"]) for r in answered},
+            {(r["video_uri"], r["video_version"], r["segment_index"] or 0) for r in failed})
+
+
 def done_keys(
     output_uri: str, settings_id: str, storage_options: Optional[Mapping[str, Any]] = None, retry: str = "transient"
 ) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]]]:

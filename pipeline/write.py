@@ -5,7 +5,7 @@ Layout (Hive-partitioned by the run's UTC date, so `date` is a column for every 
     <output.uri>/errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet
     <output.uri>/runs/date=YYYY-MM-DD/<run_id>.parquet
 
-<digest> hashes the (video_uri, video_version, question_index, question) keys of the rows in the file, so
+<digest> hashes the (video_uri, video_version, question_index, question, segment_index) keys of the rows in the file, so
 a retried task, which writes the same rows, overwrites its own file instead of adding a duplicate.
 The run writes under its staging folder `<output.uri>/_staging/<run_id>/` with the same layout, and
 `pipeline.commit` moves the files into place when the run commits (see that module). Every
@@ -32,13 +32,15 @@ def partition_dir(root: str, table: str, run_date: str) -> str:
 
 
 def _digest(table: pa.Table) -> str:
+    # segment 0 (a whole video) leaves the key as it was before segments, so whole-video names do not change
     keys = sorted(
-        f"{u}\x00{v}\x00{i}\x00{q}"
-        for u, v, i, q in zip(
+        f"{u}\x00{v}\x00{i}\x00{q}" + (f"\x00{s}" if s else "")
+        for u, v, i, q, s in zip(
             table.column("video_uri").to_pylist(),
             table.column("video_version").to_pylist(),
             table.column("question_index").to_pylist(),
             table.column("question").to_pylist(),
+            table.column("segment_index").to_pylist(),
         )
     )
     return hashlib.sha1("\x01".join(keys).encode()).hexdigest()[:16]
