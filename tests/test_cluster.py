@@ -82,7 +82,7 @@ def check_every_input_ended_once(out: str, s3_options: dict, uris: list[str], re
     assert len(failed) == len(set(failed)) and not answered & set(failed)
     assert answered | set(failed) == set(uris)  # every input ended, as answers or as one error row
     assert all(sum(1 for u, _ in keys if u == v) == len(QUESTIONS) for v in answered)
-    assert (record["videos_ok"], record["videos_failed"]) == (len(answered), len(failed))
+    assert (record.videos_ok, record.videos_failed) == (len(answered), len(failed))
     assert {u for u in failed if u.rsplit("-", 1)[-1] in BROKEN_CLIPS} == {u for u in uris if u.rsplit("-", 1)[-1] in BROKEN_CLIPS}
 
 
@@ -110,8 +110,8 @@ def test_the_job_runs_on_two_nodes_and_a_worker_removed_mid_run_loses_nothing(cl
     assert "record" in result, "the job did not finish after losing a node"
     record = result["record"]
     workers = {n["NodeID"] for n in ray.nodes()} - {cluster.head_node.node_id}  # the removed one too
-    assert len(record["nodes"]) >= 2 and set(record["nodes"]) <= workers
-    assert read_table(out, "runs", s3_options).column("nodes").to_pylist() == [record["nodes"]]
+    assert len(record.nodes) >= 2 and set(record.nodes) <= workers
+    assert read_table(out, "runs", s3_options).column("nodes").to_pylist() == [record.nodes]
     check_every_input_ended_once(out, s3_options, uris, record)
 
 

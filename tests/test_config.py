@@ -31,7 +31,7 @@ def with_(section: str, **values) -> dict:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
-    from pipeline.evaluate import load_eval_config
+    from pipeline.eval_config import load_eval_config
 
     # eval_*.yaml are jobs/evaluate.py's (the job config plus an evaluation section).
     cfg = load_eval_config(path) if path.name.startswith("eval_") else load_config(path)
@@ -110,7 +110,7 @@ def test_bad_value_is_named(data, key, hint):
 
 
 def test_fixed_sets_come_from_the_library():
-    from flashvlm.models import _DTYPES
+    from flashvlm.models import DTYPES
     from flashvlm.models.base import GUIDES
     from flashvlm.selection import TEXT_WEIGHTINGS
     from flashvlm.video import SPLITS
@@ -125,7 +125,7 @@ def test_fixed_sets_come_from_the_library():
     assert literal(SelectionOptions, "guide") == GUIDES
     assert literal(SelectionOptions, "split") == SPLITS
     assert literal(SelectionOptions, "text_weighting") == TEXT_WEIGHTINGS
-    assert literal(ModelConfig, "dtype") == tuple(_DTYPES)
+    assert literal(ModelConfig, "dtype") == tuple(DTYPES)
     assert set(get_args(JobConfig.model_fields["incremental_retry"].annotation)) == {"transient", "all"}
 
 

@@ -171,19 +171,19 @@ def test_second_run_does_nothing_and_a_changed_video_is_answered_again(ray_local
 def test_the_job_commits_only_its_own_files(ray_local, flashvlm_cache, tmp_path, monkeypatch):
     # As a killed attempt's surviving writer would: a file lands in the run's staging folder just before the
     # commit. The job must hand commit() the files its writers reported, and the stray must stay unpublished.
-    import pipeline.run
+    import pipeline.lifecycle
 
     inputs = make_inputs(tmp_path / "in", n=2)
     out = tmp_path / "out"
-    real_commit, dropped = pipeline.run.commit, []
+    real_commit, dropped = pipeline.lifecycle.commit, []
 
     def commit_after_a_late_write(output_uri, storage_options, run_id, *args, **kwargs):
         dropped.extend(stage_files(out, run_id, n=1, first=99))
         return real_commit(output_uri, storage_options, run_id, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.run, "commit", commit_after_a_late_write)
+    monkeypatch.setattr(pipeline.lifecycle, "commit", commit_after_a_late_write)
     record = run(config(inputs, out, run_id="fenced"))
-    assert dropped and record["status"] == "succeeded" and record["videos_ok"] == 2
+    assert dropped and record.status == "succeeded" and record.videos_ok == 2
     uris = read_table(str(out), "errors").column("video_uri").to_pylist()
     assert uris == [(inputs / "empty.mp4").resolve().as_uri()]  # the run's own failure, not the stray row
     assert read_table(str(out), "answers").num_rows == 2 * len(QUESTIONS)
@@ -225,7 +225,7 @@ def test_a_killed_run_leaves_nothing_visible_and_the_next_run_finishes(ray_local
     cfg.ray.decode_timeout_s = 3  # ray settings are not part of settings_id
     record = run(cfg)  # same run id: the dead staging folder is rolled back, then the work is redone
     assert not staged.exists()
-    assert (record["videos_ok"], record["videos_failed"]) == (3, 2)  # empty + the hang (timed out)
+    assert (record.videos_ok, record.videos_failed) == (3, 2)  # empty + the hang (timed out)
     answers = read_table(str(out), "answers")
     keys = list(zip(answers.column("video_uri").to_pylist(), answers.column("question").to_pylist()))
     assert len(keys) == len(set(keys)) == 3 * len(QUESTIONS)  # complete, no duplicates
