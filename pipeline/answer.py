@@ -5,8 +5,11 @@ frames and questions, never models. Each video is one `adapter.answer_video` cal
 questions; labels are joined to the answers later, by the writer. A video whose call fails becomes one
 error row (stage "answer"); the rest of the batch goes on (the run fails only when more than
 run.max_answer_failure_share of the videos fail here: pipeline.lifecycle). Rows that arrive with an error
-(listing, read, decode) pass through as error rows. A model that cannot load raises ModelLoadError in the
-actor's constructor, which fails the run at once.
+(listing, read, decode) pass through as error rows.
+
+A model that cannot load raises ModelLoadError with the actor's first batch, which fails the run at once
+(Ray Data stops at a batch's exception). Not from the constructor: Ray then prints a traceback on the
+driver's console for every retry of the dead actor.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def load_adapter(model: Mapping[str, Any], selection: Mapping[str, Any], selecti
             model["name"], dtype=dtype, device=model.get("device"), trust_remote_code=bool(model.get("trust_remote_code"))
         )
     except Exception as exc:
-        raise ModelLoadError(f"model.name {model['name']!r} cannot be loaded: {type(exc).__name__}: {error_text(exc)}") from exc
+        traceback.print_exc()  # the whole story to the actor's log; the run gets one line
+        raise ModelLoadError(f"model.name {model['name']!r} cannot be loaded: {type(exc).__name__}: {error_text(exc)}") from None
     config = flashvlm.SelectionConfig(**selection_options) if selection_options else None
     return flashvlm.wrap(
         loaded, selection.get("budget"), config=config, guide=selection.get("guide", "question"),
@@ -64,7 +68,10 @@ class AnswerQuestions:
         self.budget = selection.get("budget")
         self.frame_size, self.run_id, self.settings_id = frame_size, run_id, settings_id
         self.node = current_node()
-        self.adapter = load_adapter(model, selection, selection_options)
+        try:
+            self.adapter, self.load_error = load_adapter(model, selection, selection_options), None
+        except ModelLoadError as exc:  # raised with the first batch (see the module's docstring)
+            self.adapter, self.load_error = None, exc
 
     @staticmethod
     def _video_options(wrap: Any, selection: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,6 +139,8 @@ class AnswerQuestions:
         ]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.load_error is not None:
+            raise self.load_error
         rows: list[dict[str, Any]] = []
         for row in batch.to_pylist():
             try:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pyarrow as pa
 
-from pipeline.answer import load_adapter
+from pipeline.answer import ModelLoadError, load_adapter
 from pipeline.eval_config import FULL
 from pipeline.schema import EVALUATIONS, error_text, frames_of
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
@@ -50,7 +50,12 @@ class EvaluateVideos:
         grid: list[dict[str, Any]],
         run_id: str,
     ):
-        self.adapter = load_adapter(model, {**selection, "budget": None, "method": "flashvlm", "method_options": {}}, selection_options)
+        selection = {**selection, "budget": None, "method": "flashvlm", "method_options": {}}
+        try:
+            self.adapter, self.load_error = load_adapter(model, selection, selection_options), None
+        except ModelLoadError as exc:  # raised with the first batch, as pipeline.answer does
+            self.adapter, self.load_error = None, exc
+            return
         for name in ("encode_video", "answer_features", "score_choices"):
             if not hasattr(self.adapter, name):
                 raise ValueError(
@@ -139,6 +144,8 @@ class EvaluateVideos:
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.load_error is not None:
+            raise self.load_error
         rows: list[dict[str, Any]] = []
         for row in batch.to_pylist():
             rows.extend(self.evaluate_one(row))

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -128,31 +129,25 @@ def check_answer_failures(answered: int, failures: Counter, max_share: float) ->
         )
 
 
-def root_cause(exc: BaseException) -> BaseException:
-    """The exception behind Ray's wrappers: a task's own exception (RayTaskError.cause), following
-    __cause__; an actor whose constructor raised reaches the driver as an ActorDiedError that keeps
-    only the text of that exception (see failure_line)."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None)
-        if isinstance(inner, BaseException):
-            exc = inner
-        elif exc.__cause__ is not None and type(exc.__cause__).__name__ != "SystemException":
-            exc = exc.__cause__
-        else:
-            break
-    return exc
+# An exception's own line in a traceback's text: unindented "package.module.ErrorType: message".
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*): (.*)$", re.M)
 
 
 def failure_line(exc: BaseException) -> str:
-    """One line for a failed run: the root cause's type and message. For an actor that died in its
-    constructor (a model that cannot load), the last line of the constructor's traceback, which Ray
-    keeps only as text."""
-    cause = root_cause(exc)
-    if getattr(cause, "actor_init_failed", False):
-        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-        return " ".join(error_text(Exception(lines[-1])).split()) if lines else error_text(cause)
+    """One line for a failed run: "ErrorType: message" of the exception at the root of it.
+
+    An exception raised in a Ray worker reaches the driver wrapped (RayTaskError around Ray Data's
+    UserCodeException; ActorDiedError for a constructor), its chain kept only as the worker's traceback
+    text, where Python writes the innermost cause first: that cause is the line."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        text = getattr(exc, "traceback_str", None) or (str(exc) if getattr(exc, "actor_init_failed", False) else None)
+        first = EXCEPTION_LINE.search(text or "")
+        if first:
+            return f"{first.group(1)}: {error_text(Exception(first.group(2)))}"
+        exc = exc.__cause__
+    cause = seen[-1]
     return f"{type(cause).__name__}: {error_text(cause)}"
 
 
@@ -235,4 +230,4 @@ def staged_run(cfg: JobConfig, kind: Literal["run", "evaluation"] = "run") -> It
 
 
 __all__ = ["AnswerStageFailed", "RunRecord", "StagedRun", "check_answer_failures", "exit_status", "failure_line",
-           "root_cause", "staged_run", "versions"]
+           "staged_run", "versions"]

@@ -259,6 +259,21 @@ def build_dataset(cfg: JobConfig, listed: pa.Table, stage_uri: str, record: RunR
     )
 
 
+def add_totals(record: RunRecord, summaries: list[dict[str, Any]]) -> Counter:
+    """Sum the writers' WRITE_SUMMARY rows into the record; returns the answer stage's failures by error."""
+    for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total",
+                "answers_labelled", "answers_correct"):
+        setattr(record, key, sum(int(s[key]) for s in summaries))
+    record.decode_s = sum(s["decode_ms"] for s in summaries) / 1000.0
+    record.answer_s = sum(s["answer_ms"] for s in summaries) / 1000.0
+    record.nodes = sorted({n for s in summaries for n in s.get("nodes") or []})
+    failures: Counter = Counter()
+    for s in summaries:
+        for item in s.get("answer_errors") or []:
+            failures[item["error"]] += int(item["videos"])
+    return failures
+
+
 def run(cfg: JobConfig) -> RunRecord:
     """Run the whole job; returns the run record (also written to runs/). Raises if the run fails.
 

@@ -209,7 +209,7 @@ EVALUATIONS = pa.schema(
     ]
 )
 
-TABLES = {"answers": ANSWERS, "errors": ERRORS, "runs": RUNS}
+TABLES = {"answers": ANSWERS, "errors": ERRORS, "runs": RUNS, "evaluations": EVALUATIONS}
 
 
 MAX_ERROR_CHARS = 2000

@@ -36,7 +36,8 @@ def test_shipped_configs_keep_trust_remote_code_off(path):
 def test_trust_remote_code_reaches_the_loader_only_when_set(monkeypatch, setting, expected):
     import flashvlm
 
-    from pipeline.answer import AnswerQuestions
+    from pipeline.answer import AnswerQuestions, ModelLoadError
+    from pipeline.schema import DECODED
 
     seen = {}
 
@@ -47,9 +48,10 @@ def test_trust_remote_code_reaches_the_loader_only_when_set(monkeypatch, setting
     monkeypatch.setattr(flashvlm, "load", fake_load)
     model = dict(BASE["model"], **({} if setting is None else {"trust_remote_code": setting}))
     cfg = validate_config({**BASE, "model": model})
-    with pytest.raises(RuntimeError, match="stop here"):
-        AnswerQuestions(model=cfg.model.model_dump(), selection=cfg.selection.model_dump(), selection_options={},
-                        frame_size=336, run_id="r", settings_id="s")
+    stage = AnswerQuestions(model=cfg.model.model_dump(), selection=cfg.selection.model_dump(), selection_options={},
+                            frame_size=336, run_id="r", settings_id="s")
+    with pytest.raises(ModelLoadError, match="RuntimeError: stop here"):  # with the first batch: it fails the run
+        stage(DECODED.empty_table())
     assert seen["trust_remote_code"] is expected
 
 
