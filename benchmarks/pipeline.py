@@ -125,7 +125,7 @@ def main() -> None:
 
     # Each measure keeps its best round: on a shared machine, load from elsewhere only ever slows a run down.
     decode_s, decoded_frames, decode_errors, _ = min(rounds, key=lambda x: x[0] / x[1])
-    record = min((x[3] for x in rounds), key=lambda rec: rec["pipeline_s"] / rec["frames_decoded"])
+    record = min((x[3] for x in rounds), key=lambda rec: rec.pipeline_s / rec.frames_decoded)
     decode_fps = decoded_frames / decode_s
     pipeline_fps = record.frames_decoded / record.pipeline_s
     result = {

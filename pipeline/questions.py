@@ -74,7 +74,8 @@ def canonical_uris(uris: pa.Array, input_uri: Optional[str] = None) -> pa.Array:
         base = normalize_uri(base_of(input_uri))
         uris = pc.if_else(relative, pc.binary_join_element_wise(base, uris, "/"), uris)
     clean = pc.and_(pc.match_substring_regex(uris, _CLEAN_LOCAL), pc.invert(pc.match_substring_regex(uris, _DOT_SEGMENT)))
-    fast = pc.binary_join_element_wise("file://", pc.replace_substring_regex(uris, "^file://", ""), "")
+    with_scheme = pc.starts_with(uris, "file://")
+    fast = uris if pc.all(with_scheme).as_py() else pc.if_else(with_scheme, uris, pc.binary_join_element_wise("file://", uris, ""))
     slow = pc.invert(pc.fill_null(clean, False))
     if not pc.any(slow).as_py():
         return fast
@@ -99,9 +100,12 @@ def questions_table(table: pa.Table, input_uri: str) -> pa.Table:
     })
     asked = pc.and_(pc.is_valid(out.column("video_uri")), pc.invert(pc.equal(pc.utf8_trim_whitespace(out.column("question")), "")))
     out = out.filter(pc.fill_null(asked, False))
-    first = out.group_by(["video_uri", "question"], use_threads=False).aggregate([("position", "min")])
-    keep = pa.table({"position": first.column("position_min")})
-    out = out.join(keep, "position", join_type="inner", use_threads=False).sort_by("position")
+    # The first row of each (video_uri, question), found on their dictionary codes (ints hash cheaper than strings).
+    codes = pa.table({name: pc.dictionary_encode(out.column(name)).combine_chunks().indices for name in ("video_uri", "question")})
+    codes = codes.append_column("row", pa.array(np.arange(out.num_rows, dtype=np.int64)))
+    first = codes.group_by(["video_uri", "question"], use_threads=False).aggregate([("row", "min")]).column("row_min")
+    out = out.take(np.sort(first.to_numpy()))
+    pa.default_memory_pool().release_unused()  # give the intermediate buffers back: the driver stays small
     return out.select(QUESTIONS.names).cast(QUESTIONS)
 
 
@@ -154,30 +158,38 @@ def attach_questions(
         return kept, listed.num_rows - kept.num_rows
     listed = listed.combine_chunks()
     n, k = listed.num_rows, len(common)
-    own = questions.filter(pc.invert(pc.is_in(questions.column("question"), pa.array(common, pa.string()))))
+    own = questions.select(["video_uri", "question"])
+    if common:
+        own = own.filter(pc.invert(pc.is_in(own.column("question"), pa.array(common, pa.string()))))
     own = own.append_column("position", pa.array(np.arange(k, k + own.num_rows, dtype=np.int64)))
     videos = pa.table({"video_uri": canonical_uris(listed.column("video_uri")), "row": pa.array(np.arange(n, dtype=np.int64))})
+    # One join: rows with a `row` belong to listed videos, the others name videos the listing did not find.
+    joined = own.join(videos, "video_uri", join_type="left outer", use_threads=False)
+    found = pc.is_valid(joined.column("row"))
     asked = pa.concat_tables([
         pa.table({"row": pa.array(np.repeat(np.arange(n, dtype=np.int64), k)),
                   "position": pa.array(np.tile(np.arange(k, dtype=np.int64), n)),
                   "question": pa.array(common, pa.string()).take(np.tile(np.arange(k, dtype=np.int64), n))}),
-        own.join(videos, "video_uri", join_type="inner", use_threads=False).select(["row", "position", "question"]),
+        joined.filter(found).select(["row", "position", "question"]),
     ]).sort_by([("row", "ascending"), ("position", "ascending")])
+    missing = joined.filter(pc.invert(found)).select(["video_uri", "question", "position"])
+    del joined
     rows = asked.column("row").to_numpy()
     listed = listed.set_column(listed.schema.get_field_index("questions"), field,
                                lists_by_row(rows, asked.column("question").combine_chunks(), n))
+    pa.default_memory_pool().release_unused()
     has_questions = np.bincount(rows, minlength=n) > 0 if len(rows) else np.zeros(n, dtype=bool)
     keep = pc.or_(pa.array(has_questions), pc.is_valid(listed.column("error")))
-    return pa.concat_tables([listed.filter(keep), not_listed(own, videos, common, input_uri, allowed_prefixes)]), \
+    return pa.concat_tables([listed.filter(keep), not_listed(missing, common, input_uri, allowed_prefixes)]), \
         n - pc.sum(keep.cast(pa.int64())).as_py()
 
 
 def not_listed(
-    own: pa.Table, videos: pa.Table, common: Sequence[str], input_uri: Optional[str], allowed_prefixes: Sequence[str]
+    missing: pa.Table, common: Sequence[str], input_uri: Optional[str], allowed_prefixes: Sequence[str]
 ) -> pa.Table:
-    """LISTED error rows (stage list) for the videos the questions file names that the listing did not find:
-    FileNotFoundError, or PathOutsideInput for an entry outside the input location and allowed_prefixes."""
-    missing = own.join(videos.select(["video_uri"]), "video_uri", join_type="left anti", use_threads=False)
+    """LISTED error rows (stage list) for the videos the questions file names that the listing did not find
+    (`missing`: their video_uri, question, position): FileNotFoundError, or PathOutsideInput for an entry
+    outside the input location and allowed_prefixes."""
     if not missing.num_rows:
         return LISTED.empty_table()
     missing = missing.sort_by([("video_uri", "ascending"), ("position", "ascending")])

@@ -122,7 +122,7 @@ ray: {{decode_batch_size: 2, model_batch_size: 2, decode_timeout_s: 60}}
 
     # The same run id again (a retry) overwrites its files: the tables do not grow.
     before = sorted(fs.find(f"{s3_bucket}/qa"))
-    assert run_and_summarise(capsys, config, ["run_id=s3-run-1"])[0]["status"] == "succeeded"
+    assert run_and_summarise(capsys, config, ["run_id=s3-run-1"])[0].status == "succeeded"
     assert sorted(fs.find(f"{s3_bucket}/qa")) == before
     assert read_table(out, "answers", s3_options).num_rows == answers.num_rows
 

@@ -5,9 +5,8 @@ docs/operations.md ("Commits: what a reader sees") never shows part of a run."""
 
 from __future__ import annotations
 
-import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import pipeline.commit
 import pipeline.run
 from pipeline.answer import AnswerQuestions
 from pipeline.commit import STAGING, commit, recover, staging_uri
@@ -28,9 +26,8 @@ from pipeline.run import run
 from pipeline.schema import ANSWERS, RUNS
 from pipeline.tables import read_committed, read_table
 from pipeline.write import ParquetWriter, partition_dir, write_run_record
-from pipeline_fixtures import QUESTIONS, tiny_job_config
+from pipeline_fixtures import crash_commit_after, tiny_job_config
 from shapes.clips import make_clip
-from tiny_models import LLAVA_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = {"decode_batch_size": 2, "model_batch_size": 2, "decode_timeout_s": 30}
@@ -178,15 +175,7 @@ def stage_run(output: Path, run_id: str, files: int) -> list[str]:
 def test_readers_of_committed_runs_never_see_part_of_a_run(tmp_path, monkeypatch):
     commit(str(tmp_path), None, "done", stage_run(tmp_path, "done", 2))
     staged = stage_run(tmp_path, "midway", 3)
-    moves, real_move = [], pipeline.commit._move
-
-    def move_then_crash(fs, src, dst):  # the commit stops after two files, as a reader would catch it mid-commit
-        if len(moves) == 2:
-            raise RuntimeError("simulated crash")
-        real_move(fs, src, dst)
-        moves.append(dst)
-
-    monkeypatch.setattr(pipeline.commit, "_move", move_then_crash)
+    crash_commit_after(monkeypatch, moves=2)  # the commit stops after two files, as a reader would catch it mid-commit
     with pytest.raises(RuntimeError, match="simulated crash"):
         commit(str(tmp_path), None, "midway", staged)
     monkeypatch.undo()
