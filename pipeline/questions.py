@@ -31,9 +31,9 @@ from pipeline.storage import PathOutsideInput, is_within, normalize_uri, read_ta
 QUESTIONS = pa.schema([("video_uri", pa.string()), ("question", pa.string()), ("answer", pa.string())])
 LABELS = pa.schema([("video_uri", pa.string()), ("question", pa.string()), ("expected", pa.string())])
 
-# A local path (after an optional file://) with no '.', '..' or empty segment and no trailing '/': already
-# what normalize_uri makes of it, bar the scheme. Everything else goes through normalize_uri one by one.
-_CLEAN_LOCAL = r"^(file://)?/(?:[^/]+/)*[^/]+$"
+# A local path (after an optional file://) or an s3:// URI with no '.', '..' or empty segment and no trailing
+# '/': already what normalize_uri makes of it, bar a local path's scheme. The rest goes through normalize_uri.
+_CLEAN = r"^(?:(?:file://)?/|s3://[^/]+/)(?:[^/]+/)*[^/]+$"
 _DOT_SEGMENT = r"(^|/)\.\.?(/|$)"
 
 
@@ -73,9 +73,9 @@ def canonical_uris(uris: pa.Array, input_uri: Optional[str] = None) -> pa.Array:
         relative = pc.invert(pc.or_(pc.match_substring(uris, "://"), pc.starts_with(uris, "/")))
         base = normalize_uri(base_of(input_uri))
         uris = pc.if_else(relative, pc.binary_join_element_wise(base, uris, "/"), uris)
-    clean = pc.and_(pc.match_substring_regex(uris, _CLEAN_LOCAL), pc.invert(pc.match_substring_regex(uris, _DOT_SEGMENT)))
-    with_scheme = pc.starts_with(uris, "file://")
-    fast = uris if pc.all(with_scheme).as_py() else pc.if_else(with_scheme, uris, pc.binary_join_element_wise("file://", uris, ""))
+    clean = pc.and_(pc.match_substring_regex(uris, _CLEAN), pc.invert(pc.match_substring_regex(uris, _DOT_SEGMENT)))
+    bare = pc.starts_with(uris, "/")  # a local path without its scheme
+    fast = pc.if_else(bare, pc.binary_join_element_wise("file://", uris, ""), uris) if pc.any(bare).as_py() else uris
     slow = pc.invert(pc.fill_null(clean, False))
     if not pc.any(slow).as_py():
         return fast

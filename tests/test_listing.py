@@ -178,3 +178,14 @@ def test_extra_uris_are_listed_with_the_input_and_a_demo_leaves_missing_ones_out
     assert sorted(names(listed)) == ["a.mp4", "b.webm", "c.MOV", "e.mp4"] and skipped == 0
     assert listed.column("questions").to_pylist() == [["why?"]] * 4
     assert f"{other / 'missing'} not found: left out of the demo" in capsys.readouterr().out
+
+
+def test_canonical_uris_in_arrow_match_normalize_uri_one_by_one(folder):
+    from pipeline.questions import canonical_uris
+    from pipeline.storage import normalize_uri
+
+    cases = [f"{folder}/a.mp4", f"file://{folder}/a.mp4", f"{folder}/./sub/../a.mp4", f"{folder}/sub/", "s3://b/k/x.mp4",
+             "s3://b/k/../x.mp4", "s3://b/k//x.mp4", "s3://b/x/", "relative.mp4", None]
+    assert canonical_uris(pa.array(cases)).to_pylist() == [None if c is None else normalize_uri(c) for c in cases]
+    relative = canonical_uris(pa.array(["a.mp4", "sub/../a.mp4", "s3://b/z.mp4"]), str(folder)).to_pylist()
+    assert relative == [normalize_uri(f"{folder}/a.mp4")] * 2 + ["s3://b/z.mp4"]
