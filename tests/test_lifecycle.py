@@ -21,7 +21,7 @@ import pipeline.run
 from pipeline.answer import AnswerQuestions
 from pipeline.commit import STAGING, commit, recover, staging_uri
 from pipeline.config import ConfigError, check_model_name
-from pipeline.lifecycle import AnswerStageFailed, RunRecord, check_answer_failures
+from pipeline.lifecycle import AnswerStageFailed, RunRecord, check_answer_failures, failure_line
 from pipeline.run import run
 from pipeline.schema import ANSWERS, RUNS
 from pipeline.tables import read_committed, read_table
@@ -100,6 +100,24 @@ def test_the_answer_stage_fails_the_run_above_the_share():
     with pytest.raises(AnswerStageFailed, match=r"6 of 10 decoded videos failed .*commonest error \(4 videos\): B: y"):
         check_answer_failures(4, Counter({"A: x": 2, "B: y": 4}), 0.5)
     check_answer_failures(0, Counter({"A: x": 3}), 1.0)  # 1.0: never
+
+
+def test_the_failure_line_is_the_root_cause():
+    try:
+        try:
+            raise KeyError("video_uri")
+        except KeyError as inner:
+            raise RuntimeError("write failed") from inner
+    except RuntimeError as exc:
+        assert failure_line(exc) == "KeyError: 'video_uri'"
+    # A worker's exception reaches the driver as text in a wrapper (Ray's RayTaskError.traceback_str), the
+    # innermost cause first, its module path before its name.
+    wrapped = RuntimeError("UDF failed to process a data block.")
+    wrapped.traceback_str = ("Traceback (most recent call last):\n  File \"answer.py\", line 42, in load_adapter\n"
+                             "pipeline.answer.ModelLoadError: model.name '/m' cannot be loaded: ValueError: bad\n\n"
+                             "The above exception was the direct cause of the following exception:\n\n"
+                             "ray.exceptions.UserCodeException: UDF failed to process a data block.")
+    assert failure_line(wrapped) == "ModelLoadError: model.name '/m' cannot be loaded: ValueError: bad"
 
 
 @pytest.mark.slow
