@@ -89,6 +89,7 @@ def check_every_input_ended_once(out: str, s3_options: dict, uris: list[str], re
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a replacement node and its model actor start in minutes on a loaded 2-core machine
 def test_the_job_runs_on_two_nodes_and_a_worker_removed_mid_run_loses_nothing(
     cluster, clip_dir, s3_options, s3_bucket, tmp_path, monkeypatch
 ):
