@@ -65,7 +65,7 @@ def resolve_entry(uri: str, input_uri: str) -> str:
 
 def canonical_uris(uris: pa.Array, input_uri: Optional[str] = None) -> pa.Array:
     """resolve_entry over a string column (relative entries only when input_uri is given), in Arrow for
-    clean local paths and one by one for the rest."""
+    clean local paths and s3:// URIs, one by one for the rest."""
     uris = pc.cast(uris, pa.string())
     if isinstance(uris, pa.ChunkedArray):
         uris = uris.combine_chunks()
@@ -96,7 +96,6 @@ def questions_table(table: pa.Table, input_uri: str) -> pa.Table:
         "video_uri": canonical_uris(table.column("video_uri").combine_chunks(), input_uri),
         "question": pc.cast(table.column("question"), pa.string()),
         "answer": pc.if_else(pc.equal(pc.utf8_trim_whitespace(answer), ""), pa.scalar(None, pa.string()), answer),
-        "position": pa.array(np.arange(n, dtype=np.int64)),
     })
     asked = pc.and_(pc.is_valid(out.column("video_uri")), pc.invert(pc.equal(pc.utf8_trim_whitespace(out.column("question")), "")))
     out = out.filter(pc.fill_null(asked, False))
