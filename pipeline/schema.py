@@ -1,15 +1,16 @@
-"""pyarrow schemas of the rows between stages and of the three output tables.
+"""pyarrow schemas of the rows between stages and of the output tables.
 
 Every stage returns a table with exactly one of these schemas, so Ray never has to guess or unify
 types (a batch of only failures has the same columns as a batch of successes). Each output field
 carries a description in its metadata; `describe` prints them, and docs/pipeline.md's tables are generated
 from them (`python -m pipeline.schema --update docs/pipeline.md`; tests/test_docs.py fails when they differ).
 
-Output layout under output.uri (Hive-partitioned by the run's UTC date; a run's files appear only when
-it commits, see pipeline/commit.py; _staging/ holds runs in progress and is never read):
+Output layout under output.uri (Hive-partitioned by the run's UTC date; a run's files appear when it
+commits, see pipeline/commit.py and docs/operations.md; _staging/ holds runs in progress and is never read):
     answers/date=YYYY-MM-DD/<run_id>-<digest>.parquet   one row per (video, segment, question)
     errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet    one row per failed video or segment
     runs/date=YYYY-MM-DD/<run_id>.parquet               one row per run
+    evaluations/date=YYYY-MM-DD/<run_id>.parquet        one row per (item, setting) of an evaluation
 The `date` column comes from the folder name (hive partitioning), not from the files.
 """
 
@@ -189,10 +190,43 @@ WRITE_SUMMARY = pa.schema(
         pa.field("answer_ms", pa.float64()),
         pa.field("files", pa.list_(pa.string())),
         pa.field("nodes", pa.list_(pa.string())),
+        # videos that failed in the answer stage, by "ErrorType: message": what the failure policy weighs
+        pa.field("answer_errors", pa.list_(pa.struct([("error", pa.string()), ("videos", pa.int64())]))),
     ]
 )
 
-TABLES = {"answers": ANSWERS, "errors": ERRORS, "runs": RUNS}
+# The evaluation's table (pipeline/evaluate.py): one row per (item, setting), scored.
+EVALUATIONS = pa.schema(
+    [
+        *_VIDEO_FIELDS[:2],
+        _f("item", pa.int32(), "the item's number in this run (labels file order, then config questions)"),
+        _f("question", pa.string(), "the question"),
+        _f("question_type", pa.string(), "the labels file's question_type (null if none)"),
+        _f("choices", pa.list_(pa.string()), "multiple-choice options (null: open question)"),
+        _f("method", pa.string(), "selector (flashvlm.selectors.METHODS), or full for the full-budget reference"),
+        _f("options", pa.string(), "the method's options as JSON"),
+        _f("budget", pa.int32(), "visual tokens kept per frame; null: all (method full)"),
+        _f("frames", pa.int16(), "frames shown to the model"),
+        _f("tokens_kept", pa.int32(), "visual tokens given to the language model, whole clip"),
+        _f("tokens_total", pa.int32(), "visual tokens before pruning, whole clip"),
+        _f("answer", pa.string(), "the model's answer (multiple choice: the most likely option)"),
+        _f("choice_scores", pa.list_(pa.float64()), "multiple choice: log-likelihood of each option"),
+        _f("expected", pa.string(), "the label; null when unlabelled"),
+        _f("correct", pa.bool_(), "answer matches the label (pipeline.scoring); null when unlabelled"),
+        _f("agrees_with_full", pa.bool_(), "answer equals the same model's full-budget answer"),
+        _f("object_recall", pa.float64(), "share of the item's object_patches kept; null without them"),
+        _f("latency_ms", pa.float64(), "model time of this answer (the setting's call / its items)"),
+        _f("encode_ms", pa.float64(), "the video's vision features, computed once for every setting"),
+        _f("decode_ms", pa.float64(), "read + decode + resize time of the video"),
+        _f("model", pa.string(), "model.name"),
+        _f("settings_id", pa.string(), "hash of model, sampling and this row's selection setting"),
+        _f("run_id", pa.string(), "the evaluation run", nullable=False),
+        _f("created_at", TIMESTAMP, "UTC"),
+        *_ERROR_FIELDS,
+    ]
+)
+
+TABLES = {"answers": ANSWERS, "errors": ERRORS, "runs": RUNS, "evaluations": EVALUATIONS}
 
 
 MAX_ERROR_CHARS = 2000

@@ -89,6 +89,19 @@ def test_no_stage_imports_another_stage():
     assert not wrong, "stages are independent (shared code lives in schema, storage, commit, ...): " + "; ".join(wrong)
 
 
+def test_no_private_name_is_imported_across_modules():
+    # A leading underscore means "this module's own": the product's modules import each other's public names
+    # only (a test may still test a private helper of the module it tests).
+    wrong = []
+    for layer in (l for l in LAYERS if l != "tests"):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and any(within(node.module or "", l) for l in LAYERS):
+                    wrong += [f"{module_name(path)} imports {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not wrong, "import a public name (or make the name public where it is defined): " + "; ".join(wrong)
+
+
 def test_tests_and_benchmarks_load_no_script_as_a_module():
     # what an import statement would not show: importlib's spec_from_file_location or runpy on a script
     loaders = ("spec_from_file_location", "run_path", "run_module")

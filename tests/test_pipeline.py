@@ -36,7 +36,7 @@ def decoded(clip_dir) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def answer_stage() -> AnswerQuestions:
+def answer_stage(flashvlm_cache) -> AnswerQuestions:
     return AnswerQuestions(
         model=CFG.model.model_dump(), selection=CFG.selection.model_dump(),
         selection_options=CFG.selection.library_options(), frame_size=CFG.sampling.size,
@@ -186,7 +186,7 @@ def test_readme_queries_run_as_written(answered, tmp_path):
     assert len(answers) == len(one_liner) and len(answers["kept"].iloc[0]) == 2
 
 
-def test_the_qwen_adapter_through_the_answer_stage_with_a_split(decoded):
+def test_the_qwen_adapter_through_the_answer_stage_with_a_split(flashvlm_cache, decoded):
     cfg = validate_config(
         {**CFG.model_dump(), "model": {**CFG.model.model_dump(), "name": QWEN_PATH},
          "sampling": {"frames": 2, "size": 112}, "selection": {"budget": 8, "split": "per_frame"}}
