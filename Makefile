@@ -38,6 +38,7 @@ bench: venv  # every script in benchmarks/ (docs/benchmarks.md)
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/model_stage.py
+	$(PY) benchmarks/scenes.py --videos 20 --threshold 10
 
 clean:
 	rm -rf $(VENV) output .pytest_cache
