@@ -120,7 +120,7 @@ def long_config(input_dir: Path, out: Path, segments: dict):
 def test_long_video_segments_are_answered_with_their_labels(ray_local, long_dir, tmp_path, segments):
     cfg = long_config(long_dir, tmp_path / "out", segments)
     record = run(cfg)
-    assert record["status"] == "succeeded" and record["videos_failed"] == 0
+    assert record.status == "succeeded" and record.videos_failed == 0
     answers = read_table(str(tmp_path / "out"), "answers")
     rows = answers.to_pylist()
     labels = [json.loads(line) for line in (long_dir / "long_questions.jsonl").read_text().splitlines()]
@@ -158,7 +158,7 @@ def test_a_file_broken_in_the_middle_fails_only_its_segments(ray_local, long_dir
     cfg = tiny_job_config(folder, tmp_path / "out", RAY, questions=["Is there a red star?"],
                           sampling={"frames": FRAMES, "size": 336, "segments": {"mode": "fixed", "length_s": SCENE_S}})
     record = run(cfg)
-    assert record["status"] == "succeeded"
+    assert record.status == "succeeded"
     errors = read_table(str(tmp_path / "out"), "errors").to_pylist()
     answers = read_table(str(tmp_path / "out"), "answers")
     assert [(e["segment_index"], e["stage"]) for e in errors] == [(1, "decode")]
