@@ -53,6 +53,8 @@ from pipeline.config import (
 )
 from pipeline.schema import TIMESTAMP, _f, error_text, frames_of
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
+from pipeline.report import machine
+from pipeline.statistics import group_options, markdown_table, paired_summary
 from pipeline.storage import filesystem, join, normalize_uri, read_table_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +121,18 @@ class EvaluationOptions(_Strict):
         description="methods x options, each run at every budget",
     )
     max_videos: Optional[int] = Field(default=None, ge=1, description="evaluate the first N listed videos only")
+    random_seeds: list[int] = Field(
+        default=[0, 1, 2, 3, 4], min_length=1,
+        description="a random setting without its own seed runs once per seed (every item its own draw); "
+        "its figures are the mean over them",
+    )
+
+    @field_validator("random_seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if any(s < 0 or s >= 2**63 for s in value):
+            raise ValueError("must be ints in [0, 2**63)")
+        return list(dict.fromkeys(value))
 
     @field_validator("budgets")
     @classmethod
@@ -300,6 +314,17 @@ def choice_index(expected: Optional[str], choices: Sequence[str]) -> Optional[in
     return None
 
 
+def item_seeds(setting: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> Optional[list[int]]:
+    """Random's seed for each item at a random setting (None for other methods): a hash of the setting's
+    seed and the item's number, so that every item draws its own tokens (the selector keys its draw by the
+    clip, which a clip's questions share) and a rerun draws the same ones."""
+    if setting["method"] != "random":
+        return None
+    seed = setting["options"].get("seed", 0)
+    return [int.from_bytes(hashlib.blake2b(f"{seed}:{item['item']}".encode(), digest_size=8).digest(), "little") >> 1
+            for item in items]
+
+
 class EvaluateVideos:
     """Callable for `Dataset.map_batches(batch_format="pyarrow")` on a model actor pool: DECODED -> EVALUATIONS.
 
@@ -343,12 +368,14 @@ class EvaluateVideos:
         """{answer, kept, tokens..., latency_ms, choice_scores} per item at one setting."""
         kwargs = dict(budget=setting["budget"], method=setting["method"] if setting["method"] != FULL else "flashvlm",
                       options=setting["options"])
+        seeds = item_seeds(setting, items)
         out: list[Optional[dict[str, Any]]] = [None] * len(items)
         open_items = [i for i, item in enumerate(items) if item["choices"] is None]
         if open_items:
             start = time.perf_counter()
             answers = self.adapter.answer_features(
-                features, [items[i]["question"] for i in open_items], max_new_tokens=self.max_new_tokens, **kwargs
+                features, [items[i]["question"] for i in open_items], max_new_tokens=self.max_new_tokens,
+                **{**kwargs, **({} if seeds is None else {"options": {**kwargs["options"], "seed": [seeds[i] for i in open_items]}})},
             )
             ms = (time.perf_counter() - start) * 1000.0 / len(open_items)
             for i, answer in zip(open_items, answers):
@@ -356,7 +383,10 @@ class EvaluateVideos:
         for i, item in enumerate(items):
             if item["choices"] is not None:
                 start = time.perf_counter()
-                scores, answer = self.adapter.score_choices(features, item["question"], item["choices"], **kwargs)
+                scores, answer = self.adapter.score_choices(
+                    features, item["question"], item["choices"],
+                    **{**kwargs, **({} if seeds is None else {"options": {**kwargs["options"], "seed": seeds[i]}})},
+                )
                 out[i] = {"answer": answer, "latency_ms": (time.perf_counter() - start) * 1000.0, "choice_scores": scores}
         return out  # type: ignore[return-value]
 
@@ -424,11 +454,12 @@ def _mean(values: list[Any]) -> Optional[float]:
 
 def summarize(rows: list[dict[str, Any]], by_type: bool = False) -> list[dict[str, Any]]:
     """One dict per (method, options, budget[, question_type]) over the scored rows, in grid order:
-    accuracy, retention (accuracy / the full budget's), agreement, object_recall, ms_per_answer, items."""
+    accuracy, retention (accuracy / the full budget's), agreement, object_recall, ms_per_answer, items.
+    A random setting run at several seeds is one dict: its figures are the means over the seeds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row["error"] is None:
-            key = (row["method"], row["options"], row["budget"]) + ((row["question_type"],) if by_type else ())
+            key = (row["method"], group_options(row["method"], row["options"]), row["budget"]) + ((row["question_type"],) if by_type else ())
             groups.setdefault(key, []).append(row)
     full_accuracy = {}
     for key, members in groups.items():
@@ -441,7 +472,7 @@ def summarize(rows: list[dict[str, Any]], by_type: bool = False) -> list[dict[st
         out.append({
             "method": key[0], "budget": key[2], "options": json.loads(key[1]),
             **({"question_type": key[3]} if by_type else {}),
-            "items": len(members), "accuracy": accuracy,
+            "items": len({r["item"] for r in members}), "accuracy": accuracy,
             "retention": accuracy / reference if accuracy is not None and reference else None,
             "agreement": _mean([r["agrees_with_full"] for r in members]),
             "object_recall": _mean([r["object_recall"] for r in members]),
@@ -458,12 +489,15 @@ def _cell(value: Optional[float], percent: bool = True) -> str:
 
 
 def format_table(results: list[dict[str, Any]], by_type: bool = False) -> str:
-    head = ["method", "options", "budget", *(["type"] if by_type else []), "items", "accuracy", "retention",
-            "agreement", "obj.recall", "ms/answer"]
+    without = any(r.get("accuracy_without_near_chance") is not None for r in results)  # see pipeline.statistics
+    head = ["method", "options", "budget", *(["type"] if by_type else []), "items", "accuracy",
+            *(["acc. w/o near-chance types"] if without else []), "retention", "agreement", "obj.recall", "ms/answer"]
     lines = [[r["method"], json.dumps(r["options"], sort_keys=True) if r["options"] else "",
-              "all" if r["budget"] is None else str(r["budget"]), *([str(r["question_type"])] if by_type else []),
-              str(r["items"]), _cell(r["accuracy"]), _cell(r["retention"]), _cell(r["agreement"]),
-              _cell(r["object_recall"]), _cell(r["ms_per_answer"], percent=False)] for r in results]
+              "all" if r["budget"] is None else str(r["budget"]),
+              *([str(r["question_type"]) + (" (near chance)" if r.get("near_chance") else "")] if by_type else []),
+              str(r["items"]), _cell(r["accuracy"]), *([_cell(r.get("accuracy_without_near_chance"))] if without else []),
+              _cell(r["retention"]), _cell(r["agreement"]), _cell(r["object_recall"]),
+              _cell(r["ms_per_answer"], percent=False)] for r in results]
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(cells) for cells in lines)])
@@ -524,13 +558,16 @@ def plot(results: list[dict[str, Any]], path: str, title: str, tokens_per_frame:
 
 
 def grid_of(cfg: EvalConfig) -> list[dict[str, Any]]:
-    """The settings in run order: the full budget first, then budget x setting."""
+    """The settings in run order: the full budget first, then budget x setting (a random setting without a
+    seed: one per `evaluation.random_seeds`)."""
     full = {"method": FULL, "options": {}, "budget": None, "settings_id": setting_id(cfg, FULL, {}, None)}
     out = [full]
     for budget in (b for b in cfg.evaluation.budgets if b is not None):
         for s in cfg.evaluation.settings:
-            out.append({"method": s.method, "options": s.checked_options(), "budget": budget,
-                        "settings_id": setting_id(cfg, s.method, s.options, budget)})
+            seeded = s.method == "random" and "seed" not in s.options
+            for options in ([{**s.options, "seed": seed} for seed in cfg.evaluation.random_seeds] if seeded else [s.options]):
+                out.append({"method": s.method, "options": Setting(method=s.method, options=options).checked_options(),
+                            "budget": budget, "settings_id": setting_id(cfg, s.method, options, budget)})
     return out
 
 
@@ -617,20 +654,36 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 def report(cfg: EvalConfig, record: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The tables (printed by the job), the plot and the JSON summary, written to <output.uri>/reports/<run_id>/."""
     results, by_type = summarize(rows), summarize(rows, by_type=True)
+    paired = paired_summary(rows, full_method=FULL)  # pipeline/statistics.py
+    near = paired["near_chance_types"]
+    for r in results:
+        key = (r["method"], json.dumps(r["options"], sort_keys=True), r["budget"])
+        r["vs_flashvlm"] = paired["vs_flashvlm"].get(key)
+        r["accuracy_without_near_chance"] = paired["accuracy_without_near_chance"].get(key) if near else None
+    for r in by_type:
+        r["chance"], r["near_chance"] = paired["chance_by_type"].get(r["question_type"]), r["question_type"] in near
     scored = [r for r in rows if r["error"] is None and r["frames"]]
     tokens_per_frame = max((r["tokens_total"] // r["frames"] for r in scored), default=576)
     folder = join(cfg.output.uri.rstrip("/"), "reports", record["run_id"])
     tables = "\n\n".join([
         f"per method x budget ({cfg.model.name}, {len({r['item'] for r in rows})} items):",
         format_table(results),
-        "per question type:",
+        "per question type (chance: 1 / the distinct answers of the type in the labels; near chance: the full "
+        "budget within 0.05 of it):",
+        "  ".join(f"{kind} {chance:.3f}" for kind, chance in sorted(paired["chance_by_type"].items())) or "(no types)",
         format_table(sorted(by_type, key=lambda r: (str(r["question_type"]),)), by_type=True),
     ])
     summary = {
         "model": cfg.model.name, "items": len({r["item"] for r in rows}), "run_id": record["run_id"],
-        "results": [{k: r[k] for k in ("method", "budget", "options", "accuracy", "retention", "agreement",
-                                        "object_recall", "ms_per_answer")} for r in results],
+        "machine": machine(), "wall_s": record.get("wall_s"),
+        "near_chance_types": near, "chance_by_type": paired["chance_by_type"],
+        "results": [{k: r[k] for k in ("method", "budget", "options", "accuracy", "accuracy_without_near_chance",
+                                        "retention", "agreement", "object_recall", "ms_per_answer", "vs_flashvlm")}
+                    for r in results],
     }
+    if any(r["vs_flashvlm"] for r in results):
+        tables += ("\n\npaired with flashvlm on the same items (diff = method - flashvlm; 95% interval: bootstrap "
+                   "over clips; p: McNemar's exact test; * the interval excludes 0):\n" + markdown_table(summary))
     fs, root = filesystem(folder, cfg.storage_options)
     fs.makedirs(root, exist_ok=True)
     fs.pipe_file(join(root, "tables.txt"), tables.encode())
