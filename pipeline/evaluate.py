@@ -25,7 +25,9 @@ Scores per (item, setting) row:
     object_recall     share of the item's object_patches kept (pipeline.scoring.object_recall).
 Output: <output.uri>/evaluations/date=D/<run_id>.parquet (EVALUATIONS), a run record in runs/, both
 committed like the main job's (pipeline.commit); and <output.uri>/reports/<run_id>/ with the printed
-tables (tables.txt), the JSON summary (summary.json) and the plot (accuracy_vs_tokens.png).
+tables (tables.txt), the JSON summary (summary.json) and the plot (accuracy_vs_tokens.png). The summary
+compares every method with flashvlm on the same items (pipeline/statistics.py: difference, clip bootstrap
+interval, McNemar's p) and marks the question types whose full-budget accuracy is near chance.
 """
 
 from __future__ import annotations

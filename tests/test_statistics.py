@@ -105,3 +105,15 @@ def test_markdown_table_marks_only_intervals_that_exclude_zero():
     assert lines[0] == "| budget | method | accuracy | accuracy without motion | vs flashvlm: diff [95% interval] | p |"
     assert lines[3] == "| 16 | saliency | 0.500 | 0.600 | -0.100 [-0.150, -0.050] * | 0.001 |"
     assert lines[4].endswith("| -0.050 [-0.120, +0.020] | 0.2 |")
+
+
+def test_docs_evaluation_table_is_generated_from_its_summary():
+    """docs/evaluation.md carries `python -m pipeline.report docs/evaluation_summary.json`'s output verbatim."""
+    from pathlib import Path
+
+    from pipeline.report import render
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    summary = json.loads((docs / "evaluation_summary.json").read_text())
+    assert markdown_table(summary) in (docs / "evaluation.md").read_text()
+    assert render(summary).split("\n\n", 1)[1] in (docs / "evaluation.md").read_text()
