@@ -61,6 +61,20 @@ def type_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(summary: Mapping[str, Any]) -> str:
+    """Where flashvlm wins or loses: only the comparisons whose interval excludes 0, per budget."""
+    wins, losses = [], []
+    for r in summary["results"]:
+        vs = r.get("vs_flashvlm")
+        if vs is None or vs["ci_low"] <= 0 <= vs["ci_high"]:
+            continue
+        text = f"{_label(r)} at {r['budget']} ({vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}])"
+        (wins if vs["ci_high"] < 0 else losses).append(text)
+    line = lambda items: "; ".join(items) if items else "none"  # noqa: E731
+    return (f"Where the interval excludes 0: flashvlm is ahead of {line(wins)}. Flashvlm is behind {line(losses)}. "
+            "Every other difference in the table is within what the clips' sampling allows.")
+
+
 def render(summary: Mapping[str, Any], command: Optional[str] = None) -> str:
     """The markdown of one run: what ran, where, the paired table and the table per question type."""
     near = summary.get("near_chance_types") or []
@@ -80,6 +94,7 @@ def render(summary: Mapping[str, Any], command: Optional[str] = None) -> str:
         parts.append(f"Near chance at the full budget (within {NEAR_CHANCE} of 1 / the distinct answers of its type): "
                      f"{', '.join(near)}; the column beside accuracy leaves {'it' if len(near) == 1 else 'them'} out.")
     parts.append(markdown_table(summary))
+    parts.append(verdicts(summary))
     table = type_table(summary)
     if table:
         parts += ["Accuracy per question type:", table]
