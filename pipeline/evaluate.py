@@ -368,16 +368,15 @@ class EvaluateVideos:
 
     def _answers(self, features: Any, items: list[dict[str, Any]], setting: Mapping[str, Any]) -> list[dict[str, Any]]:
         """{answer, kept, tokens..., latency_ms, choice_scores} per item at one setting."""
-        kwargs = dict(budget=setting["budget"], method=setting["method"] if setting["method"] != FULL else "flashvlm",
-                      options=setting["options"])
-        seeds = item_seeds(setting, items)
+        kwargs = dict(budget=setting["budget"], method=setting["method"] if setting["method"] != FULL else "flashvlm")
+        options, seeds = setting["options"], item_seeds(setting, items)  # random: a seed per item
         out: list[Optional[dict[str, Any]]] = [None] * len(items)
         open_items = [i for i, item in enumerate(items) if item["choices"] is None]
         if open_items:
             start = time.perf_counter()
             answers = self.adapter.answer_features(
-                features, [items[i]["question"] for i in open_items], max_new_tokens=self.max_new_tokens,
-                **{**kwargs, **({} if seeds is None else {"options": {**kwargs["options"], "seed": [seeds[i] for i in open_items]}})},
+                features, [items[i]["question"] for i in open_items], max_new_tokens=self.max_new_tokens, **kwargs,
+                options=options if seeds is None else {**options, "seed": [seeds[i] for i in open_items]},
             )
             ms = (time.perf_counter() - start) * 1000.0 / len(open_items)
             for i, answer in zip(open_items, answers):
@@ -386,8 +385,8 @@ class EvaluateVideos:
             if item["choices"] is not None:
                 start = time.perf_counter()
                 scores, answer = self.adapter.score_choices(
-                    features, item["question"], item["choices"],
-                    **{**kwargs, **({} if seeds is None else {"options": {**kwargs["options"], "seed": seeds[i]}})},
+                    features, item["question"], item["choices"], **kwargs,
+                    options=options if seeds is None else {**options, "seed": seeds[i]},  # every option, one draw
                 )
                 out[i] = {"answer": answer, "latency_ms": (time.perf_counter() - start) * 1000.0, "choice_scores": scores}
         return out  # type: ignore[return-value]
