@@ -87,7 +87,7 @@ def render(summary: Mapping[str, Any], command: Optional[str] = None) -> str:
     parts.append(
         "Accuracy per budget (visual tokens a frame; `all`: the full budget) and each method's paired difference "
         "from flashvlm on the same items (method - flashvlm; 95% percentile bootstrap interval over clips; p: "
-        "McNemar's exact test, for random the sign test of its per-item mean over seeds; `*`: the interval "
+        "McNemar's exact test, for random the median over its seeds; `*`: the interval "
         "excludes 0). Random is the mean over its seeds, every item its own draw."
     )
     if near:

@@ -5,9 +5,9 @@ Every method answers the same items at a budget, so they are compared item by it
     ci_low/ci_high  a 95% percentile bootstrap interval of diff that resamples clips, not items: the questions
                     of one clip share its frames and its selection, so they are not independent draws;
     p               McNemar's exact test: under "no difference" the items one gets right and the other wrong
-                    split 1/2 : 1/2 either way (scipy.stats.binomtest on the discordant pairs). A score that is a
-                    mean over seeds (random) makes it the sign test of the per-item differences, which is
-                    McNemar's exact test when the scores are 0/1.
+                    split 1/2 : 1/2 either way (scipy.stats.binomtest on the discordant pairs). For random, run
+                    at several seeds, the median over its seeds of each seed's McNemar p (its diff and interval
+                    use its per-item mean over the seeds).
 Plus the question types that sit at chance (`chance_by_type`, `near_chance_types`), and the markdown table
 of a summary (`markdown_table`). Pure functions over lists and dicts: the evaluation calls them on its rows.
 """
@@ -115,7 +115,13 @@ def compare_with(
     """{(method, group options, budget): {diff, ci_low, ci_high, p}} of every other setting against the
     `reference` (method, options JSON) at the same budget, on the items both scored. Settings without the
     reference at their budget (the full budget, the reference itself) are left out."""
+    rows = list(rows)
     scores = item_scores(rows)
+    runs: dict[Key, dict[str, dict[int, float]]] = {}  # each seed's own 0/1 scores (one run for most methods)
+    for r in rows:
+        if r["error"] is None and r["correct"] is not None:
+            key = (r["method"], group_options(r["method"], r["options"]), r["budget"])
+            runs.setdefault(key, {}).setdefault(r["options"], {})[r["item"]] = float(r["correct"])
     out = {}
     for key, theirs in scores.items():
         ours = scores.get((*reference, key[2]))
@@ -125,6 +131,10 @@ def compare_with(
         if items:
             out[key] = paired_difference([ours[i][2] for i in items], [theirs[i][2] for i in items],
                                          [ours[i][0] for i in items])
+            out[key]["p"] = float(np.median([
+                mcnemar_exact([ours[i][2] for i in items if i in run], [run[i] for i in items if i in run])
+                for run in runs[key].values()
+            ]))
     return out
 
 
