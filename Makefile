@@ -32,6 +32,7 @@ test: venv
 
 bench: venv  # every script in benchmarks/ (docs/benchmarks.md)
 	$(PY) benchmarks/selection.py
+	$(PY) benchmarks/relevance_probe.py
 	$(PY) benchmarks/prefill.py --model llava-1.5-7b
 	$(PY) benchmarks/prefill.py --model qwen2.5-vl-7b
 	$(PY) benchmarks/video_redundancy.py

@@ -36,7 +36,7 @@ import hashlib
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -294,16 +294,29 @@ def uniform_video_tokens(
 # --------------------------------------------------------------------------------------------------
 
 
-def _sample(saliency: torch.Tensor, budget: int, seed: int, return_important: bool) -> Kept:
+def _is_seed(seed: object) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63
+
+
+def _row_seeds(seed: int | Sequence[int], rows: int) -> list[int]:
+    """One seed per row: `seed` for every row, or a sequence of `rows` seeds, one each."""
+    if _is_seed(seed):
+        return [seed] * rows  # type: ignore[list-item]
+    if isinstance(seed, (list, tuple)) and len(seed) == rows and all(_is_seed(s) for s in seed):
+        return list(seed)
+    raise ValueError(f"seed must be an int in [0, 2**63) or a list of {rows} of them (one a row), got {seed!r}")
+
+
+def _sample(saliency: torch.Tensor, budget: int, seed: int | Sequence[int], return_important: bool) -> Kept:
     """(B, M) saliency -> min(budget, M) tokens of every row drawn uniformly without replacement, ascending."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     B, M = saliency.shape
+    seeds = _row_seeds(seed, B)
     count = min(budget, M)
     data = saliency.detach().contiguous().cpu()
     picks = []
-    for row in data:  # one generator per image: a loop over images, not tokens
-        digest = hashlib.blake2b(row.view(torch.uint8).numpy().tobytes(), digest_size=8, key=seed.to_bytes(8, "little"))
+    for row, row_seed in zip(data, seeds):  # one generator per image: a loop over images, not tokens
+        key = row_seed.to_bytes(8, "little")
+        digest = hashlib.blake2b(row.view(torch.uint8).numpy().tobytes(), digest_size=8, key=key)
         generator = torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little"))
         picks.append(torch.randperm(M, generator=generator)[:count])
     kept = torch.stack(picks).sort(dim=1).values if B else torch.zeros(0, count, dtype=torch.long)
@@ -318,16 +331,18 @@ def random_tokens(
     budget: int,
     *,
     text_mask: torch.Tensor | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     config: SelectionConfig | None = None,
     return_important: bool = False,
 ) -> Kept:
-    """A uniform random sample of each image's tokens, reproducible from `seed` (an int in [0, 2**63)).
+    """A uniform random sample of each image's tokens, reproducible from `seed` (an int in [0, 2**63), or
+    a list of B of them, one per image).
 
-    Each image's generator (CPU, torch's) is seeded with a hash of `seed` and the image's saliency bytes:
+    Each image's generator (CPU, torch's) is seeded with a hash of its seed and the image's saliency bytes:
     the draw is a function of the seed and the image alone, the same in any batch and on any device, and
-    different images draw differently. Images with byte-identical saliency draw the same tokens (the
-    same values in another dtype are other bytes).
+    different images draw differently. Images with byte-identical saliency and the same seed draw the same
+    tokens (the same values in another dtype are other bytes); a seed per row gives each row its own draw
+    of one image (e.g. every question about a clip, as the evaluation asks them).
     """
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=1)
     return _sample(saliency, budget, seed, return_important)
@@ -341,11 +356,12 @@ def random_video_tokens(
     budget: int,
     *,
     text_mask: torch.Tensor | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     config: SelectionConfig | None = None,
     return_important: bool = False,
 ) -> Kept:
-    """A uniform random sample of all T*N tokens of each clip (frames get binomially many)."""
+    """A uniform random sample of all T*N tokens of each clip (frames get binomially many); `seed` as for
+    `random_tokens` (a list: one seed per clip row)."""
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=2)
     B, T, N = saliency.shape
     return _sample(saliency.reshape(B, T * N), budget, seed, return_important)

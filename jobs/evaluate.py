@@ -7,9 +7,11 @@
 
 Each video is decoded once and its vision features computed once; every setting reuses them
 (pipeline/evaluate.py). Writes <output.uri>/evaluations/ (Parquet, one row per item and setting) and a
-run record in runs/, prints a table per method x budget and per question type, writes a plot, and ends
-with one JSON line: {"model", "items", "results": [{"method", "budget", "options", "accuracy",
-"retention", "agreement", "object_recall", "ms_per_answer"}, ...]}.
+run record in runs/, prints a table per method x budget and per question type, each method's paired
+difference from flashvlm (pipeline/statistics.py), writes a plot, and ends with one JSON line: {"model",
+"items", "run_id", "machine", "wall_s", "near_chance_types", "chance_by_type", "results": [{"method",
+"budget", "options", "accuracy", "accuracy_without_near_chance", "retention", "agreement", "object_recall",
+"ms_per_answer", "vs_flashvlm": {"diff", "ci_low", "ci_high", "p"} or null}, ...]}.
 
 Exit status: 0 when the run succeeded (broken videos are error rows), 2 for a bad config, model.name or
 labels file (before Ray starts), 1 when the run failed (one line on stderr; its record in runs/).

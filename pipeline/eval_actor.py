@@ -6,6 +6,7 @@ its items at the full budget (the reference) and at every budget x setting of th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import traceback
@@ -33,6 +34,17 @@ def choice_index(expected: Optional[str], choices: Sequence[str]) -> Optional[in
     if len(label) == 1 and "a" <= label < chr(ord("a") + len(choices)):
         return ord(label) - ord("a")
     return None
+
+
+def item_seeds(setting: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> Optional[list[int]]:
+    """Random's seed for each item at a random setting (None for other methods): a hash of the setting's
+    seed and the item's number, so that every item draws its own tokens (the selector keys its draw by the
+    clip, which a clip's questions share) and a rerun draws the same ones."""
+    if setting["method"] != "random":
+        return None
+    seed = setting["options"].get("seed", 0)
+    return [int.from_bytes(hashlib.blake2b(f"{seed}:{item['item']}".encode(), digest_size=8).digest(), "little") >> 1
+            for item in items]
 
 
 class EvaluateVideos:
@@ -79,14 +91,15 @@ class EvaluateVideos:
 
     def _answers(self, features: Any, items: list[dict[str, Any]], setting: Mapping[str, Any]) -> list[dict[str, Any]]:
         """{answer, kept, tokens..., latency_ms, choice_scores} per item at one setting."""
-        kwargs = dict(budget=setting["budget"], method=setting["method"] if setting["method"] != FULL else "flashvlm",
-                      options=setting["options"])
+        kwargs = dict(budget=setting["budget"], method=setting["method"] if setting["method"] != FULL else "flashvlm")
+        options, seeds = setting["options"], item_seeds(setting, items)  # random: a seed per item
         out: list[Optional[dict[str, Any]]] = [None] * len(items)
         open_items = [i for i, item in enumerate(items) if item["choices"] is None]
         if open_items:
             start = time.perf_counter()
             answers = self.adapter.answer_features(
-                features, [items[i]["question"] for i in open_items], max_new_tokens=self.max_new_tokens, **kwargs
+                features, [items[i]["question"] for i in open_items], max_new_tokens=self.max_new_tokens, **kwargs,
+                options=options if seeds is None else {**options, "seed": [seeds[i] for i in open_items]},
             )
             ms = (time.perf_counter() - start) * 1000.0 / len(open_items)
             for i, answer in zip(open_items, answers):
@@ -94,7 +107,10 @@ class EvaluateVideos:
         for i, item in enumerate(items):
             if item["choices"] is not None:
                 start = time.perf_counter()
-                scores, answer = self.adapter.score_choices(features, item["question"], item["choices"], **kwargs)
+                scores, answer = self.adapter.score_choices(
+                    features, item["question"], item["choices"], **kwargs,
+                    options=options if seeds is None else {**options, "seed": seeds[i]},  # every option, one draw
+                )
                 out[i] = {"answer": answer, "latency_ms": (time.perf_counter() - start) * 1000.0, "choice_scores": scores}
         return out  # type: ignore[return-value]
 

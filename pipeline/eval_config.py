@@ -81,6 +81,18 @@ class EvaluationOptions(StrictModel):
         description="methods x options, each run at every budget",
     )
     max_videos: Optional[int] = Field(default=None, ge=1, description="evaluate the first N listed videos only")
+    random_seeds: list[int] = Field(
+        default=[0, 1, 2, 3, 4], min_length=1,
+        description="a random setting without its own seed runs once per seed (every item its own draw); "
+        "its figures are the mean over them",
+    )
+
+    @field_validator("random_seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if any(s < 0 or s >= 2**63 for s in value):
+            raise ValueError("must be ints in [0, 2**63)")
+        return list(dict.fromkeys(value))
 
     @field_validator("budgets")
     @classmethod
@@ -109,12 +121,15 @@ def setting_id(cfg: EvalConfig, method: str, options: Mapping[str, Any], budget:
 
 
 def grid_of(cfg: EvalConfig) -> list[dict[str, Any]]:
-    """The settings in run order: the full budget first, then budget x setting."""
+    """The settings in run order: the full budget first, then budget x setting (a random setting without a
+    seed: one per `evaluation.random_seeds`)."""
     full = {"method": FULL, "options": {}, "budget": None, "settings_id": setting_id(cfg, FULL, {}, None)}
     out = [full]
     for budget in (b for b in cfg.evaluation.budgets if b is not None):
         for s in cfg.evaluation.settings:
-            out.append({"method": s.method, "options": s.checked_options(), "budget": budget,
-                        "settings_id": setting_id(cfg, s.method, s.options, budget)})
+            seeded = s.method == "random" and "seed" not in s.options
+            for options in ([{**s.options, "seed": seed} for seed in cfg.evaluation.random_seeds] if seeded else [s.options]):
+                out.append({"method": s.method, "options": Setting(method=s.method, options=options).checked_options(),
+                            "budget": budget, "settings_id": setting_id(cfg, s.method, options, budget)})
     return out
 

@@ -29,6 +29,9 @@ runs/, both committed like the main job's (pipeline.lifecycle.staged_run); and
 <output.uri>/reports/<run_id>/ with the printed tables (tables.txt), the JSON summary (summary.json) and
 the plot (accuracy_vs_tokens.png).
 
+The summary compares every method with flashvlm on the same items (pipeline/statistics.py: difference,
+clip bootstrap interval, McNemar's p) and marks the question types whose full-budget accuracy is near chance.
+
 Modules: eval_config.py (the config and the grid), eval_labels.py (the labels file and each video's items),
 eval_actor.py (the model stage), eval_plot.py (the plot); here the run and its summary.
 """
@@ -49,7 +52,9 @@ from pipeline.eval_labels import items_by_video, read_labels
 from pipeline.eval_plot import plot
 from pipeline.lifecycle import RunRecord, check_answer_failures, staged_run
 from pipeline.run import decode_dataset, init_ray, list_inputs, model_gpus, pool, questions_of, resolve_input
+from pipeline.report import machine
 from pipeline.schema import EVALUATIONS
+from pipeline.statistics import group_options, markdown_table, paired_summary
 from pipeline.storage import filesystem, join
 from pipeline.write import ParquetWriter, partition_dir
 
@@ -65,11 +70,12 @@ def _mean(values: list[Any]) -> Optional[float]:
 
 def summarize(rows: list[dict[str, Any]], by_type: bool = False) -> list[dict[str, Any]]:
     """One dict per (method, options, budget[, question_type]) over the scored rows, in grid order:
-    accuracy, retention (accuracy / the full budget's), agreement, object_recall, ms_per_answer, items."""
+    accuracy, retention (accuracy / the full budget's), agreement, object_recall, ms_per_answer, items.
+    A random setting run at several seeds is one dict: its figures are the means over the seeds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row["error"] is None:
-            key = (row["method"], row["options"], row["budget"]) + ((row["question_type"],) if by_type else ())
+            key = (row["method"], group_options(row["method"], row["options"]), row["budget"]) + ((row["question_type"],) if by_type else ())
             groups.setdefault(key, []).append(row)
     full_accuracy = {}
     for key, members in groups.items():
@@ -82,7 +88,7 @@ def summarize(rows: list[dict[str, Any]], by_type: bool = False) -> list[dict[st
         out.append({
             "method": key[0], "budget": key[2], "options": json.loads(key[1]),
             **({"question_type": key[3]} if by_type else {}),
-            "items": len(members), "accuracy": accuracy,
+            "items": len({r["item"] for r in members}), "accuracy": accuracy,
             "retention": accuracy / reference if accuracy is not None and reference else None,
             "agreement": _mean([r["agrees_with_full"] for r in members]),
             "object_recall": _mean([r["object_recall"] for r in members]),
@@ -99,12 +105,15 @@ def _cell(value: Optional[float], percent: bool = True) -> str:
 
 
 def format_table(results: list[dict[str, Any]], by_type: bool = False) -> str:
-    head = ["method", "options", "budget", *(["type"] if by_type else []), "items", "accuracy", "retention",
-            "agreement", "obj.recall", "ms/answer"]
+    without = any(r.get("accuracy_without_near_chance") is not None for r in results)  # see pipeline.statistics
+    head = ["method", "options", "budget", *(["type"] if by_type else []), "items", "accuracy",
+            *(["acc. w/o near-chance types"] if without else []), "retention", "agreement", "obj.recall", "ms/answer"]
     lines = [[r["method"], json.dumps(r["options"], sort_keys=True) if r["options"] else "",
-              "all" if r["budget"] is None else str(r["budget"]), *([str(r["question_type"])] if by_type else []),
-              str(r["items"]), _cell(r["accuracy"]), _cell(r["retention"]), _cell(r["agreement"]),
-              _cell(r["object_recall"]), _cell(r["ms_per_answer"], percent=False)] for r in results]
+              "all" if r["budget"] is None else str(r["budget"]),
+              *([str(r["question_type"]) + (" (near chance)" if r.get("near_chance") else "")] if by_type else []),
+              str(r["items"]), _cell(r["accuracy"]), *([_cell(r.get("accuracy_without_near_chance"))] if without else []),
+              _cell(r["retention"]), _cell(r["agreement"]), _cell(r["object_recall"]),
+              _cell(r["ms_per_answer"], percent=False)] for r in results]
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(cells) for cells in lines)])
@@ -182,20 +191,36 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 def report(cfg: EvalConfig, record: RunRecord, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The tables (printed by the job), the plot and the JSON summary, written to <output.uri>/reports/<run_id>/."""
     results, by_type = summarize(rows), summarize(rows, by_type=True)
+    paired = paired_summary(rows, full_method=FULL)  # pipeline/statistics.py
+    near = paired["near_chance_types"]
+    for r in results:
+        key = (r["method"], json.dumps(r["options"], sort_keys=True), r["budget"])
+        r["vs_flashvlm"] = paired["vs_flashvlm"].get(key)
+        r["accuracy_without_near_chance"] = paired["accuracy_without_near_chance"].get(key) if near else None
+    for r in by_type:
+        r["chance"], r["near_chance"] = paired["chance_by_type"].get(r["question_type"]), r["question_type"] in near
     scored = [r for r in rows if r["error"] is None and r["frames"]]
     tokens_per_frame = max((r["tokens_total"] // r["frames"] for r in scored), default=576)
     folder = join(cfg.output.uri.rstrip("/"), "reports", record.run_id)
     tables = "\n\n".join([
         f"per method x budget ({cfg.model.name}, {len({r['item'] for r in rows})} items):",
         format_table(results),
-        "per question type:",
+        "per question type (chance: 1 / the distinct answers of the type in the labels; near chance: the full "
+        "budget within 0.05 of it):",
+        "  ".join(f"{kind} {chance:.3f}" for kind, chance in sorted(paired["chance_by_type"].items())) or "(no types)",
         format_table(sorted(by_type, key=lambda r: (str(r["question_type"]),)), by_type=True),
     ])
     summary = {
         "model": cfg.model.name, "items": len({r["item"] for r in rows}), "run_id": record.run_id,
-        "results": [{k: r[k] for k in ("method", "budget", "options", "accuracy", "retention", "agreement",
-                                        "object_recall", "ms_per_answer")} for r in results],
+        "machine": machine(), "wall_s": record.wall_s,
+        "near_chance_types": near, "chance_by_type": paired["chance_by_type"],
+        "results": [{k: r[k] for k in ("method", "budget", "options", "accuracy", "accuracy_without_near_chance",
+                                        "retention", "agreement", "object_recall", "ms_per_answer", "vs_flashvlm")}
+                    for r in results],
     }
+    if any(r["vs_flashvlm"] for r in results):
+        tables += ("\n\npaired with flashvlm on the same items (diff = method - flashvlm; 95% interval: bootstrap "
+                   "over clips; p: McNemar's exact test; * the interval excludes 0):\n" + markdown_table(summary))
     fs, root = filesystem(folder, cfg.storage_options)
     fs.makedirs(root, exist_ok=True)
     fs.pipe_file(join(root, "tables.txt"), tables.encode())

@@ -72,10 +72,12 @@ def test_choice_index_reads_option_text_or_letter():
 
 def test_summary_retention_is_accuracy_over_the_full_budgets():
     def row(method, budget, correct, agree):
-        return {"method": method, "options": "{}", "budget": budget, "question_type": "t", "correct": correct,
+        row.item += 1
+        return {"method": method, "options": "{}", "budget": budget, "item": row.item, "question_type": "t", "correct": correct,
                 "agrees_with_full": agree, "object_recall": None, "latency_ms": 10.0, "tokens_kept": 4, "frames": 1,
                 "error": None}
 
+    row.item = 0
     rows = [row("full", None, True, True), row("full", None, False, True),
             row("random", 8, True, False), row("random", 8, False, True), row("random", 8, None, None)]
     full, rand = summarize(rows)
@@ -204,6 +206,66 @@ def test_evaluation_settings_take_every_video_split_and_check_it():
             load_eval_config(DEFAULT_CONFIG, [f"evaluation.settings=[{{method: flashvlm, options: {bad}}}]"])
 
 
+def _stage_and_row(clip_frames, settings):
+    """A fresh evaluation stage (the model loaded anew, as a second run loads it) on the tiny LLaVA at the full
+    budget and 16, and one decoded row of `clip_frames` with its items: a clip's questions plus one asked twice."""
+    from pipeline.eval_actor import EvaluateVideos
+    from pipeline.eval_config import DEFAULT_CONFIG, grid_of, load_eval_config
+    from pipeline.storage import normalize_uri
+    from shapes.clips import questions, sample_clip
+
+    uri = normalize_uri("/clips/a.mp4")
+    cfg = load_eval_config(DEFAULT_CONFIG, [f"model.name={LLAVA_PATH}", "evaluation.budgets=[null, 16]",
+                                            f"evaluation.settings={settings}"])
+    asked = questions(sample_clip(7, frames=2))[:4]
+    items = [{"video_uri": uri, "question": q.question, "expected": q.answer, "choices": None,
+              "question_type": q.question_type, "object_patches": [list(p) for p in q.object_patches] or None, "item": i}
+             for i, q in enumerate(asked + asked[:1])]
+    stage = EvaluateVideos(cfg.model.model_dump(), cfg.selection.model_dump(), cfg.selection.library_options(),
+                           {uri: items}, grid_of(cfg), "run")
+    row = {"video_uri": uri, "video_version": "1", "decode_ms": 1.0, "error": None,
+           "frames": clip_frames.tobytes(), "frames_shape": list(clip_frames.shape)}
+    return stage, row, items
+
+
+def test_two_runs_write_the_same_answers_and_kept_tokens(flashvlm_cache, one_thread, clip):
+    settings = "[{method: flashvlm}, {method: saliency}, {method: diversity}, {method: uniform}, {method: random}]"
+    runs = []
+    for _ in range(2):
+        stage, row, items = _stage_and_row(clip, settings)
+        features = stage.adapter.encode_video(clip)
+        kept = [[r["answer"].kept for r in stage._answers(features, items, s)] for s in stage.grid]
+        runs.append((stage.evaluate_one(row), kept))
+    (first, kept_first), (second, kept_second) = runs
+    columns = ("item", "method", "options", "budget", "answer", "tokens_kept", "object_recall", "correct")
+    assert len(first) == len(items) * (1 + 4 + 5)  # full, 4 methods and random at its 5 seeds, at 16
+    assert [tuple(r[c] for c in columns) for r in first] == [tuple(r[c] for c in columns) for r in second]
+    assert kept_first == kept_second
+
+
+def test_random_draws_per_item_and_its_seeds_are_one_line(flashvlm_cache, one_thread, clip):
+    from pipeline.eval_actor import item_seeds
+    from pipeline.eval_config import DEFAULT_CONFIG, grid_of, load_eval_config
+
+    stage, row, items = _stage_and_row(clip, "[{method: random, options: {seed: 3}}]")
+    features = stage.adapter.encode_video(clip)
+    setting = stage.grid[1]
+    assert setting["options"] == {"seed": 3}  # a seed of its own: that one only
+    kept = [r["answer"].kept for r in stage._answers(features, items, setting)]
+    assert len({str(k) for k in kept}) == len(items), "every item draws its own tokens, the repeated question too"
+    assert kept == [r["answer"].kept for r in stage._answers(features, items, setting)]
+    assert item_seeds(setting, items) == item_seeds(setting, items) and item_seeds(stage.grid[0], items) is None
+    # Without a seed: one setting per evaluation.random_seeds, summarized as one line, the mean over them.
+    cfg = load_eval_config(DEFAULT_CONFIG, ["evaluation.random_seeds=[0, 7]"])
+    seeds = [g["options"]["seed"] for g in grid_of(cfg) if g["method"] == "random" and g["budget"] == 16]
+    assert seeds == [0, 7]
+    rows = [{"method": "random", "options": json.dumps({"seed": s}), "budget": 16, "item": i, "question_type": "t",
+             "correct": c, "agrees_with_full": c, "object_recall": None, "latency_ms": 1.0, "tokens_kept": 4, "frames": 1,
+             "error": None} for s, cs in ((0, [True, True]), (7, [False, True])) for i, c in enumerate(cs)]
+    (line,) = summarize(rows)
+    assert line["options"] == {} and line["items"] == 2 and line["accuracy"] == 0.75
+
+
 def test_score_choices_is_the_sum_of_option_token_log_probs(adapter, clip):
     """Worked by hand at full budget: the model's own forward over prompt + option, unpruned, and the
     log-probabilities of the option's tokens summed; the pick is the option with the highest sum."""
@@ -261,8 +323,12 @@ def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(flashvlm_cach
     labels = [json.loads(line) for line in (shapes_split / "questions.jsonl").read_text().splitlines()]
     assert summary["model"] == LLAVA_PATH and summary["items"] == len(labels)
     assert [(r["method"], r["budget"]) for r in summary["results"]] == [("full", None), ("flashvlm", 16), ("random", 16)]
-    assert set(summary["results"][0]) == {"method", "budget", "options", "accuracy", "retention", "agreement",
-                                          "object_recall", "ms_per_answer"}
+    assert set(summary["results"][0]) == {"method", "budget", "options", "accuracy", "accuracy_without_near_chance",
+                                          "retention", "agreement", "object_recall", "ms_per_answer", "vs_flashvlm"}
+    assert summary["results"][0]["vs_flashvlm"] is None and summary["results"][1]["vs_flashvlm"] is None  # full, flashvlm
+    vs = summary["results"][2]["vs_flashvlm"]  # random against flashvlm at 16
+    assert set(vs) == {"diff", "ci_low", "ci_high", "p"} and vs["ci_low"] <= vs["diff"] <= vs["ci_high"] and 0 < vs["p"] <= 1
+    assert vs["diff"] == pytest.approx(summary["results"][2]["accuracy"] - summary["results"][1]["accuracy"])
     assert summary["results"][0]["agreement"] == 1.0 and summary["results"][0]["object_recall"] == 1.0
     assert "per question type" in printed
 

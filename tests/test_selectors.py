@@ -487,6 +487,20 @@ def test_random_is_seeded_and_differs_per_image():
         select("random", vision, projected, saliency, text, 20, seed="1")
 
 
+def test_random_takes_a_seed_per_row():
+    vision, projected, saliency, text = make_inputs(9, 3, 100, 4, 6, 3)
+    same = [torch.cat([x[:1]] * 3) for x in (vision, projected, saliency, text)]  # one image, three rows
+    kept = select("random", *same, 20, seed=[4, 5, 4])
+    assert torch.equal(kept[0], select("random", *[x[:1] for x in same], 20, seed=4)[0]), "a row's seed is its int seed"
+    assert torch.equal(kept[0], kept[2]) and not torch.equal(kept[0], kept[1])
+    clip = make_clip(11, 2, 3, 16, 4, 6, 3)
+    rows = select_video("random", *clip, 10, seed=[7, 8])
+    assert torch.equal(rows[1], select_video("random", *[x[1:] for x in clip], 10, seed=8)[0])
+    for bad in ([1, 2], [1, 2, -3], (1, True, 2)):
+        with pytest.raises(ValueError, match=r"seed must be .* a list of 3"):
+            select("random", vision, projected, saliency, text, 20, seed=bad)
+
+
 def test_random_draws_every_token_about_equally():
     # 400 images of 16 tokens, 4 kept each: every token kept about a quarter of the time.
     vision, projected, saliency, text = make_inputs(10, 400, 16, 2, 2, 1)
