@@ -138,7 +138,7 @@ def test_long_video_segments_are_answered_with_their_labels(ray_local, long_dir,
     assert answers.schema.field("segment_index").type.bit_width == 32
 
     again = run(cfg.model_copy(update={"incremental": True}))  # every (segment, question) is done
-    assert again["answers"] == 0 and again["videos_failed"] == 0
+    assert again.answers == 0 and again.videos_failed == 0
 
 
 def test_a_file_broken_in_the_middle_fails_only_its_segments(ray_local, long_dir, tmp_path):
