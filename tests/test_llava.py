@@ -33,7 +33,7 @@ def tiny_llava_cache(flashvlm_cache):
 
 @pytest.fixture(scope="module")
 def llava(tiny_llava_cache):
-    model, processor = flashvlm.load(TINY_LLAVA, dtype="float32")
+    model, processor = flashvlm.load(LLAVA_PATH, dtype="float32")
     return model, processor
 
 

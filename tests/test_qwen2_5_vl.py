@@ -400,11 +400,10 @@ def test_generate_needs_no_processor(tiny, batch, budget):
         vlm.answer_video(frames(4), QUESTIONS, max_new_tokens=1)
 
 
-def test_load_tiny_by_name_and_answer(tiny_qwen_path):
+def test_load_tiny_by_path_and_answer(tiny_qwen_path):
     import flashvlm
-    from tiny_models import TINY_QWEN2_5_VL
 
-    model, processor = flashvlm.load(TINY_QWEN2_5_VL, dtype="float32")
+    model, processor = flashvlm.load(tiny_qwen_path, dtype="float32")
     answers = flashvlm.wrap(model, budget=4, processor=processor).answer_video(frames(4), QUESTIONS, max_new_tokens=3)
     assert [a.tokens_kept for a in answers] == [8, 8]
 
