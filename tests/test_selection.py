@@ -10,15 +10,7 @@ from hypothesis import strategies as st
 from flashvlm import SelectionConfig, select_tokens
 from flashvlm.reference import reference_select_tokens
 from flashvlm.selection import TEXT_WEIGHTINGS, cosine_matrix, diversity_partition, fused_scores
-
-
-def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    vision = torch.randn(B, N, Dv, generator=g, dtype=dtype)
-    projected = torch.randn(B, N, D, generator=g, dtype=dtype)
-    saliency = torch.rand(B, N, generator=g, dtype=dtype)
-    text = torch.randn(B, L, D, generator=g, dtype=dtype)
-    return vision, projected, saliency, text
+from random_inputs import make_inputs
 
 
 shapes = st.fixed_dictionaries(

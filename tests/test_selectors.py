@@ -17,28 +17,11 @@ from flashvlm.selectors import (
     select,
     select_video,
 )
+from random_inputs import make_clip, make_inputs
 
 COMPARISONS = ["saliency", "diversity", "uniform", "random"]
 # Methods without an important/background split: their flags are all False.
 UNSPLIT = ["diversity", "uniform", "random"]
-
-
-def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    vision = torch.randn(B, N, Dv, generator=g, dtype=dtype)
-    projected = torch.randn(B, N, D, generator=g, dtype=dtype)
-    saliency = torch.rand(B, N, generator=g, dtype=dtype)
-    text = torch.randn(B, L, D, generator=g, dtype=dtype)
-    return vision, projected, saliency, text
-
-
-def make_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    vision = torch.randn(B, T, N, Dv, generator=g, dtype=dtype)
-    projected = torch.randn(B, T, N, D, generator=g, dtype=dtype)
-    saliency = torch.rand(B, T, N, generator=g, dtype=dtype)
-    text = torch.randn(B, L, D, generator=g, dtype=dtype)
-    return vision, projected, saliency, text
 
 
 def options(method, rows, cols):
@@ -87,6 +70,14 @@ def assert_contract(kept, flags, B, count, total):
         assert (kept[:, 1:] > kept[:, :-1]).all(), "indices must be strictly ascending (hence distinct)"
 
 
+def assert_batched_equals_one_by_one(selector, method, inputs, budget, opts):
+    """`selector` (select or select_video) keeps the same tokens of each image or clip in a batch as alone."""
+    batched = selector(method, *inputs, budget, **opts)
+    for b in range(inputs[0].shape[0]):
+        one = selector(method, *(x[b : b + 1] for x in inputs), budget, **opts)
+        assert torch.equal(batched[b : b + 1], one)
+
+
 # ---------------------------------------------------------------- the contract, every method
 
 
@@ -120,24 +111,16 @@ def test_clips_exactly_min_budget_tn_distinct_ascending(method, s, budget, with_
 @settings(max_examples=20, deadline=None)
 @given(s=images, budget=st.integers(1, 60))
 def test_images_batched_equals_one_by_one(method, s, budget):
-    vision, projected, saliency, text = image_inputs(s, torch.float32)
     opts = options(method, s["rows"], s["cols"])
-    batched = select(method, vision, projected, saliency, text, budget, **opts)
-    for b in range(s["B"]):
-        one = select(method, vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1], budget, **opts)
-        assert torch.equal(batched[b : b + 1], one)
+    assert_batched_equals_one_by_one(select, method, image_inputs(s, torch.float32), budget, opts)
 
 
 @pytest.mark.parametrize("method", COMPARISONS)
 @settings(max_examples=15, deadline=None)
 @given(s=clips, budget=st.integers(1, 110))
 def test_clips_batched_equals_one_by_one(method, s, budget):
-    vision, projected, saliency, text = clip_inputs(s, torch.float32)
     opts = options(method, s["rows"], s["cols"])
-    batched = select_video(method, vision, projected, saliency, text, budget, **opts)
-    for b in range(s["B"]):
-        one = select_video(method, vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1], budget, **opts)
-        assert torch.equal(batched[b : b + 1], one)
+    assert_batched_equals_one_by_one(select_video, method, clip_inputs(s, torch.float32), budget, opts)
 
 
 @pytest.mark.parametrize("method", COMPARISONS)

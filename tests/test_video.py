@@ -11,15 +11,7 @@ from hypothesis import strategies as st
 from flashvlm import SelectionConfig, select_tokens, select_video_tokens
 from flashvlm.selection import TEXT_WEIGHTINGS, fused_scores
 from flashvlm.video import NEAR_IDENTICAL, SPLITS, VIDEO_SPLITS
-
-
-def make_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    vision = torch.randn(B, T, N, Dv, generator=g, dtype=dtype)
-    projected = torch.randn(B, T, N, D, generator=g, dtype=dtype)
-    saliency = torch.rand(B, T, N, generator=g, dtype=dtype)
-    text = torch.randn(B, L, D, generator=g, dtype=dtype)
-    return vision, projected, saliency, text
+from random_inputs import make_clip
 
 
 def static_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
