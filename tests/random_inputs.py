@@ -1,6 +1,10 @@
 """Seeded random inputs of the selection rules, shared by the image, clip and comparison-selector tests."""
 
 import torch
+from hypothesis import strategies as st
+
+from flashvlm import SelectionConfig
+from flashvlm.selection import TEXT_WEIGHTINGS
 
 
 def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
@@ -17,3 +21,20 @@ def make_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
     saliency = torch.rand(*lead, generator=g, dtype=dtype)
     text = torch.randn(B, L, D, generator=g, dtype=dtype)
     return vision, projected, saliency, text
+
+
+def input_sizes(**ranges):
+    """A strategy of dicts: a seed, a batch size B in 1..3 and each named size drawn from its (low, high)."""
+    sizes = {name: st.integers(low, high) for name, (low, high) in ranges.items()}
+    return st.fixed_dictionaries({"seed": st.integers(0, 2**31 - 1), "B": st.integers(1, 3), **sizes})
+
+
+def selection_configs(**more):
+    """A strategy of SelectionConfigs over the constants every rule reads, plus `more` (field: strategy)."""
+    return st.builds(
+        SelectionConfig,
+        important_ratio=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+        diversity_step=st.integers(1, 9),
+        text_weighting=st.sampled_from(TEXT_WEIGHTINGS),
+        **more,
+    )
