@@ -25,14 +25,8 @@ QUESTIONS = ["What is the man holding?", "Describe the scene.", "How many people
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="session")
-def tiny_llava_cache(flashvlm_cache):
-    """The tiny LLaVA, built once in the session's offline FLASHVLM_CACHE."""
-    return tiny_model_path(TINY_LLAVA)
-
-
 @pytest.fixture(scope="module")
-def llava(tiny_llava_cache):
+def llava(flashvlm_cache):
     model, processor = flashvlm.load(LLAVA_PATH, dtype="float32")
     return model, processor
 
@@ -77,11 +71,11 @@ class LanguageModelInputs:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_tiny_llava_has_real_geometry_and_loads_offline(llava, tiny_llava_cache):
+def test_tiny_llava_has_real_geometry_and_loads_offline(llava):
     model, processor = llava
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert type(processor).__name__ == "LlavaProcessor"
-    assert tiny_llava_cache == str(tiny_cache_dir(TINY_LLAVA))
+    assert LLAVA_PATH == str(tiny_cache_dir(TINY_LLAVA))
     vision = model.config.vision_config
     assert (vision.image_size, vision.patch_size) == (336, 14)
     assert 2 <= vision.num_hidden_layers <= 4 and model.config.text_config.num_hidden_layers <= 4
@@ -90,7 +84,7 @@ def test_tiny_llava_has_real_geometry_and_loads_offline(llava, tiny_llava_cache)
     inputs = batch(processor, QUESTIONS[:1])
     assert inputs["pixel_values"].shape == (1, 3, 336, 336)
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == N
-    assert tiny_model_path(TINY_LLAVA) == tiny_llava_cache  # built once, then reused
+    assert tiny_model_path(TINY_LLAVA) == LLAVA_PATH  # built once, then reused
 
 
 def test_tiny_llava_build_is_deterministic(llava, tmp_path):
@@ -106,9 +100,9 @@ def test_tiny_llava_build_is_deterministic(llava, tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_saliency_matches_eager_attention_of_the_feature_layer(llava, tiny_llava_cache):
+def test_saliency_matches_eager_attention_of_the_feature_layer(llava):
     model, processor = llava
-    eager = type(model).from_pretrained(tiny_llava_cache, attn_implementation="eager").eval()
+    eager = type(model).from_pretrained(LLAVA_PATH, attn_implementation="eager").eval()
     pixel_values = batch(processor, QUESTIONS)["pixel_values"]  # (3, 3, 336, 336)
     vlm = flashvlm.wrap(model, budget=64, processor=processor)
     vision, projected, saliency = vlm.encode_images(pixel_values)
@@ -428,14 +422,14 @@ def test_encode_images_stops_after_the_feature_layer(llava):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_wrap_and_load_contracts(llava, tiny_llava_cache):
+def test_wrap_and_load_contracts(llava):
     model, processor = llava
     vlm = flashvlm.wrap(model, budget=64)  # processor loaded from the model's own directory
     assert isinstance(vlm, LlavaAdapter) and vlm.budget == 64 and vlm.config == flashvlm.SelectionConfig()
     assert type(vlm.processor).__name__ == "LlavaProcessor"
     config = flashvlm.SelectionConfig(important_ratio=0.25)
     assert flashvlm.wrap(model, 8, config=config, guide="prompt").config is config
-    loaded, _ = flashvlm.load(tiny_llava_cache, dtype=torch.float32, device="cpu")
+    loaded, _ = flashvlm.load(LLAVA_PATH, dtype=torch.float32, device="cpu")
     assert loaded.dtype == torch.float32 and loaded.device.type == "cpu"
 
 

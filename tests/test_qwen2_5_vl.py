@@ -34,20 +34,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen_path(flashvlm_cache):
-    """The tiny Qwen2.5-VL, built once in the session's offline FLASHVLM_CACHE."""
-    from tiny_models import TINY_QWEN2_5_VL, tiny_model_path
-
-    return tiny_model_path(TINY_QWEN2_5_VL)
-
-
-@pytest.fixture(scope="session")
-def tiny(tiny_qwen_path):
-    """(model, processor) of the tiny checkpoint."""
+def tiny(flashvlm_cache):
+    """(model, processor) of the tiny checkpoint, built once in the session's offline FLASHVLM_CACHE."""
+    from tiny_models import QWEN_PATH
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen_path).eval()
-    return model, Qwen2_5_VLFrameProcessor.from_pretrained(tiny_qwen_path)
+    model = AutoModelForImageTextToText.from_pretrained(QWEN_PATH).eval()
+    return model, Qwen2_5_VLFrameProcessor.from_pretrained(QWEN_PATH)
 
 
 def frames(T: int, H: int = 112, W: int = 112, seed: int = 0) -> np.ndarray:
@@ -400,10 +393,11 @@ def test_generate_needs_no_processor(tiny, batch, budget):
         vlm.answer_video(frames(4), QUESTIONS, max_new_tokens=1)
 
 
-def test_load_tiny_by_path_and_answer(tiny_qwen_path):
+def test_load_tiny_by_path_and_answer(flashvlm_cache):
     import flashvlm
+    from tiny_models import QWEN_PATH
 
-    model, processor = flashvlm.load(tiny_qwen_path, dtype="float32")
+    model, processor = flashvlm.load(QWEN_PATH, dtype="float32")
     answers = flashvlm.wrap(model, budget=4, processor=processor).answer_video(frames(4), QUESTIONS, max_new_tokens=3)
     assert [a.tokens_kept for a in answers] == [8, 8]
 

@@ -10,35 +10,11 @@ from hypothesis import strategies as st
 from flashvlm import SelectionConfig, select_tokens
 from flashvlm.reference import reference_select_tokens
 from flashvlm.selection import TEXT_WEIGHTINGS, cosine_matrix, diversity_partition, fused_scores
+from random_inputs import input_sizes, make_inputs, selection_configs
 
 
-def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    vision = torch.randn(B, N, Dv, generator=g, dtype=dtype)
-    projected = torch.randn(B, N, D, generator=g, dtype=dtype)
-    saliency = torch.rand(B, N, generator=g, dtype=dtype)
-    text = torch.randn(B, L, D, generator=g, dtype=dtype)
-    return vision, projected, saliency, text
-
-
-shapes = st.fixed_dictionaries(
-    {
-        "seed": st.integers(0, 2**31 - 1),
-        "B": st.integers(1, 3),
-        "N": st.integers(1, 48),
-        "Dv": st.integers(1, 8),
-        "D": st.integers(1, 8),
-        "L": st.integers(1, 5),
-    }
-)
-configs = st.builds(
-    SelectionConfig,
-    important_ratio=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
-    diversity_step=st.integers(1, 9),
-    top_p=st.sampled_from([0.0, 0.005, 0.2]),
-    eta=st.sampled_from([0.0, 0.5, 1.0]),
-    text_weighting=st.sampled_from(TEXT_WEIGHTINGS),
-)
+shapes = input_sizes(N=(1, 48), Dv=(1, 8), D=(1, 8), L=(1, 5))
+configs = selection_configs(top_p=st.sampled_from([0.0, 0.005, 0.2]), eta=st.sampled_from([0.0, 0.5, 1.0]))
 
 
 # ---------------------------------------------------------------- the spec's properties

@@ -17,28 +17,11 @@ from flashvlm.selectors import (
     select,
     select_video,
 )
+from random_inputs import input_sizes, make_clip, make_inputs
 
 COMPARISONS = ["saliency", "diversity", "uniform", "random"]
 # Methods without an important/background split: their flags are all False.
 UNSPLIT = ["diversity", "uniform", "random"]
-
-
-def make_inputs(seed, B, N, Dv, D, L, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    vision = torch.randn(B, N, Dv, generator=g, dtype=dtype)
-    projected = torch.randn(B, N, D, generator=g, dtype=dtype)
-    saliency = torch.rand(B, N, generator=g, dtype=dtype)
-    text = torch.randn(B, L, D, generator=g, dtype=dtype)
-    return vision, projected, saliency, text
-
-
-def make_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    vision = torch.randn(B, T, N, Dv, generator=g, dtype=dtype)
-    projected = torch.randn(B, T, N, D, generator=g, dtype=dtype)
-    saliency = torch.rand(B, T, N, generator=g, dtype=dtype)
-    text = torch.randn(B, L, D, generator=g, dtype=dtype)
-    return vision, projected, saliency, text
 
 
 def options(method, rows, cols):
@@ -46,29 +29,8 @@ def options(method, rows, cols):
     return {"grid": (rows, cols)} if method == "uniform" else {}
 
 
-images = st.fixed_dictionaries(
-    {
-        "seed": st.integers(0, 2**31 - 1),
-        "B": st.integers(1, 3),
-        "rows": st.integers(1, 7),
-        "cols": st.integers(1, 7),
-        "Dv": st.integers(1, 8),
-        "D": st.integers(1, 8),
-        "L": st.integers(1, 5),
-    }
-)
-clips = st.fixed_dictionaries(
-    {
-        "seed": st.integers(0, 2**31 - 1),
-        "B": st.integers(1, 3),
-        "T": st.integers(1, 4),
-        "rows": st.integers(1, 5),
-        "cols": st.integers(1, 5),
-        "Dv": st.integers(1, 6),
-        "D": st.integers(1, 6),
-        "L": st.integers(1, 4),
-    }
-)
+images = input_sizes(rows=(1, 7), cols=(1, 7), Dv=(1, 8), D=(1, 8), L=(1, 5))
+clips = input_sizes(T=(1, 4), rows=(1, 5), cols=(1, 5), Dv=(1, 6), D=(1, 6), L=(1, 4))
 
 
 def image_inputs(s, dtype=torch.float64):
@@ -90,53 +52,42 @@ def assert_contract(kept, flags, B, count, total):
 # ---------------------------------------------------------------- the contract, every method
 
 
+# Images and clips: (selector, strategy of sizes, inputs from sizes, largest budget drawn).
+KINDS = {"images": (select, images, image_inputs, 60), "clips": (select_video, clips, clip_inputs, 110)}
+
+
+def draw_case(data, kind):
+    """(selector, sizes, total tokens of an image or clip, budget) drawn for `kind`."""
+    selector, sizes, _, max_budget = KINDS[kind]
+    s = data.draw(sizes)
+    return selector, s, s.get("T", 1) * s["rows"] * s["cols"], data.draw(st.integers(1, max_budget))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("method", list(METHODS))
 @settings(max_examples=30, deadline=None)
-@given(s=images, budget=st.integers(1, 60), with_text=st.booleans())
-def test_images_exactly_min_budget_n_distinct_ascending(method, s, budget, with_text):
-    vision, projected, saliency, text = image_inputs(s)
-    N = s["rows"] * s["cols"]
+@given(data=st.data(), with_text=st.booleans())
+def test_exactly_min_budget_tokens_distinct_ascending(kind, method, data, with_text):
+    selector, s, total, budget = draw_case(data, kind)
+    vision, projected, saliency, text = KINDS[kind][2](s)
     opts = options(method, s["rows"], s["cols"])
-    kept, flags = select(method, vision, projected, saliency, text if with_text else None, budget, return_important=True, **opts)
-    assert_contract(kept, flags, s["B"], min(budget, N), N)
+    kept, flags = selector(method, vision, projected, saliency, text if with_text else None, budget, return_important=True, **opts)
+    assert_contract(kept, flags, s["B"], min(budget, total), total)
     if method in UNSPLIT:
         assert not flags.any()
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-@settings(max_examples=25, deadline=None)
-@given(s=clips, budget=st.integers(1, 110), with_text=st.booleans())
-def test_clips_exactly_min_budget_tn_distinct_ascending(method, s, budget, with_text):
-    vision, projected, saliency, text = clip_inputs(s)
-    TN = s["T"] * s["rows"] * s["cols"]
-    opts = options(method, s["rows"], s["cols"])
-    kept, flags = select_video(method, vision, projected, saliency, text if with_text else None, budget, return_important=True, **opts)
-    assert_contract(kept, flags, s["B"], min(budget, TN), TN)
-    if method in UNSPLIT:
-        assert not flags.any()
-
-
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("method", COMPARISONS)
 @settings(max_examples=20, deadline=None)
-@given(s=images, budget=st.integers(1, 60))
-def test_images_batched_equals_one_by_one(method, s, budget):
-    vision, projected, saliency, text = image_inputs(s, torch.float32)
+@given(data=st.data())
+def test_batched_equals_one_by_one(kind, method, data):
+    selector, s, _, budget = draw_case(data, kind)
+    inputs = KINDS[kind][2](s, torch.float32)
     opts = options(method, s["rows"], s["cols"])
-    batched = select(method, vision, projected, saliency, text, budget, **opts)
+    batched = selector(method, *inputs, budget, **opts)
     for b in range(s["B"]):
-        one = select(method, vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1], budget, **opts)
-        assert torch.equal(batched[b : b + 1], one)
-
-
-@pytest.mark.parametrize("method", COMPARISONS)
-@settings(max_examples=15, deadline=None)
-@given(s=clips, budget=st.integers(1, 110))
-def test_clips_batched_equals_one_by_one(method, s, budget):
-    vision, projected, saliency, text = clip_inputs(s, torch.float32)
-    opts = options(method, s["rows"], s["cols"])
-    batched = select_video(method, vision, projected, saliency, text, budget, **opts)
-    for b in range(s["B"]):
-        one = select_video(method, vision[b : b + 1], projected[b : b + 1], saliency[b : b + 1], text[b : b + 1], budget, **opts)
+        one = selector(method, *(x[b : b + 1] for x in inputs), budget, **opts)
         assert torch.equal(batched[b : b + 1], one)
 
 

@@ -11,15 +11,7 @@ from hypothesis import strategies as st
 from flashvlm import SelectionConfig, select_tokens, select_video_tokens
 from flashvlm.selection import TEXT_WEIGHTINGS, fused_scores
 from flashvlm.video import NEAR_IDENTICAL, SPLITS, VIDEO_SPLITS
-
-
-def make_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    vision = torch.randn(B, T, N, Dv, generator=g, dtype=dtype)
-    projected = torch.randn(B, T, N, D, generator=g, dtype=dtype)
-    saliency = torch.rand(B, T, N, generator=g, dtype=dtype)
-    text = torch.randn(B, L, D, generator=g, dtype=dtype)
-    return vision, projected, saliency, text
+from random_inputs import input_sizes, make_clip, selection_configs
 
 
 def static_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
@@ -34,23 +26,8 @@ def static_clip(seed, B, T, N, Dv, D, L, dtype=torch.float64):
     return vision, projected, saliency, text
 
 
-clips = st.fixed_dictionaries(
-    {
-        "seed": st.integers(0, 2**31 - 1),
-        "B": st.integers(1, 3),
-        "T": st.integers(1, 5),
-        "N": st.integers(1, 24),
-        "Dv": st.integers(1, 6),
-        "D": st.integers(1, 6),
-        "L": st.integers(1, 4),
-    }
-)
-configs = st.builds(
-    SelectionConfig,
-    important_ratio=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
-    diversity_step=st.integers(1, 9),
-    text_weighting=st.sampled_from(TEXT_WEIGHTINGS),
-)
+clips = input_sizes(T=(1, 5), N=(1, 24), Dv=(1, 6), D=(1, 6), L=(1, 4))
+configs = selection_configs()
 
 
 # ---------------------------------------------------------------- the spec's properties, both splits
