@@ -38,6 +38,9 @@ bench: venv  # every script in benchmarks/ (docs/benchmarks.md)
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/model_stage.py
+	$(PY) benchmarks/scenes.py
+	$(PY) benchmarks/segments.py
+	$(PY) benchmarks/long_accuracy.py
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

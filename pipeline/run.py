@@ -29,7 +29,7 @@ import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -121,6 +121,29 @@ def resolve_input(cfg: JobConfig) -> str:
         print(f"{uri} not found: using {cfg.input.generate_if_missing} generated clips in {folder}", flush=True)
         return str(folder)
     return uri
+
+
+def long_demo(cfg: JobConfig) -> Optional[JobConfig]:
+    """The demo's second run (input.generate_long), or None: its labelled long shapes videos, written to
+    that local folder when it does not exist, answered per time segment (its `segments`) with their
+    time-ranged labels, into the same output."""
+    long = cfg.input.generate_long
+    if long is None:
+        return None
+    if missing_locally(long.uri):
+        from shapes.clips import write_long_videos
+
+        labels = write_long_videos(Path(filesystem(long.uri)[1]), "test", long.videos, scenes=long.scenes,
+                                   scene_s=long.scene_s, frames=long.frames)
+        print(f"{long.uri} not found: generated {long.videos} long shapes video(s) of {long.scenes} scenes and {labels}",
+              flush=True)
+    return cfg.model_copy(update=dict(
+        input=cfg.input.model_copy(update=dict(uri=long.uri, extra_uris=[], generate_shapes=None, generate_if_missing=0,
+                                               generate_long=None)),
+        questions=[], questions_file=join(long.uri, "long_questions.jsonl"),
+        sampling=cfg.sampling.model_copy(update=dict(segments=long.segments)),
+        run_id=f"{cfg.run_id}-long" if cfg.run_id else None,
+    ))
 
 
 def input_locations(cfg: JobConfig, input_uri: str) -> list[str]:
@@ -238,7 +261,7 @@ def plan_dataset(cfg: JobConfig, listed: pa.Table):
     """list -> plan, as a lazy Ray dataset of PLANNED rows, one per time segment. Whole videos
     (sampling.segments.mode none) are one segment each, made here in Arrow; otherwise pipeline.plan runs
     on Ray workers, and its rows are cut into blocks of decode_batch_size so one video's segments spread
-    over every decode actor."""
+    over every decode actor. Planning runs to the end before decoding starts (see below)."""
     import ray
 
     segmented = cfg.sampling.segments.mode != "none"
@@ -255,19 +278,23 @@ def plan_dataset(cfg: JobConfig, listed: pa.Table):
     if cfg.incremental:  # skipped per segment by the planner (the listing cannot know the segments)
         done = dict(output_uri=cfg.output.uri, settings_id=cfg.settings_id(), storage_options=cfg.storage_options,
                     retry=cfg.incremental_retry)
-    return ds.map_batches(
+    planned = ds.map_batches(
         plan_segments,
         fn_kwargs=dict(segments=cfg.sampling.segments.model_dump(), storage_options=cfg.storage_options, done=done),
         batch_size=1,
         batch_format="pyarrow",
-        # One CPU, the repartition's own, so Ray Data fuses the two into one task per video: the planning
-        # task needs a CPU that the decode and model pools leave free (ray.num_cpus > their sum).
     ).repartition(target_num_rows_per_block=cfg.ray.decode_batch_size)
+    # Planned in an execution of its own, before the decode and model pools exist: in one execution their
+    # actors hold their CPUs from the start, and a planning task that finds none left waits forever (a
+    # 2-CPU Ray with one decode and one model actor). The segments stay blocks in the object store; the
+    # driver holds their references only.
+    return planned.materialize()
 
 
-def decode_dataset(cfg: JobConfig, listed: pa.Table):
-    """list -> plan -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
-    return plan_dataset(cfg, listed).map_batches(
+def decode_dataset(cfg: JobConfig, listed: pa.Table, planned=None):
+    """list -> plan -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half);
+    `planned`: plan_dataset(cfg, listed) already made (benchmarks time the decode alone)."""
+    return (plan_dataset(cfg, listed) if planned is None else planned).map_batches(
         DecodeVideos,
         fn_constructor_kwargs=dict(
             **cfg.sampling.frame_options(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
@@ -408,6 +435,18 @@ def failures(cfg: JobConfig, record: dict[str, Any], limit: int = 10) -> list[st
     return sorted(lines)[:limit] + ([f"    ... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
+def accuracy(record: dict[str, Any]) -> str:
+    """'c of n (p%)' of a run record's labelled answers ('no labels' without)."""
+    n = record.get("answers_labelled") or 0
+    return f"{record['answers_correct']} of {n} ({100.0 * record['answers_correct'] / n:.1f}%)" if n else "no labels"
+
+
+def long_demo_line(long_cfg: JobConfig, clips: dict[str, Any], long: dict[str, Any]) -> str:
+    """The demo's accuracy on the clips beside that on the long videos per segment (long_demo's run)."""
+    return (f"accuracy: clips {accuracy(clips)}; long videos in {long_cfg.sampling.segments.mode} mode, per segment"
+            f" ({long['videos_ok']} segments): {accuracy(long)}")
+
+
 def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
     """What the job prints at the end: counts, time per stage, failed videos, where the tables are, and a
     DuckDB one-liner that runs as printed."""
@@ -422,8 +461,7 @@ def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
         f" {record.get('videos_already_done') or 0} already done (of {record['videos_listed']} listed);"
         f" frames decoded: {record['frames_decoded']}",
         f"  answers: {record['answers']} rows; visual tokens kept {kept} of {total}{share}",
-        *([f"  accuracy on labelled questions: {record['answers_correct']} of {record['answers_labelled']}"
-           f" ({100.0 * record['answers_correct'] / record['answers_labelled']:.1f}%) at"
+        *([f"  accuracy on labelled questions: {accuracy(record)} at"
            f" {cfg.selection.budget or 'every'} visual tokens a frame"] if record.get("answers_labelled") else []),
         f"  time: listing {record.get('listing_s') or 0:.1f} s, ray start {record.get('ray_init_s') or 0:.1f} s,"
         f" pipeline {record.get('pipeline_s') or 0:.1f} s"
