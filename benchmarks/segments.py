@@ -7,7 +7,7 @@ decode actors decode one video's segments faster than one?
 Generates once (cached under ~/.cache/flashvlm/segments-bench/) an H.264 MP4 of `--minutes` minutes at
 `--mbps` (160x120 noise at 10 fps, a keyframe every 2 s, the index at the end as most encoders write it),
 then for each source (the local folder, and the same file in a moto S3 server on 127.0.0.1 that this
-script starts and stops) in `fixed` mode with windows of `--length-s`:
+script starts and stops, in a process of its own) in `fixed` mode with windows of `--length-s`:
 
 - plan_s: planning the video (pipeline.plan.plan_video: container metadata only)
 - first_segment_decode_s / last_segment_decode_s: pipeline.decode.read_and_decode of the first and the
@@ -75,19 +75,40 @@ def long_video(minutes: float, mbps: float) -> Path:
     return path
 
 
-def moto_s3():
-    """A moto S3 server on a free loopback port: (server, storage_options)."""
-    import socket
-
+def serve_moto(port: int, stop) -> None:
+    """A moto S3 server on 127.0.0.1:port until `stop` is set (run in a process of its own)."""
     from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    stop.wait()
+    server.stop()
+
+
+def moto_s3():
+    """A moto S3 server on a free loopback port, in a process of its own so that serving the decode actors'
+    range reads does not wait on this driver's interpreter: (process, stop event, storage_options)."""
+    import multiprocessing
+    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    return server, {"endpoint_url": f"http://127.0.0.1:{port}", "key": S3_KEY, "secret": S3_SECRET,
-                    "client_kwargs": {"region_name": S3_REGION}}
+    spawn = multiprocessing.get_context("spawn")  # never fork a process that runs Ray
+    stop = spawn.Event()
+    process = spawn.Process(target=serve_moto, args=(port, stop), daemon=True)
+    process.start()
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or not process.is_alive():
+                raise RuntimeError(f"the moto server did not start on port {port}")
+            time.sleep(0.2)
+    return process, stop, {"endpoint_url": f"http://127.0.0.1:{port}", "key": S3_KEY, "secret": S3_SECRET,
+                           "client_kwargs": {"region_name": S3_REGION}}
 
 
 def timed(fn):
@@ -164,7 +185,7 @@ def main() -> None:
             print("local folder:", flush=True)
             results["local"] = measure(str(folder / path.name), str(folder), size, {}, args.length_s, sampling)
         if "s3" in args.sources:
-            server, options = moto_s3()
+            server, stop, options = moto_s3()
             try:
                 fs = s3fs.S3FileSystem(**options)
                 boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id=S3_KEY,
@@ -174,7 +195,8 @@ def main() -> None:
                 results["s3"] = measure(f"s3://{BUCKET}/videos/{path.name}", f"s3://{BUCKET}/videos/", size, options,
                                         args.length_s, sampling)
             finally:
-                server.stop()
+                stop.set()
+                server.join(30)
     ray.shutdown()
     top = results.get("s3") or results["local"]
     print(json.dumps({"video_s": round(video_s, 1), "bitrate_mbps": round(8 * size / video_s / 1e6, 3),
