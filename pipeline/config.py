@@ -146,8 +146,8 @@ class InputConfig(_Strict):
 
     generate_long: Optional[GenerateLong] = Field(
         default=None,
-        description="demo only: after the run, a second run over labelled long shapes videos in time segments "
-        "(written to its uri when that local folder does not exist)",
+        description="demo only (with generate_shapes or generate_if_missing): after the run, a second run over "
+        "labelled long shapes videos in time segments (written to its uri when that local folder does not exist)",
     )
 
     @field_validator("extensions")

@@ -126,9 +126,10 @@ def resolve_input(cfg: JobConfig) -> str:
 def long_demo(cfg: JobConfig) -> Optional[JobConfig]:
     """The demo's second run (input.generate_long), or None: its labelled long shapes videos, written to
     that local folder when it does not exist, answered per time segment (its `segments`) with their
-    time-ranged labels, into the same output."""
+    time-ranged labels, into the same output. Only in a demo (input.generate_shapes or
+    generate_if_missing set): a config pointed at one's own videos does not grow a second run."""
     long = cfg.input.generate_long
-    if long is None:
+    if long is None or not is_demo(cfg):
         return None
     if missing_locally(long.uri):
         from shapes.clips import write_long_videos
@@ -146,12 +147,16 @@ def long_demo(cfg: JobConfig) -> Optional[JobConfig]:
     ))
 
 
+def is_demo(cfg: JobConfig) -> bool:
+    """A demo config: one that generates its input when missing (input.generate_shapes, generate_if_missing)."""
+    return cfg.input.generate_shapes is not None or cfg.input.generate_if_missing > 0
+
+
 def input_locations(cfg: JobConfig, input_uri: str) -> list[str]:
     """input_uri and input.extra_uris; in a demo (input.generate_*), local extras that do not exist are left out."""
-    demo = cfg.input.generate_shapes is not None or cfg.input.generate_if_missing > 0
     out = [input_uri]
     for uri in cfg.input.extra_uris:
-        if demo and missing_locally(uri):
+        if is_demo(cfg) and missing_locally(uri):
             print(f"{uri} not found: left out of the demo", flush=True)
             continue
         out.append(uri)
