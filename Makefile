@@ -40,6 +40,8 @@ bench: venv  # every script in benchmarks/ (docs/benchmarks.md)
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/model_stage.py
 	$(PY) benchmarks/scenes.py --videos 20 --threshold 10
+	$(PY) benchmarks/segments.py
+	$(PY) benchmarks/long_accuracy.py
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:  # `python jobs/video_qa.py` puts jobs/ first on t
 
 from pipeline.config import job_parser, load_config  # noqa: E402
 from pipeline.lifecycle import exit_status  # noqa: E402
-from pipeline.run import DEFAULT_CONFIG, run, summary_text  # noqa: E402
+from pipeline.run import DEFAULT_CONFIG, long_demo, long_demo_line, run, summary_text  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -55,6 +55,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:
         return exit_status(exc)
     print(summary_text(cfg, record), flush=True)
+    long_cfg = long_demo(cfg)
+    if long_cfg is not None:  # the demo's long videos, answered per time segment
+        try:
+            long_record = run(long_cfg)
+        except Exception as exc:
+            return exit_status(exc)
+        print(summary_text(long_cfg, long_record), flush=True)
+        print(long_demo_line(long_cfg, record, long_record), flush=True)
     return 0
 
 

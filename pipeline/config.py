@@ -144,6 +144,12 @@ class InputConfig(StrictModel):
         "(uri must end in the split's name); local extra_uris that do not exist are then left out",
     )
 
+    generate_long: Optional[GenerateLong] = Field(
+        default=None,
+        description="demo only (with generate_shapes or generate_if_missing): after the run, a second run over "
+        "labelled long shapes videos in time segments (written to its uri when that local folder does not exist)",
+    )
+
     @field_validator("extensions")
     @classmethod
     def _lower_with_dot(cls, value: list[str]) -> list[str]:
@@ -184,6 +190,20 @@ class SegmentsConfig(StrictModel):
         if self.length_s is not None and self.min_s >= self.length_s:
             raise FieldError("min_s", self.min_s, f"must be shorter than length_s ({self.length_s})")
         return self
+
+
+class GenerateLong(StrictModel):
+    """Labelled long shapes videos (shapes.clips.write_long_videos), answered per segment in a second run."""
+
+    uri: Uri = Field(description="a local folder: the long videos and their long_questions.jsonl")
+    videos: int = Field(default=1, ge=1)
+    scenes: int = Field(default=6, ge=1, description="scenes per video, with hard cuts between them")
+    scene_s: float = Field(default=4.0, gt=0, description="seconds per scene")
+    frames: int = Field(default=4, ge=1, le=8, description="rendered frames per scene")
+    segments: SegmentsConfig = Field(
+        default_factory=lambda: SegmentsConfig(mode="scenes", threshold=10.0),
+        description="sampling.segments of that run (threshold 10: the generated scenes' cuts, docs/segments.md)",
+    )
 
 
 class SamplingConfig(StrictModel):

@@ -107,12 +107,40 @@ def resolve_input(cfg: JobConfig) -> str:
     return uri
 
 
+def long_demo(cfg: JobConfig) -> Optional[JobConfig]:
+    """The demo's second run (input.generate_long), or None: its labelled long shapes videos, written to
+    that local folder when it does not exist, answered per time segment (its `segments`) with their
+    time-ranged labels, into the same output. Only in a demo (input.generate_shapes or
+    generate_if_missing set): a config pointed at one's own videos does not grow a second run."""
+    long = cfg.input.generate_long
+    if long is None or not is_demo(cfg):
+        return None
+    if missing_locally(long.uri):
+        from shapes.clips import write_long_videos
+
+        labels = write_long_videos(Path(filesystem(long.uri)[1]), "test", long.videos, scenes=long.scenes,
+                                   scene_s=long.scene_s, frames=long.frames)
+        print(f"{long.uri} not found: generated {long.videos} long shapes video(s) of {long.scenes} scenes and {labels}",
+              flush=True)
+    return cfg.model_copy(update=dict(
+        input=cfg.input.model_copy(update=dict(uri=long.uri, extra_uris=[], generate_shapes=None, generate_if_missing=0,
+                                               generate_long=None)),
+        questions=[], questions_file=join(long.uri, "long_questions.jsonl"),
+        sampling=cfg.sampling.model_copy(update=dict(segments=long.segments)),
+        run_id=f"{cfg.run_id}-long" if cfg.run_id else None,
+    ))
+
+
+def is_demo(cfg: JobConfig) -> bool:
+    """A demo config: one that generates its input when missing (input.generate_shapes, generate_if_missing)."""
+    return cfg.input.generate_shapes is not None or cfg.input.generate_if_missing > 0
+
+
 def input_locations(cfg: JobConfig, input_uri: str) -> list[str]:
     """input_uri and input.extra_uris; in a demo (input.generate_*), local extras that do not exist are left out."""
-    demo = cfg.input.generate_shapes is not None or cfg.input.generate_if_missing > 0
     out = [input_uri]
     for uri in cfg.input.extra_uris:
-        if demo and missing_locally(uri):
+        if is_demo(cfg) and missing_locally(uri):
             print(f"{uri} not found: left out of the demo", flush=True)
             continue
         out.append(uri)
@@ -218,7 +246,7 @@ def plan_dataset(cfg: JobConfig, listed: pa.Table):
     """list -> plan, as a lazy Ray dataset of PLANNED rows, one per time segment. Whole videos
     (sampling.segments.mode none) are one segment each, made here in Arrow; otherwise pipeline.plan runs
     on Ray workers, and its rows are cut into blocks of decode_batch_size so one video's segments spread
-    over every decode actor."""
+    over every decode actor. Planning runs to the end before decoding starts (see below)."""
     import ray
 
     segmented = cfg.sampling.segments.mode != "none"
@@ -235,19 +263,23 @@ def plan_dataset(cfg: JobConfig, listed: pa.Table):
     if cfg.incremental:  # skipped per segment by the planner (the listing cannot know the segments)
         done = dict(output_uri=cfg.output.uri, settings_id=cfg.settings_id(), storage_options=cfg.storage_options,
                     retry=cfg.incremental_retry)
-    return ds.map_batches(
+    planned = ds.map_batches(
         plan_segments,
         fn_kwargs=dict(segments=cfg.sampling.segments.model_dump(), storage_options=cfg.storage_options, done=done),
         batch_size=1,
         batch_format="pyarrow",
-        # One CPU, the repartition's own, so Ray Data fuses the two into one task per video: the planning
-        # task needs a CPU that the decode and model pools leave free (ray.num_cpus > their sum).
     ).repartition(target_num_rows_per_block=cfg.ray.decode_batch_size)
+    # Planned in an execution of its own, before the decode and model pools exist: in one execution their
+    # actors hold their CPUs from the start, and a planning task that finds none left waits forever (a
+    # 2-CPU Ray with one decode and one model actor). The segments stay blocks in the object store; the
+    # driver holds their references only.
+    return planned.materialize()
 
 
-def decode_dataset(cfg: JobConfig, listed: pa.Table):
-    """list -> plan -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
-    return plan_dataset(cfg, listed).map_batches(
+def decode_dataset(cfg: JobConfig, listed: pa.Table, planned=None):
+    """list -> plan -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half);
+    `planned`: plan_dataset(cfg, listed) already made (benchmarks time the decode alone)."""
+    return (plan_dataset(cfg, listed) if planned is None else planned).map_batches(
         DecodeVideos,
         fn_constructor_kwargs=dict(
             **cfg.sampling.frame_options(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
@@ -368,6 +400,18 @@ def failures(cfg: JobConfig, record: RunRecord, limit: int = 10) -> list[str]:
     return sorted(lines)[:limit] + ([f"    ... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
+def accuracy(record: RunRecord) -> str:
+    """'c of n (p%)' of a run record's labelled answers ('no labels' without)."""
+    n = record.answers_labelled or 0
+    return f"{record.answers_correct} of {n} ({100.0 * record.answers_correct / n:.1f}%)" if n else "no labels"
+
+
+def long_demo_line(long_cfg: JobConfig, clips: RunRecord, long: RunRecord) -> str:
+    """The demo's accuracy on the clips beside that on the long videos per segment (long_demo's run)."""
+    return (f"accuracy: clips {accuracy(clips)}; long videos in {long_cfg.sampling.segments.mode} mode, per segment"
+            f" ({long.videos_ok} segments): {accuracy(long)}")
+
+
 def summary_text(cfg: JobConfig, record: RunRecord) -> str:
     """What the job prints at the end: counts, time per stage, failed videos, where the tables are, and a
     DuckDB one-liner that runs as printed."""
@@ -382,8 +426,7 @@ def summary_text(cfg: JobConfig, record: RunRecord) -> str:
         f" {record.videos_already_done or 0} already done (of {record.videos_listed} listed);"
         f" frames decoded: {record.frames_decoded}",
         f"  answers: {record.answers} rows; visual tokens kept {kept} of {total}{share}",
-        *([f"  accuracy on labelled questions: {record.answers_correct} of {record.answers_labelled}"
-           f" ({100.0 * record.answers_correct / record.answers_labelled:.1f}%) at"
+        *([f"  accuracy on labelled questions: {accuracy(record)} at"
            f" {cfg.selection.budget or 'every'} visual tokens a frame"] if record.answers_labelled else []),
         f"  time: listing {record.listing_s or 0:.1f} s, ray start {record.ray_init_s or 0:.1f} s,"
         f" pipeline {record.pipeline_s or 0:.1f} s"

@@ -21,7 +21,10 @@ from shapes.clips import encode_long_mp4, long_video_specs, render, write_long_v
 
 # Two decode actors on the tests' 2-CPU Ray, so one video's segments are decoded by both
 RAY = {"decode_batch_size": 1, "model_batch_size": 2, "decode_timeout_s": 60, "decode_actors": 2, "decode_num_cpus": 0.25,
-       "model_num_cpus": 0.25}  # and a CPU free for planning tasks
+       "model_num_cpus": 0.25}
+# The demo's pools on the same 2 CPUs: one decode and one model actor of a CPU each leave no CPU for
+# planning tasks in the same execution (planning runs first, in its own)
+DEMO_RAY = {"decode_batch_size": 2, "model_batch_size": 2, "decode_timeout_s": 60, "decode_actors": 1, "model_actors": 1}
 SCENES, SCENE_S, FRAMES, FPS = 3, 2.0, 2, 4  # 6 s videos: 24 frames at 336 px
 
 
@@ -106,19 +109,22 @@ def test_a_range_past_a_truncation_is_an_error(tmp_path, long_dir):
 # ---- the pipeline --------------------------------------------------------------------------------------
 
 
-def long_config(input_dir: Path, out: Path, segments: dict):
+def long_config(input_dir: Path, out: Path, segments: dict, ray: dict = RAY):
     return tiny_job_config(
-        input_dir, out, RAY, questions=[], questions_file=str(input_dir / "long_questions.jsonl"),
+        input_dir, out, ray, questions=[], questions_file=str(input_dir / "long_questions.jsonl"),
         sampling={"frames": FRAMES, "size": 336, "segments": segments},
     )
 
 
-@pytest.mark.parametrize("segments", [
-    {"mode": "scenes", "threshold": 10.0},
-    {"mode": "fixed", "length_s": 3.0},  # windows straddle the cuts at 2 s and 4 s
+@pytest.mark.parametrize("segments, ray", [
+    ({"mode": "scenes", "threshold": 10.0}, DEMO_RAY),
+    ({"mode": "fixed", "length_s": 3.0}, RAY),  # windows straddle the cuts at 2 s and 4 s
 ])
-def test_long_video_segments_are_answered_with_their_labels(ray_local, long_dir, tmp_path, segments):
-    cfg = long_config(long_dir, tmp_path / "out", segments)
+def test_long_video_segments_are_answered_with_their_labels(ray_local, long_dir, tmp_path, segments, ray):
+    import ray as ray_module
+
+    assert ray_module.cluster_resources()["CPU"] == 2
+    cfg = long_config(long_dir, tmp_path / "out", segments, ray)
     record = run(cfg)
     assert record.status == "succeeded" and record.videos_failed == 0
     answers = read_table(str(tmp_path / "out"), "answers")
@@ -137,8 +143,9 @@ def test_long_video_segments_are_answered_with_their_labels(ray_local, long_dir,
     assert all(r["frames"] == FRAMES for r in rows)
     assert answers.schema.field("segment_index").type.bit_width == 32
 
-    again = run(cfg.model_copy(update={"incremental": True}))  # every (segment, question) is done
-    assert again.answers == 0 and again.videos_failed == 0
+    if segments["mode"] == "scenes":  # (the planner skips the same way in both modes: one rerun is enough)
+        again = run(cfg.model_copy(update={"incremental": True}))  # every (segment, question) is done
+        assert again.answers == 0 and again.videos_failed == 0
 
 
 def test_a_file_broken_in_the_middle_fails_only_its_segments(ray_local, long_dir, tmp_path):
@@ -163,3 +170,23 @@ def test_a_file_broken_in_the_middle_fails_only_its_segments(ray_local, long_dir
     answers = read_table(str(tmp_path / "out"), "answers")
     assert [(e["segment_index"], e["stage"]) for e in errors] == [(1, "decode")]
     assert sorted(pc.unique(answers.column("segment_index")).to_pylist()) == [0, 2]
+
+
+def test_the_demo_answers_a_generated_long_video_per_scene_in_a_second_run(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.run import DEFAULT_CONFIG, long_demo, long_demo_line
+
+    demo = load_config(DEFAULT_CONFIG, [f"input.generate_long.uri={tmp_path}/long", "input.generate_long.scenes=2",
+                                        "run_id=r1"])
+    long = long_demo(demo)
+    assert sorted(p.name for p in (tmp_path / "long").iterdir()) == ["long_00000.mp4", "long_questions.jsonl"]
+    assert long.input.uri == f"{tmp_path}/long" and long.questions_file == f"{tmp_path}/long/long_questions.jsonl"
+    assert long.sampling.segments.mode == "scenes" and long.sampling.segments.threshold == 10.0
+    assert long.input.extra_uris == [] and long.input.generate_shapes is None and long.run_id == "r1-long"
+    assert long.settings_id() != demo.settings_id() and long.sampling.frames == demo.sampling.frames
+    assert long_demo(long) is None
+    own_videos = load_config(DEFAULT_CONFIG, [f"input.generate_long.uri={tmp_path}/long", "input.generate_shapes=null"])
+    assert long_demo(own_videos) is None  # not a demo: no second run
+    line = long_demo_line(long, {"answers_correct": 3, "answers_labelled": 4},
+                          {"answers_correct": 1, "answers_labelled": 2, "videos_ok": 2})
+    assert line == "accuracy: clips 3 of 4 (75.0%); long videos in scenes mode, per segment (2 segments): 1 of 2 (50.0%)"
