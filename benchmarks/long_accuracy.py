@@ -54,12 +54,12 @@ def accuracy_of(name: str, overrides: list[str]) -> dict:
     cfg = load_config(DEFAULT_CONFIG, ["input.generate_shapes=null", "input.generate_long=null", "input.extra_uris=[]",
                                        "questions=[]", *overrides])
     record = run(cfg)
-    if record["status"] != "succeeded" or record["videos_failed"]:
-        raise RuntimeError(f"{name}: {record['status']}, {record['videos_failed']} failed")
-    acc = record["answers_correct"] / record["answers_labelled"]
-    print(f"{name}: {record['answers_correct']} of {record['answers_labelled']} ({100 * acc:.1f}%),"
-          f" {record['videos_ok']} segments, {record['wall_s']:.0f} s", flush=True)
-    return {"accuracy": round(acc, 4), "labelled": record["answers_labelled"], "segments": record["videos_ok"]}
+    if record.status != "succeeded" or record.videos_failed:
+        raise RuntimeError(f"{name}: {record.status}, {record.videos_failed} failed")
+    acc = record.answers_correct / record.answers_labelled
+    print(f"{name}: {record.answers_correct} of {record.answers_labelled} ({100 * acc:.1f}%),"
+          f" {record.videos_ok} segments, {record.wall_s:.0f} s", flush=True)
+    return {"accuracy": round(acc, 4), "labelled": record.answers_labelled, "segments": record.videos_ok}
 
 
 def main() -> None:
