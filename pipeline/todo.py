@@ -1,0 +1,304 @@
+"""The plan as Ray Data stages: listing, questions and the incremental filter without a row per video in
+the driver.
+
+    from pipeline.todo import plan_on_workers
+    todo, counts = plan_on_workers(cfg, input_uri)   # Ray Dataset of LISTED rows, and aggregate counts
+
+    listing (inventory / manifest / folder, read on workers)          one row per video, errors included
+      -> units: one row per (video, question) asked                   common questions x videos, questions_file joined
+      -> left_anti join with answers/ (same settings_id)  on UNIT_KEY
+      -> left_anti join with permanent decode failures    on VIDEO_KEY
+      -> regroup the units left into one LISTED row per video (questions in asking order)
+      + listing error rows, questions_file entries the listing lacks (error rows)
+
+Each join hash-partitions both sides over Ray's workers (Dataset.join runs polars per partition); the
+driver holds block references and the counts, never keys. The to-do set is materialised in the object
+store (a few percent of the listing on an incremental rerun) and the decode stage reads it from there.
+
+The join key. UNIT_KEY is (video_uri, version_key, question) within one settings_id: the answers are read
+filtered to the run's settings_id, so the settings need no column in the key. version_key is
+video_version with null as "" (a store without versions), so nulls match each other as the driver path
+did. When answers carry `segment_index` (one row per time segment), it joins UNIT_KEY and the planning
+stage's rows carry it too: UNIT_KEY = (*VIDEO_KEY, "segment_index", "question"); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import JobConfig
+from pipeline.inventory import is_inventory, read_inventory
+from pipeline.listing import _GLOB_CHARS, BATCH_ROWS, MANIFEST_SUFFIXES, ListVideos, list_on_workers, manifest_on_workers
+from pipeline.questions import _base_of, read_questions_file
+from pipeline.schema import LISTED
+from pipeline.storage import PathOutsideInput, arrow_filesystem, filesystem, is_within, join, normalize_uri
+from pipeline.tables import answered_filter, permanent_failure_filter
+
+VIDEO_KEY = ["video_uri", "version_key"]
+UNIT_KEY = [*VIDEO_KEY, "question"]
+UNITS = pa.schema([("video_uri", pa.string()), ("version_key", pa.string()), ("video_size", pa.int64()),
+                   ("question", pa.string()), ("position", pa.int64())])
+ROWS_PER_PARTITION = 1_000_000  # join partition size: a partition is joined in one polars call
+
+
+def partitions_for(rows: int) -> int:
+    """How many hash partitions a join of `rows` rows gets: about ROWS_PER_PARTITION each, at least 2."""
+    return max(2, math.ceil(rows / ROWS_PER_PARTITION))
+
+
+# ---- per-batch steps (run inside map_batches on workers) -----------------------------------------------------
+
+
+def healthy_rows(batch: pa.Table, errors: bool = False) -> pa.Table:
+    """The rows without an error (or, errors=True, with one)."""
+    failed = pc.is_valid(batch.column("error"))
+    return batch.filter(failed if errors else pc.invert(failed))
+
+
+def common_units(batch: pa.Table, questions: Sequence[str]) -> pa.Table:
+    """UNITS: each video of the batch times each common question, position = the question's index."""
+    n, k = batch.num_rows, len(questions)
+    rows = np.repeat(np.arange(n), k)  # (n*k,) video of each unit
+    which = np.tile(np.arange(k), n)  # (n*k,) question of each unit
+    return pa.table({
+        "video_uri": batch.column("video_uri").take(rows),
+        "version_key": pc.fill_null(batch.column("video_version"), "").take(rows),
+        "video_size": batch.column("video_size").take(rows),
+        "question": pa.array(list(questions), pa.string()).take(which),
+        "position": pa.array(which, pa.int64()),
+    }, schema=UNITS)
+
+
+def keys_of(batch: pa.Table, columns: Sequence[str], where=None) -> pa.Table:
+    """Key columns of an answers/errors batch (video_version as version_key), rows matching `where`."""
+    if where is not None:
+        batch = batch.filter(where)
+    out = {"video_uri": batch.column("video_uri"), "version_key": pc.fill_null(batch.column("video_version"), "")}
+    return pa.table({**out, **{c: batch.column(c) for c in columns if c not in ("video_uri", "video_version")}})
+
+
+def regroup(units: pa.Table) -> pa.Table:
+    """LISTED rows from units, one per video: its questions in asking order (position), each once. The
+    units of a video are in one block (to_listed hash-partitions them by VIDEO_KEY first)."""
+    first = units.group_by(UNIT_KEY, use_threads=False).aggregate([("position", "min"), ("video_size", "max")])
+    first = first.sort_by([("video_uri", "ascending"), ("version_key", "ascending"), ("position_min", "ascending")])
+    videos = first.group_by(VIDEO_KEY, use_threads=False).aggregate([("question", "list"), ("video_size_max", "max")])
+    n = videos.num_rows
+    version = videos.column("version_key")
+    nothing = pa.nulls(n, pa.string())
+    return pa.Table.from_arrays([
+        videos.column("video_uri"), pc.if_else(pc.equal(version, ""), nothing, version),
+        videos.column("video_size_max_max"), pc.cast(videos.column("question_list"), LISTED.field("questions").type),
+        nothing, nothing, nothing,
+    ], schema=LISTED)
+
+
+def with_questions(batch: pa.Table) -> pa.Table:
+    """Listing error rows as LISTED (no questions asked of a video that could not be listed)."""
+    return pa.table({n: batch.column(n) if n in batch.column_names else pa.nulls(batch.num_rows, LISTED.field(n).type)
+                     for n in LISTED.names}, schema=LISTED)
+
+
+def materialized(ds, schema: pa.Schema):
+    """ds executed into the object store, without its empty blocks: a read task that finds nothing leaves a
+    block without columns, and Ray 2.60's hash shuffle then fails to concatenate its shards with typed ones.
+    The driver holds one reference per block."""
+    import ray
+
+    bundles = ds.materialize().iter_internal_ref_bundles()
+    refs = [ref for b in bundles for ref, meta in zip(b.block_refs, b.metadata) if meta.num_rows]
+    return ray.data.from_arrow_refs(refs) if refs else ray.data.from_arrow(schema.empty_table())
+
+
+# ---- reading the output tables as datasets --------------------------------------------------------------
+
+
+def table_dataset(output_uri: str, name: str, columns: list[str], storage_options: Optional[Mapping[str, Any]] = None):
+    """One output table (answers, errors) as a lazy Ray dataset of `columns`; None when it has no files.
+    The driver lists the table's files (one per run and writer, not per video)."""
+    import ray
+
+    fs, root = filesystem(output_uri, storage_options)
+    fs.invalidate_cache()
+    path = join(root, name)
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet")) if fs.exists(path) else []
+    if not files:
+        return None
+    return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), columns=columns, partitioning=None)
+
+
+def answered_units(output_uri: str, settings_id: str, storage_options=None):
+    """(video_uri, version_key, question) answered under settings_id, as a dataset (None: none yet)."""
+    ds = table_dataset(output_uri, "answers", ["video_uri", "video_version", "question", "settings_id"], storage_options)
+    return None if ds is None else ds.map_batches(
+        keys_of, fn_kwargs=dict(columns=["question"], where=answered_filter(settings_id)), batch_format="pyarrow")
+
+
+def failed_videos(output_uri: str, settings_id: str, storage_options=None, retry: str = "transient"):
+    """(video_uri, version_key) whose decode failed for good under settings_id (None: none, or retry=all)."""
+    if retry == "all":
+        return None
+    ds = table_dataset(output_uri, "errors", ["video_uri", "video_version", "stage", "error_type", "settings_id"], storage_options)
+    return None if ds is None else ds.map_batches(
+        keys_of, fn_kwargs=dict(columns=[], where=permanent_failure_filter(settings_id)), batch_format="pyarrow")
+
+
+# ---- the listing and the questions file as datasets --------------------------------------------------------
+
+
+def plans_on_workers(cfg: JobConfig, input_uri: str) -> bool:
+    """Whether the run plans with plan_on_workers: input.list_on_workers, or an inventory input."""
+    return cfg.input.list_on_workers or cfg.input.inventory or is_inventory(input_uri)
+
+
+def list_rows(batch: pa.Table, extensions: Sequence[str], storage_options=None, allowed_prefixes: Sequence[str] = ()) -> pa.Table:
+    """For `map_batches`: pipeline.listing.ListVideos in a task (a glob or a single file)."""
+    return ListVideos(extensions, storage_options, allowed_prefixes)(batch)
+
+
+def _one_listing(cfg: JobConfig, uri: str):
+    import ray
+
+    options, extensions = cfg.storage_options, cfg.input.extensions
+    if cfg.input.inventory or is_inventory(uri):
+        return read_inventory(uri, extensions, cfg.input.inventory_prefix, options).map_batches(with_questions, batch_format="pyarrow")
+    fs, path = filesystem(uri, options)
+    if not (_GLOB_CHARS & set(path)):
+        if fs.isdir(path):
+            return list_on_workers(uri, extensions, options)
+        if path.lower().endswith(MANIFEST_SUFFIXES):
+            return manifest_on_workers(uri, options, cfg.input.allowed_prefixes)
+    return ray.data.from_items([{"input_uri": uri}]).map_batches(
+        list_rows, fn_kwargs=dict(extensions=list(extensions), storage_options=options, allowed_prefixes=list(cfg.input.allowed_prefixes)),
+        batch_size=1, batch_format="pyarrow")
+
+
+def listing_dataset(cfg: JobConfig, input_uri: str):
+    """LISTED rows (questions empty) of input_uri and input.extra_uris, listed on workers: a lazy dataset."""
+    from pipeline.run import input_locations
+
+    parts = [_one_listing(cfg, uri) for uri in input_locations(cfg, input_uri)]
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def read_questions_rows(files: pa.Table, input_uri: str, first_position: int, storage_options=None) -> Iterator[pa.Table]:
+    """For `map_batches`: the questions file (column `input_uri`) in, (video_uri canonical, question,
+    position) out in file order, positions after the common questions; empty entries left out."""
+    base = _base_of(input_uri)
+    for uri in files.column("input_uri").to_pylist():
+        table = read_questions_file(uri, storage_options)
+        for start in range(0, table.num_rows, BATCH_ROWS):
+            part = table.slice(start, BATCH_ROWS)
+            uris, questions = part.column("video_uri").to_pylist(), part.column("question").to_pylist()
+            keep = [i for i, (u, q) in enumerate(zip(uris, questions)) if u and q and str(q).strip()]
+            yield pa.table({
+                "video_uri": pa.array([normalize_uri(_absolute(str(uris[i]), base)) for i in keep], pa.string()),
+                "question": pa.array([str(questions[i]) for i in keep], pa.string()),
+                "position": pa.array(np.asarray(keep, dtype=np.int64) + first_position + start, pa.int64()),
+            })
+
+
+def _absolute(uri: str, base: str) -> str:
+    return uri if ("://" in uri or uri.startswith("/")) else f"{base}/{uri}"
+
+
+def missing_rows(group: pa.Table, input_uri: str, allowed_prefixes: Sequence[str]) -> pa.Table:
+    """For `map_groups`: a questions_file video the listing lacks, as one LISTED error row (stage list)."""
+    key = group.column("video_uri")[0].as_py()
+    error_type, error = "FileNotFoundError", "named in questions_file but not found by the listing of input.uri"
+    if not is_within(key, (_base_of(input_uri), *allowed_prefixes)):
+        outside = PathOutsideInput.entry("questions_file", key, _base_of(input_uri))
+        error_type, error = type(outside).__name__, str(outside)
+    questions = list(dict.fromkeys(group.sort_by("position").column("question").to_pylist()))
+    return pa.Table.from_pylist([{"video_uri": key, "questions": questions, "error_stage": "list",
+                                  "error_type": error_type, "error": error}], schema=LISTED)
+
+
+def video_keys(batch: pa.Table) -> pa.Table:
+    """(video_uri, version_key, video_size) of LISTED rows."""
+    return pa.table({"video_uri": batch.column("video_uri"), "version_key": pc.fill_null(batch.column("video_version"), ""),
+                     "video_size": batch.column("video_size")})
+
+
+def questions_dataset(cfg: JobConfig, input_uri: str, listed, healthy, n_common: int, rows: int):
+    """The questions_file joined to the listing on video_uri: (UNITS of listed videos, LISTED error rows of
+    entries the listing lacks, videos with no question at all when there are no common questions)."""
+    import ray
+
+    asked = ray.data.from_items([{"input_uri": cfg.questions_file}]).map_batches(
+        read_questions_rows, fn_kwargs=dict(input_uri=input_uri, first_position=n_common, storage_options=cfg.storage_options),
+        batch_size=1, batch_format="pyarrow")
+    asked = materialized(asked, pa.schema([("video_uri", pa.string()), ("question", pa.string()), ("position", pa.int64())]))
+    n = partitions_for(rows)
+    videos = healthy.map_batches(video_keys, batch_format="pyarrow")
+    own = videos.join(asked, join_type="inner", num_partitions=n, on=("video_uri",)).select_columns(UNITS.names)
+    every = listed.map_batches(lambda b: b.select(["video_uri"]), batch_format="pyarrow")
+    missing = asked.join(every, join_type="left_anti", num_partitions=n, on=("video_uri",)).groupby("video_uri").map_groups(
+        missing_rows, fn_kwargs=dict(input_uri=input_uri, allowed_prefixes=list(cfg.input.allowed_prefixes)), batch_format="pyarrow")
+    skipped = 0
+    if not n_common:
+        skipped = videos.join(asked.select_columns(["video_uri"]), join_type="left_anti", num_partitions=n, on=("video_uri",)).count()
+    return own, missing.materialize(), skipped
+
+
+# ---- the plan ----------------------------------------------------------------------------------------
+
+
+def left_to_do(units, answered, failed, rows: int):
+    """The units of `units` not answered and not of a video that failed for good: two left_anti joins,
+    each hash-partitioned over the workers. `rows` sizes the partitions."""
+    if answered is not None:
+        units = units.join(answered, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(UNIT_KEY))
+    if failed is not None and failed.count():  # usually no permanent failures: no second shuffle then
+        units = units.join(failed, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(VIDEO_KEY))
+    return units
+
+
+def to_listed(units, rows: int):
+    """One LISTED row per video from its units: hash-partitioned by VIDEO_KEY, so a video's units meet in one
+    block, then regrouped there in Arrow (no Python call per video)."""
+    return units.repartition(partitions_for(rows), keys=VIDEO_KEY).map_batches(regroup, batch_size=None, batch_format="pyarrow")
+
+
+def plan_on_workers(cfg: JobConfig, input_uri: str) -> tuple[Any, dict[str, int]]:
+    """The run's to-do set as a materialised Ray dataset of LISTED rows (error rows included), and its counts
+    from aggregates: videos_listed, videos_skipped (no question to ask), videos_already_done, videos_to_do."""
+    listed = materialized(listing_dataset(cfg, input_uri), LISTED)  # in the object store; the driver holds block refs
+    listed_rows = listed.count()
+    healthy = listed.map_batches(healthy_rows, batch_format="pyarrow")
+    errors = listed.map_batches(healthy_rows, fn_kwargs=dict(errors=True), batch_format="pyarrow").map_batches(
+        with_questions, batch_format="pyarrow")
+    units = None
+    if cfg.questions:
+        units = healthy.map_batches(common_units, fn_kwargs=dict(questions=list(dict.fromkeys(cfg.questions))),
+                                    batch_format="pyarrow")
+    missing, skipped = None, 0
+    if cfg.questions_file:
+        own, missing, skipped = questions_dataset(cfg, input_uri, listed, healthy, len(set(cfg.questions)), listed_rows)
+        units = own if units is None else units.union(own)
+    elif units is None:  # nothing to ask: only error rows stay
+        skipped = listed_rows - errors.count()
+    if units is None:
+        todo = errors
+    else:
+        if cfg.incremental:
+            answered = answered_units(cfg.output.uri, cfg.settings_id(), cfg.storage_options)
+            failed = failed_videos(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
+            units = left_to_do(units, answered, failed, listed_rows * max(1, len(cfg.questions)))
+        todo = to_listed(units, listed_rows).union(errors)
+    if missing is not None:
+        todo = todo.union(missing)
+    todo = todo.materialize()
+    error_rows = errors.count()
+    to_do = todo.count()
+    missing_rows = 0 if missing is None else missing.count()
+    healthy_to_do = to_do - error_rows - missing_rows
+    already = listed_rows - error_rows - skipped - healthy_to_do
+    return todo, {"videos_listed": listed_rows + missing_rows, "videos_skipped": skipped,
+                  "videos_already_done": already, "videos_to_do": to_do}
+
