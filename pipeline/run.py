@@ -44,6 +44,7 @@ from pipeline.questions import attach_questions, expected_answers, questions_by_
 from pipeline.schema import LISTED, error_text
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 from pipeline.tables import done_scans
+from pipeline.todo import plan_on_workers, plans_on_workers
 from pipeline.write import WriteTables, write_run_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,6 +174,20 @@ def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
     return attach_questions(listed, cfg.questions, per_video, input_uri, cfg.input.allowed_prefixes)
 
 
+def plan(cfg: JobConfig, input_uri: str) -> tuple[Any, int, int, int]:
+    """What the run answers: (LISTED rows to do, how many, videos skipped for want of questions, videos
+    already done). On the driver as Arrow tables, or, for an inventory or input.list_on_workers, as a Ray
+    dataset planned on workers (pipeline.todo) with counts from aggregates."""
+    if plans_on_workers(cfg, input_uri):
+        todo, counts = plan_on_workers(cfg, input_uri)
+        return todo, counts["videos_to_do"], counts["videos_skipped"], counts["videos_already_done"]
+    listed, skipped = list_inputs(cfg, input_uri)
+    already = 0
+    if cfg.incremental:
+        listed, already = drop_done(cfg, listed)
+    return listed, listed.num_rows, skipped, already
+
+
 def drop_done(cfg: JobConfig, listed: pa.Table) -> tuple[pa.Table, int]:
     """Incremental runs: remove the questions already answered under this settings_id (same video
     version); returns (what is left to do, videos with nothing left). Error rows are always kept.
@@ -226,15 +241,17 @@ def left_to_do(listed: pa.Table, answered: Iterable, failed: Iterable) -> tuple[
     return pa.concat_tables([todo, errors]).sort_by("video_uri"), ok.num_rows - todo.num_rows
 
 
-def decode_dataset(cfg: JobConfig, listed: pa.Table):
-    """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
+def decode_dataset(cfg: JobConfig, listed):
+    """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half). `listed` is a
+    LISTED table in the driver, or a Ray dataset of LISTED rows (pipeline.todo.plan_on_workers)."""
     import ray
 
-    # Small blocks, so every decode actor gets work early; at most MAX_BLOCKS of them, so a million videos
-    # are not a million object refs in the driver.
-    per_block = max(cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
-    blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
-    return ray.data.from_arrow(blocks).map_batches(
+    if isinstance(listed, pa.Table):
+        # Small blocks, so every decode actor gets work early; at most MAX_BLOCKS of them, so a million videos
+        # are not a million object refs in the driver.
+        per_block = max(cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
+        listed = ray.data.from_arrow([listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)])
+    return listed.map_batches(
         DecodeVideos,
         fn_constructor_kwargs=dict(
             **cfg.sampling.model_dump(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
@@ -247,7 +264,7 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table):
     )
 
 
-def build_dataset(cfg: JobConfig, listed: pa.Table, run_id: str, run_date: str, expected: dict[str, str] | None = None):
+def build_dataset(cfg: JobConfig, listed, run_id: str, run_date: str, expected: dict[str, str] | None = None):
     """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows; the tables are
     written under _staging/<run_id>/ for pipeline.commit.commit to publish."""
     ds = decode_dataset(cfg, listed)
@@ -323,15 +340,16 @@ def run(cfg: JobConfig) -> dict[str, Any]:
             if recovered[what]:
                 print(f"earlier interrupted runs {what.replace('_', ' ')}: {', '.join(recovered[what])}", flush=True)
         input_uri = resolve_input(cfg)
-        listed, skipped = list_inputs(cfg, input_uri)
-        already = 0
-        if cfg.incremental:
-            listed, already = drop_done(cfg, listed)
-        record.update(videos_listed=listed.num_rows + skipped + already, videos_skipped=skipped, videos_already_done=already)
+        if plans_on_workers(cfg, input_uri):
+            t1 = time.perf_counter()
+            init_ray(cfg)
+            record["ray_init_s"] = record.get("ray_init_s") or time.perf_counter() - t1
+        listed, to_do, skipped, already = plan(cfg, input_uri)
+        record.update(videos_listed=to_do + skipped + already, videos_skipped=skipped, videos_already_done=already)
         record["listing_s"] = time.perf_counter() - t0
-        print(f"run {run_id}: {listed.num_rows} videos to answer ({skipped} without questions skipped, "
+        print(f"run {run_id}: {to_do} videos to answer ({skipped} without questions skipped, "
               f"{already} already done)", flush=True)
-        if listed.num_rows:
+        if to_do:
             t1 = time.perf_counter()
             init_ray(cfg)
             record["ray_init_s"] = record.get("ray_init_s") or time.perf_counter() - t1
