@@ -43,6 +43,7 @@ VIDEO_KEY = ["video_uri", "version_key"]
 UNIT_KEY = [*VIDEO_KEY, "question"]
 UNITS = pa.schema([("video_uri", pa.string()), ("version_key", pa.string()), ("video_size", pa.int64()),
                    ("question", pa.string()), ("position", pa.int64())])
+ASKED = pa.schema([("video_uri", pa.string()), ("question", pa.string()), ("position", pa.int64())])  # questions_file rows
 ROWS_PER_PARTITION = 1_000_000  # join partition size: a partition is joined in one polars call
 
 
@@ -219,6 +220,10 @@ def missing_rows(group: pa.Table, input_uri: str, allowed_prefixes: Sequence[str
                                   "error_type": error_type, "error": error}], schema=LISTED)
 
 
+def uris_of(batch: pa.Table) -> pa.Table:
+    return batch.select(["video_uri"])
+
+
 def video_keys(batch: pa.Table) -> pa.Table:
     """(video_uri, version_key, video_size) of LISTED rows."""
     return pa.table({"video_uri": batch.column("video_uri"), "version_key": pc.fill_null(batch.column("video_version"), ""),
@@ -233,17 +238,18 @@ def questions_dataset(cfg: JobConfig, input_uri: str, listed, healthy, n_common:
     asked = ray.data.from_items([{"input_uri": cfg.questions_file}]).map_batches(
         read_questions_rows, fn_kwargs=dict(input_uri=input_uri, first_position=n_common, storage_options=cfg.storage_options),
         batch_size=1, batch_format="pyarrow")
-    asked = materialized(asked, pa.schema([("video_uri", pa.string()), ("question", pa.string()), ("position", pa.int64())]))
+    asked = materialized(asked, ASKED)
     n = partitions_for(rows)
     videos = healthy.map_batches(video_keys, batch_format="pyarrow")
-    own = videos.join(asked, join_type="inner", num_partitions=n, on=("video_uri",)).select_columns(UNITS.names)
-    every = listed.map_batches(lambda b: b.select(["video_uri"]), batch_format="pyarrow")
-    missing = asked.join(every, join_type="left_anti", num_partitions=n, on=("video_uri",)).groupby("video_uri").map_groups(
+    own = materialized(videos.join(asked, join_type="inner", num_partitions=n, on=("video_uri",)).select_columns(UNITS.names), UNITS)
+    every = listed.map_batches(uris_of, batch_format="pyarrow")
+    absent = materialized(asked.join(every, join_type="left_anti", num_partitions=n, on=("video_uri",)), ASKED)
+    missing = absent.groupby("video_uri").map_groups(  # a Python call per missing video: few, by nature
         missing_rows, fn_kwargs=dict(input_uri=input_uri, allowed_prefixes=list(cfg.input.allowed_prefixes)), batch_format="pyarrow")
     skipped = 0
     if not n_common:
         skipped = videos.join(asked.select_columns(["video_uri"]), join_type="left_anti", num_partitions=n, on=("video_uri",)).count()
-    return own, missing.materialize(), skipped
+    return own, materialized(missing, LISTED), skipped
 
 
 # ---- the plan ----------------------------------------------------------------------------------------
@@ -251,11 +257,13 @@ def questions_dataset(cfg: JobConfig, input_uri: str, listed, healthy, n_common:
 
 def left_to_do(units, answered, failed, rows: int):
     """The units of `units` not answered and not of a video that failed for good: two left_anti joins,
-    each hash-partitioned over the workers. `rows` sizes the partitions."""
+    each hash-partitioned over the workers. `rows` sizes the partitions. Each join's output (what is left)
+    is materialised before the next shuffle starts: two shuffles in one execution each reserve aggregator
+    memory and CPU, and on a small cluster they can starve the map tasks that feed them."""
     if answered is not None:
-        units = units.join(answered, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(UNIT_KEY))
+        units = materialized(units.join(answered, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(UNIT_KEY)), UNITS)
     if failed is not None and failed.count():  # usually no permanent failures: no second shuffle then
-        units = units.join(failed, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(VIDEO_KEY))
+        units = materialized(units.join(failed, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(VIDEO_KEY)), UNITS)
     return units
 
 
@@ -293,7 +301,7 @@ def plan_on_workers(cfg: JobConfig, input_uri: str) -> tuple[Any, dict[str, int]
         todo = to_listed(units, listed_rows).union(errors)
     if missing is not None:
         todo = todo.union(missing)
-    todo = todo.materialize()
+    todo = materialized(todo, LISTED)
     error_rows = errors.count()
     to_do = todo.count()
     missing_rows = 0 if missing is None else missing.count()
