@@ -30,12 +30,15 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-bench: venv
+bench: venv  # every script in benchmarks/ (docs/benchmarks.md)
 	$(PY) benchmarks/selection.py
 	$(PY) benchmarks/prefill.py --model llava-1.5-7b
 	$(PY) benchmarks/prefill.py --model qwen2.5-vl-7b
 	$(PY) benchmarks/video_redundancy.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/model_stage.py
+	$(PY) benchmarks/scenes.py --videos 20 --threshold 10
 
 clean:
 	rm -rf $(VENV) output .pytest_cache

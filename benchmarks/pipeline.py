@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.run import DEFAULT_CONFIG, decode_dataset, init_ray, list_inputs, run  # noqa: E402
+from pipeline.run import DEFAULT_CONFIG, decode_dataset, init_ray, list_inputs, questions_of, run  # noqa: E402
 
 SHARED_VIDEOS = ROOT.parent / "shared" / "videos"
 
@@ -97,7 +97,7 @@ def main() -> None:
                                          f"run_id=benchmark{round_}", *args.overrides])
 
     cfg = config(0)
-    listed, _ = list_inputs(cfg, cfg.input.uri)
+    listed, _ = list_inputs(cfg, cfg.input.uri, questions_of(cfg, cfg.input.uri))
     print(f"{listed.num_rows} inputs, {cfg.sampling.frames} frames each at {cfg.sampling.size}px, model {cfg.model.name}, "
           f"budget {cfg.selection.budget}/frame, decode actors {cfg.ray.decode_actors}, model actors {cfg.ray.model_actors}, "
           f"{args.rounds} rounds")
@@ -121,13 +121,13 @@ def main() -> None:
             record = run(cfg)
             rounds.append((decode_s, decoded_frames, decode_errors, record))
             print(f"  round {r + 1}: decode only {decoded_frames / decode_s:.2f} frames/s, "
-                  f"full pipeline {record['frames_decoded'] / record['pipeline_s']:.2f} frames/s")
+                  f"full pipeline {record.frames_decoded / record.pipeline_s:.2f} frames/s")
 
     # Each measure keeps its best round: on a shared machine, load from elsewhere only ever slows a run down.
     decode_s, decoded_frames, decode_errors, _ = min(rounds, key=lambda x: x[0] / x[1])
-    record = min((x[3] for x in rounds), key=lambda rec: rec["pipeline_s"] / rec["frames_decoded"])
+    record = min((x[3] for x in rounds), key=lambda rec: rec.pipeline_s / rec.frames_decoded)
     decode_fps = decoded_frames / decode_s
-    pipeline_fps = record["frames_decoded"] / record["pipeline_s"]
+    pipeline_fps = record.frames_decoded / record.pipeline_s
     result = {
         "inputs": listed.num_rows,
         "rounds": args.rounds,
@@ -136,16 +136,16 @@ def main() -> None:
         "pipeline_vs_decode": round(pipeline_fps / decode_fps, 3),
         "peak_memory_gb": round(memory.peak_bytes / 2**30, 2),
         "decode_only_s": round(decode_s, 1),
-        "pipeline_s": round(record["pipeline_s"], 1),
-        "model_s_summed": round(record["answer_s"], 1),
-        "decode_s_summed": round(record["decode_s"], 1),
-        "videos_ok": record["videos_ok"],
-        "videos_failed": record["videos_failed"],
+        "pipeline_s": round(record.pipeline_s, 1),
+        "model_s_summed": round(record.answer_s, 1),
+        "decode_s_summed": round(record.decode_s, 1),
+        "videos_ok": record.videos_ok,
+        "videos_failed": record.videos_failed,
         "per_round_ratio": [round((x[3]["frames_decoded"] / x[3]["pipeline_s"]) / (x[1] / x[0]), 3) for x in rounds],
     }
     print(f"\n  decode only      {decoded_frames:6d} frames in {decode_s:6.1f} s  {decode_fps:7.2f} frames/s ({decode_errors} videos failed)")
-    print(f"  full pipeline    {record['frames_decoded']:6d} frames in {record['pipeline_s']:6.1f} s  {pipeline_fps:7.2f} frames/s"
-          f" (model {record['answer_s']:.1f} s, decode {record['decode_s']:.1f} s, summed over actors)")
+    print(f"  full pipeline    {record.frames_decoded:6d} frames in {record.pipeline_s:6.1f} s  {pipeline_fps:7.2f} frames/s"
+          f" (model {record.answer_s:.1f} s, decode {record.decode_s:.1f} s, summed over actors)")
     print(f"  pipeline / decode-only: {result['pipeline_vs_decode']:.2f} (target >= 0.8 when the model is not the bottleneck)")
     print(f"  peak memory (driver + Ray processes): {result['peak_memory_gb']:.2f} GiB")
     print(json.dumps(result))

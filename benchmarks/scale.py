@@ -1,9 +1,11 @@
-"""Driver cost at scale: listing a prefix of a million videos and the incremental filter, time and memory.
+"""Driver cost at scale: listing a prefix of a million videos and the incremental filter, time and memory;
+and (--questions) a questions file of a million videos.
 
     python benchmarks/scale.py                        # local: 100,000 and 1,000,000 files
     python benchmarks/scale.py --sizes 100000         # one size only
     python benchmarks/scale.py --store s3             # a moto S3 server on 127.0.0.1: 2,000 and 20,000 objects
     python benchmarks/scale.py --inventory            # an S3 Inventory of 10,000,000 objects, planned on Ray workers
+    python benchmarks/scale.py --questions            # a questions file: 1,000,000 videos, 2 labelled questions each
 
 Setup (once, outside the timing, reused when present): under --root (default /tmp/flashvlm-scale) the
 largest size as empty-ish files in folders of 1,000 (`part-NN/` holds 100,000 each, or with --store s3 the
@@ -27,6 +29,13 @@ last line:
     {"videos": 10000000, "plan_s": ..., "driver_peak_rss_mb": ..., "left_to_do": 500000, "at_1m": {...}}
 Targets at 10,000,000: driver peak RSS growth <= 300 MB and <= 1.3x the 1,000,000 figure, plan_s <= 600,
 left_to_do exactly the 5% changed.
+--questions: the questions-file path alone. Setup writes <root>/questions-1m.parquet (2 labelled questions
+per video, relative video_uri as users write them); the measurement, in a fresh process, builds the
+listing's table of those videos in Arrow (as ListVideos returns it; no files needed), then reads the file
+once (`pipeline.run.questions_of`), gives each video its questions (`pipeline.questions.attach_questions`)
+and takes the labels the writer joins (`labels_of`). JSON last line:
+    {"videos": 1000000, "questions": 2000000, "questions_s": ..., "driver_peak_rss_mb": ...}
+Target: driver peak RSS growth <= 1 GB.
 """
 
 from __future__ import annotations
@@ -159,7 +168,7 @@ def measure(input_uri: str, output_uri: str, storage_options=None) -> dict:
     cfg = config(input_uri, output_uri, storage_options)
     rss = PeakRSS()
     t0 = time.perf_counter()
-    listed, _ = list_inputs(cfg, input_uri)
+    listed, _ = list_inputs(cfg, input_uri, None)
     t1 = time.perf_counter()
     todo, done = drop_done(cfg, listed)
     t2 = time.perf_counter()
@@ -168,6 +177,59 @@ def measure(input_uri: str, output_uri: str, storage_options=None) -> dict:
     return {"videos": listed.num_rows, "listing_s": round(t1 - t0, 2), "filter_s": round(t2 - t1, 2),
             "driver_peak_rss_mb": round(grew_mb, 1), "videos_left": todo.num_rows, "videos_done": done,
             "questions_left": left}
+
+
+def video_names(n: int) -> "pyarrow.Array":
+    """The relative paths of n videos (part-PP/dDDDD/vVVVVVVVV.mp4), built in Arrow."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    i = np.arange(n)
+    parts = [pa.array(np.char.zfill((i // PER_PART).astype(str), 2)), pa.array(np.char.zfill((i // PER_FOLDER).astype(str), 4)),
+             pa.array(np.char.zfill(i.astype(str), 8))]
+    return pc.binary_join_element_wise("part-", parts[0], "/d", parts[1], "/v", parts[2], ".mp4", "")
+
+
+def make_questions_file(path: Path, n: int) -> None:
+    """2 labelled questions per video of n, relative video_uri; skipped when present."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.exists():
+        return
+    names = video_names(n)
+    rows = np.repeat(np.arange(n), 2)
+    q = np.tile([0, 1], n)
+    pq.write_table(pa.table({"video_uri": names.take(rows), "question": pa.array(QUESTIONS).take(q),
+                             "answer": pa.array(["red", "two"]).take(q)}), path)
+    print(f"wrote {2 * n} questions to {path}", file=sys.stderr, flush=True)
+
+
+def measure_questions(path: str, input_uri: str, n: int) -> dict:
+    import pyarrow as pa
+
+    from pipeline.questions import attach_questions, labels_of
+    from pipeline.run import questions_of
+    from pipeline.schema import LISTED
+
+    cfg = config(input_uri, "/tmp/unused")
+    cfg.questions_file = path
+    cfg.questions = []
+    rss = PeakRSS()
+    t0 = time.perf_counter()
+    uris = pa.compute.binary_join_element_wise(f"file://{input_uri}", video_names(n), "/")
+    listed = pa.table({f.name: uris if f.name == "video_uri" else pa.nulls(n, f.type) for f in LISTED}, schema=LISTED)
+    t1 = time.perf_counter()
+    questions = questions_of(cfg, input_uri)  # read once
+    todo, skipped = attach_questions(listed, cfg.questions, questions, input_uri)
+    labels = labels_of(questions)
+    t2 = time.perf_counter()
+    grew_mb = rss.stop()
+    return {"videos": todo.num_rows, "skipped": skipped, "questions": len(todo.column("questions").combine_chunks().flatten()),
+            "labels": labels.num_rows, "listing_table_s": round(t1 - t0, 2), "questions_s": round(t2 - t1, 2),
+            "driver_peak_rss_mb": round(grew_mb, 1)}
 
 
 def run_child(input_uri: str, output_uri: str, storage_options=None) -> dict:
@@ -364,11 +426,13 @@ def main() -> None:
     parser.add_argument("--store", choices=["local", "s3"], default="local")
     parser.add_argument("--sizes", type=int, nargs="+", help="videos (default local: 100000 1000000; s3: 2000 20000)")
     parser.add_argument("--root", default="/tmp/flashvlm-scale")
+    parser.add_argument("--questions", action="store_true", help="measure the questions-file path instead")
     parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--inventory", action="store_true", help="plan from an S3 Inventory on Ray workers (1M and 10M)")
     parser.add_argument("--cache", default="~/.cache/flashvlm/scale-inventory", help="--inventory: where its inputs are kept")
     parser.add_argument("--cpus", type=int, default=2, help="--inventory: CPUs of the local Ray")
     parser.add_argument("--measure-inventory", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-questions", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_inventory:
         manifest, output, cpus = args.measure_inventory
@@ -379,6 +443,21 @@ def main() -> None:
         return
     if args.measure:
         print(json.dumps(measure(args.measure[0], args.measure[1], json.loads(args.measure[2]) or None)))
+        return
+    if args.measure_questions:
+        path, input_uri, n = args.measure_questions
+        print(json.dumps(measure_questions(path, input_uri, int(n))))
+        return
+    if args.questions:
+        n = max(args.sizes or [1_000_000])
+        Path(args.root).mkdir(parents=True, exist_ok=True)
+        path = Path(args.root) / f"questions-{label(n)}.parquet"
+        make_questions_file(path, n)
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure-questions", str(path), str(Path(args.root) / "videos"), str(n)],
+            check=True, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        ).stdout
+        print(out.strip().splitlines()[-1])
         return
     sizes = sorted(args.sizes or ([100_000, 1_000_000] if args.store == "local" else [2_000, 20_000]))
     # The smaller sizes are the first part folder of the largest: local files keep 100,000 a part (reused

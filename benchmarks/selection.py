@@ -8,8 +8,14 @@
 2. Selection time for F frames as a fraction of one float32 forward of a real-size CLIP ViT-L/14-336
    vision tower (random weights, 24 layers, hidden 1024) on the same frames. Target: <= 2%.
 
-Prints a table, then one JSON line with the keys `batched_vs_loop` and `selection_vs_vision_tower`.
-With --profile, first the torch profiler's table of the batched call's operators (where its time goes).
+3. Readiness for a captured graph: `compiled_equals_eager` (`torch.compile(select_core, fullgraph=True)` at
+   B=4 images of N=576 returns the eager indices), `graph_breaks` (torch._dynamo.explain of the same core),
+   `ops_per_call` (ATen operations one eager `select_tokens` call of B images dispatches at budgets 16, 64
+   and 192) and `ops_per_call_all_pairs` (the same with the accelerator's all_pairs partition, the one a
+   graph captures). On CUDA also `compiled_ms`: the core compiled with mode="reduce-overhead" (CUDA graphs).
+
+Prints a table, then one JSON line with the keys `batched_vs_loop`, `selection_vs_vision_tower` and those
+of 3. With --profile, first the torch profiler's table of the batched call's operators (where its time goes).
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ import time
 
 import torch
 
-from flashvlm import select_tokens
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from flashvlm import SelectionConfig, select_tokens
 from flashvlm.reference import reference_select_tokens
+from flashvlm.selection import select_core
 
 N, DV, D, TEXT_TOKENS, BUDGET = 576, 1024, 4096, 20, 64
 
@@ -52,6 +61,56 @@ def features(batch: int, device: torch.device, seed: int = 0):
     saliency = torch.rand(batch, N, generator=g)  # (B, 576)
     text = torch.randn(batch, TEXT_TOKENS, D, generator=g)  # (B, L, 4096)
     return [x.to(device) for x in (vision, projected, saliency, text)]
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the ATen operations dispatched inside it (each is at least one kernel launch on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_call(inputs, all_pairs: bool | None) -> dict[str, int]:
+    """ATen operations of one eager call of the core (checks included) at budgets 16, 64 and 192."""
+    out = {}
+    for budget in (16, 64, 192):
+        with CountOps() as counter:
+            kept, _, finite = select_core(*inputs[:4], None, budget, SelectionConfig(), all_pairs)
+            bool(finite)
+        out[str(budget)] = counter.count
+    return out
+
+
+def compiled_figures(device: torch.device, repeats: int) -> dict[str, object]:
+    """Graph breaks of the image core, whether its compiled indices equal eager ones (B=4, N=576, budget 64),
+    and on CUDA the time of the core compiled with CUDA graphs (mode="reduce-overhead")."""
+    inputs = features(4, device, seed=2)
+    args = (*inputs, None, BUDGET, SelectionConfig(), True)
+    explained = torch._dynamo.explain(select_core)(*args)
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    compiled = torch.compile(select_core, fullgraph=True, dynamic=False, mode=mode)
+    start = time.perf_counter()
+    kept, important, _ = compiled(*args)
+    sync(device)
+    compile_s = time.perf_counter() - start
+    eager = select_tokens(*inputs, BUDGET, return_important=True)
+    out = {
+        "graph_breaks": explained.graph_break_count,
+        "compiled_equals_eager": bool(torch.equal(kept, eager[0]) and torch.equal(important, eager[1])),
+        "compile_s": round(compile_s, 1),
+    }
+    if device.type == "cuda":
+        for batch in (1, 64):
+            x = features(batch, device, seed=3)
+            compiled(*x, None, BUDGET, SelectionConfig(), True)  # capture this shape
+            out[f"compiled_ms_b{batch}"] = round(best_time(lambda: compiled(*x, None, BUDGET, SelectionConfig(), True), device, repeats) * 1e3, 3)
+            out[f"eager_ms_b{batch}"] = round(best_time(lambda: select_tokens(*x, BUDGET), device, repeats) * 1e3, 3)
+    return out
 
 
 def clip_vit_l14_336(device: torch.device) -> torch.nn.Module:
@@ -88,6 +147,10 @@ def main() -> None:
     agree = torch.equal(select_tokens(*[x.double() for x in inputs[:3]], None, BUDGET),
                         reference_select_tokens(*[x.double() for x in inputs[:3]], None, BUDGET))
 
+    # 3. readiness for a captured graph
+    counted = features(4, device, seed=4)
+    graph = compiled_figures(device, args.repeats)
+
     # 2. selection against the vision tower on the same frames
     frames = args.frames
     tower = clip_vit_l14_336(device)
@@ -115,6 +178,11 @@ def main() -> None:
         "vision_tower_ms": round(tower_time * 1e3, 1),
         "selection_ms": round(selection_time * 1e3, 2),
         "selection_vs_vision_tower": round(selection_time / tower_time, 4),
+        "compiled_equals_eager": graph.pop("compiled_equals_eager"),
+        "graph_breaks": graph.pop("graph_breaks"),
+        "ops_per_call": ops_per_call(counted, None),
+        "ops_per_call_all_pairs": ops_per_call(counted, True),
+        **graph,
     }
     print(f"  batched vs loop: {result['batched_vs_loop']}x (target >= 10x)")
     print(f"  selection / vision tower: {100 * result['selection_vs_vision_tower']:.2f}% (target <= 2%)")

@@ -194,7 +194,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     videos = args.videos.resolve()
     if not videos.is_dir():
-        print(f"SKIP: sample clips not found at {videos} (see ../shared/videos/README.md)")
+        print(f"SKIP: sample clips not found at {videos} (the sample clips live beside the checkout)")
         print(json.dumps({"skipped": f"no clips at {videos}"}))
         return
 

@@ -4,7 +4,7 @@
 
 Features are the tower's hidden state at `vision_feature_layer` (-2, [CLS] dropped) on fresh training-split
 clips (H.264 round trip, the adapter's preprocessing), pooled over the patches an object covers
-(`shapes.object_patches`, so the probe is told where the object is). Each probe is a logistic regression
+(`shapes.clips.object_patches`, so the probe is told where the object is). Each probe is a logistic regression
 fitted on 200 clips' objects and scored on 60 other clips' objects:
 - shape: one-frame clips, mean and max over the object's patches -> its shape (chance 0.25);
 - direction: four-frame clips, the mean over its patches in the first frame, in the last, and their
@@ -12,7 +12,7 @@ fitted on 200 clips' objects and scored on 60 other clips' objects:
   while the language model learns, this is the most the language model can read of motion from the image
   tokens' contents (RoPE positions reach only attention weights, not what a token carries).
 Prints one JSON line per checkpoint: {"checkpoint", "shape": {"train", "test", "objects"}, "direction": {...}}.
-The README's "The shapes model" and "A vision stage" quote these lines.
+docs/shapes.md ("Status") quotes the committed checkpoint's line.
 """
 
 from __future__ import annotations

@@ -3,16 +3,14 @@
     python experiments/train_recipes.py NAME SECONDS OUTDIR      # one recipe; run several side by side on a GPU
 
 Trains recipe NAME (RECIPES below) on question answering over fresh one-frame (or 2-4-frame) clips for
-SECONDS, rendered without the H.264 round trip (`shapes.render`: cheaper, and the data is the same up to
+SECONDS, rendered without the H.264 round trip (`shapes.clips.render`: cheaper, and the data is the same up to
 compression), with the training job's own examples (`shapes.training.turns`, `collate`). Every 2,000
 clips (EVAL_EVERY) it scores 48 validation clips (EVAL_CLIPS), every question asked alone, an answer right
 when its tokens are the greedy ones (teacher forcing: no generate loop). Writes OUTDIR/NAME.log, one JSON
 line per evaluation: {"clips", "step", "loss", "s", "val": {question type: accuracy}}, and prints each
 with "recipe" added, so the last line is the final evaluation. TOWER=<checkpoint directory> starts the
-model from that checkpoint's CLIP tower (the README's question answering from the vision stage's tower:
-`jobs/train_shapes.py` with only the vision stage, then EVAL_EVERY=800 EVAL_CLIPS=32 TOWER=... bs16_lr6e4
-1200). The README's
-recipe table ("The shapes model") is 8 of these, 270 s each, side by side on one H200.
+model from that checkpoint's CLIP tower (e.g. `jobs/train_shapes.py` with only the vision stage, then
+EVAL_EVERY=800 EVAL_CLIPS=32 TOWER=... bs16_lr6e4 1200). docs/shapes.md describes the recipe these chose.
 """
 
 from __future__ import annotations
@@ -42,8 +40,8 @@ RECIPES = {
     "bs16_big": dict(batch=16, lr=1e-3, frames=[1], big=True),  # CLIP 192 wide, Llama 256: 6.5 M parameters
     "bs16_align": dict(batch=16, lr=1e-3, frames=[1], align=3000),  # first 3,000 clips: captions
     "bs8_T24": dict(batch=8, lr=1e-3, frames=[2, 4]),
-    # Since the README's table: every recipe trains on independent turns (no text shortcut) and the CLIP
-    # positions start as 2-D sine-cosine. These ask which start, if any, breaks the plateau.
+    # These train on independent turns (no text shortcut) with the CLIP positions started as 2-D sine-cosine,
+    # and ask which start, if any, breaks the answer-prior plateau.
     "bs16_lr6e4": dict(batch=16, lr=6e-4, frames=[1]),
     "bs16_lr6e4_randpos": dict(batch=16, lr=6e-4, frames=[1], positions="random"),  # N(0, 0.02) positions
     "bs16_lr6e4_mimetic": dict(batch=16, lr=6e-4, frames=[1], mimetic=True),

@@ -17,7 +17,7 @@ import io
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import BinaryIO, Iterator, Optional
 
 import numpy as np
 
@@ -52,6 +52,13 @@ class DecodeError(RuntimeError):
     """Neither decord nor PyAV could decode the video; the message holds both reasons."""
 
 
+def sample_count(frames: int, fps: Optional[float] = None, duration_s: Optional[float] = None) -> int:
+    """How many frames a clip (or segment) of duration_s yields: `frames`, at most duration * fps with fps."""
+    if fps and duration_s:
+        return max(1, min(frames, int(duration_s * fps)))
+    return frames
+
+
 def sample_indices(num_frames: int, frames: int, fps: Optional[float] = None, duration_s: Optional[float] = None) -> np.ndarray:
     """Indices of `frames` frames at the centres of equal segments (fewer with `fps`: duration * fps).
 
@@ -59,9 +66,7 @@ def sample_indices(num_frames: int, frames: int, fps: Optional[float] = None, du
     """
     if num_frames < 1:
         raise DecodeError("the video has no frames")
-    count = frames
-    if fps and duration_s:
-        count = max(1, min(frames, int(duration_s * fps)))
+    count = sample_count(frames, fps, duration_s)
     idx = ((np.arange(count) + 0.5) * num_frames / count).astype(np.int64)
     return np.clip(idx, 0, num_frames - 1)
 
@@ -171,6 +176,131 @@ def decode_bytes(data: bytes, sampling: Sampling) -> tuple[np.ndarray, dict]:
             ) from None
     meta["height"], meta["width"] = int(frames.shape[1]), int(frames.shape[2])
     return resize_frames(frames, sampling.size, sampling.resize), meta
+
+
+# --------------------------------------------------------------------------------------------------
+# Time ranges of a file object (long videos): PyAV seeks, so only the range's bytes are read
+# --------------------------------------------------------------------------------------------------
+
+
+def _open_stream(file: BinaryIO, threads: int = 0):
+    """(container, its first video stream) over a file object; decoding errors raise instead of being
+    concealed (err_detect explode), so a damaged range fails instead of yielding grey frames."""
+    import av
+
+    container = av.open(file, mode="r")
+    if not container.streams.video:
+        container.close()
+        raise DecodeError("no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    if threads:
+        stream.thread_count = threads
+    stream.codec_context.options = {"err_detect": "explode"}
+    return container, stream
+
+
+def _stream_info(container, stream) -> dict:
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else None
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / 1e6
+    else:
+        duration = stream.frames / fps if stream.frames and fps else None
+    start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+    return {"duration_s": duration, "fps": fps, "num_frames": int(stream.frames or 0), "start_offset_s": start,
+            "width": stream.codec_context.width, "height": stream.codec_context.height}
+
+
+def probe(file: BinaryIO) -> dict:
+    """Container metadata of a video file object without decoding a frame: duration_s, fps, num_frames,
+    width, height (coded, before rotation) and start_offset_s (the first timestamp). MP4 reads only its index."""
+    container, stream = _open_stream(file)
+    with container:
+        info = _stream_info(container, stream)
+    if not info["duration_s"]:
+        raise DecodeError("the container gives no duration")
+    return info
+
+
+def sample_times(start_s: float, end_s: float, frames: int, fps: Optional[float] = None) -> np.ndarray:
+    """(T,) instants at the centres of equal parts of [start_s, end_s): the time-range form of sample_indices."""
+    if not end_s > start_s:
+        raise ValueError(f"end_s must be > start_s, got [{start_s}, {end_s})")
+    count = sample_count(frames, fps, end_s - start_s)
+    return start_s + (np.arange(count) + 0.5) * (end_s - start_s) / count
+
+
+def decode_range(file: BinaryIO, start_s: float, end_s: float, sampling: Sampling) -> tuple[np.ndarray, dict]:
+    """The sampled frames of [start_s, end_s) (seconds from the video's start) of a video file object.
+
+    PyAV seeks to the keyframe at or before start_s and decodes forward until the last instant of
+    sample_times, so only that stretch of the file is read (plus the container's index). The frame
+    taken for an instant is the one on screen then (the last with a timestamp <= it). Raises DecodeError
+    when the range holds no decodable frame or the stream is damaged inside it.
+    """
+    times = sample_times(start_s, end_s, sampling.frames, sampling.fps)
+    picked: list[np.ndarray] = []
+    rotation = 0.0
+    try:
+        container, stream = _open_stream(file, sampling.threads)
+        with container:
+            info = _stream_info(container, stream)
+            base = info["start_offset_s"]
+            container.seek(int((start_s + base) / stream.time_base), stream=stream, backward=True)
+            step = 1.0 / info["fps"] if info["fps"] else 0.0  # how long a frame stays on screen
+            shown = None
+
+            def take(frame) -> None:
+                nonlocal rotation
+                picked.append(frame.to_ndarray(format="rgb24"))
+                rotation = float(frame.rotation or 0)
+
+            try:
+                for frame in container.decode(stream):
+                    t = (frame.time if frame.time is not None else 0.0) - base
+                    while len(picked) < len(times) and t > times[len(picked)] and shown is not None:
+                        take(shown)  # the instant fell before this frame: the one before was on screen
+                    while len(picked) < len(times) and t <= times[len(picked)] < t + step:
+                        take(frame)  # on screen at the instant: no need to decode further
+                    if len(picked) == len(times):
+                        break
+                    shown = frame
+                else:  # the stream ended first: its last frame stays on screen (if it lies in the range)
+                    if shown is not None and shown.time is not None and shown.time - base < end_s:
+                        while len(picked) < len(times):
+                            take(shown)
+            except Exception:
+                if len(picked) < len(times):  # damage the decoder met after the range (threads read ahead) is not ours
+                    raise
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"pyav: {type(exc).__name__}: {_clean(exc)}") from None
+    if len(picked) < len(times):
+        raise DecodeError(f"no decodable frame in [{start_s:g}, {end_s:g}) s")
+    frames = _rotate(np.stack(picked), rotation)
+    meta = {**info, "times": times, "frame_indices": np.rint(times * (info["fps"] or 0)).astype(np.int64),
+            "backend": "pyav", "height": int(frames.shape[1]), "width": int(frames.shape[2])}
+    return resize_frames(frames, sampling.size, sampling.resize), meta
+
+
+def iter_frames(file: BinaryIO, rate: float, width: int = 128) -> Iterator[tuple[float, np.ndarray]]:
+    """(time_s, (h, width, 3) uint8 BGR) about `rate` times a second over the whole video, for shot
+    detection: every frame is decoded (H.264 needs them), only the kept ones are scaled and converted."""
+    container, stream = _open_stream(file)
+    with container:
+        base = _stream_info(container, stream)["start_offset_s"]
+        next_t = 0.0
+        for frame in container.decode(stream):
+            t = (frame.time or 0.0) - base
+            if t + 1e-6 < next_t:
+                continue
+            next_t = t + 1.0 / rate
+            height = max(2, round(frame.height * width / frame.width / 2) * 2)
+            yield t, frame.reformat(width=width, height=height, format="bgr24").to_ndarray()
 
 
 def decode_file(path: str | os.PathLike, sampling: Sampling) -> tuple[np.ndarray, dict]:

@@ -1,7 +1,7 @@
 """The selection rule written the straightforward way: one image at a time, one round at a time.
 
 This is the oracle the tests check `select_tokens` against and the baseline `benchmarks/selection.py`
-measures the batched code against. It follows ALGORITHM.md line by line and recomputes the similarity
+measures the batched code against. It follows docs/algorithm.md line by line and recomputes the similarity
 products in every diversity round, as the authors' release does; identical feature rows are one vector
 (cosine 1 to each other, one set of products), so that their ties are exact. Do not use it in production code.
 """

@@ -1,4 +1,4 @@
-"""FlashVLM text-guided visual token selection for images (the rule of ALGORITHM.md), batched.
+"""FlashVLM text-guided visual token selection for images (the rule of docs/algorithm.md), batched.
 
 Shapes used throughout:
     B  images (or frames) in the batch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 # The spec's fixed denominators for min-max normalisation (not the fusion clamp, which is configurable).
 _MINMAX_EPS = 1e-6
 
-# How the guide-text tokens weigh in the relevance (ALGORITHM.md, "Option: text weighting"): "none" (the
+# How the guide-text tokens weigh in the relevance (docs/algorithm.md, "Text weighting"): "none" (the
 # paper), or "norm": each token's cosines scaled by its raw embedding norm over the row's largest.
 TEXT_WEIGHTINGS = ("none", "norm")
 
@@ -253,6 +253,15 @@ def fused_scores(
 NEIGHBOURS = 8
 
 
+def bmm_into(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+    """out = x @ y for a block view `out`: written in place eagerly (no block-sized temporary); assigned when
+    compiling, since dynamo cannot trace `out=` into a non-contiguous view. The same product either way."""
+    if torch.compiler.is_compiling():
+        out.copy_(torch.bmm(x, y))
+    else:
+        torch.bmm(x, y, out=out)
+
+
 def cosine_matrix(unit: torch.Tensor) -> torch.Tensor:
     """(B, M, Dv) unit rows -> (B, M, M) their cosines, unit @ unit^T.
 
@@ -263,37 +272,126 @@ def cosine_matrix(unit: torch.Tensor) -> torch.Tensor:
     h = M // 2
     sim = unit.new_empty(B, M, M)
     top, bottom = unit[:, :h], unit[:, h:]  # (B, h, Dv), (B, M - h, Dv)
-    torch.bmm(top, top.transpose(1, 2), out=sim[:, :h, :h])
-    torch.bmm(top, bottom.transpose(1, 2), out=sim[:, :h, h:])
-    torch.bmm(bottom, bottom.transpose(1, 2), out=sim[:, h:, h:])
+    bmm_into(sim[:, :h, :h], top, top.transpose(1, 2))
+    bmm_into(sim[:, :h, h:], top, bottom.transpose(1, 2))
+    bmm_into(sim[:, h:, h:], bottom, bottom.transpose(1, 2))
     sim[:, h:, :h] = sim[:, :h, h:].transpose(1, 2)
     return sim
 
 
-def identical_rows_as_one(unit: torch.Tensor, sim: torch.Tensor, flagged: torch.Tensor) -> None:
-    """In place: in the images `flagged`, identical rows of `unit` read as one vector in `sim`.
+def row_keys(unit: torch.Tensor) -> torch.Tensor:
+    """(B, M, Dv) float rows -> (B, M, 2) float64 integer keys, equal for equal rows wherever they sit.
 
-    unit: (B, M, Dv) unit rows; sim: (B, M, M) their cosine matrix; flagged: (F,) images that may hold
-    identical rows. A matrix product rounds each entry by where it sits in the matrix, so two copies of one
-    vector get cosines that differ in the last bits, and a sort then orders them by rounding instead of
-    by position. Here every row and column of a copy is replaced by those of its first copy, and copies'
-    cosine to each other is exactly 1: ties between copies are exact, and stable sorts break them by
-    position, as the spec says.
+    A key is a weighted sum of the rows' bit patterns cut into 16-bit halves, with integer weights small
+    enough that every partial sum stays below 2^53: the float64 product is then exact in any summation
+    order, so a row's key does not depend on its position (unlike its cosines). Distinct rows share both
+    keys only if two independent weighted sums of their difference vanish, which no caller relies on
+    (`first_identical` compares rows exactly after sorting by key).
     """
-    M = unit.shape[1]
-    rows = unit[flagged]  # (F, M, Dv)
-    count = rows.shape[0]
-    image = torch.arange(count, device=unit.device, dtype=unit.dtype).repeat_interleave(M)[:, None]  # (F*M, 1)
-    # One exact grouping for all flagged images: the image number in front keeps groups inside an image.
-    distinct, group = torch.unique(torch.cat([image, rows.reshape(count * M, -1)], dim=1), dim=0, return_inverse=True)
-    position = torch.arange(count * M, device=unit.device)  # (F*M,)
-    first = position.new_full((distinct.shape[0],), count * M).scatter_reduce(0, group, position, "amin")
-    first = (first[group] % M).view(count, M)  # each row's first identical row, within its image
-    group = group.view(count, M)
-    s = sim[flagged]  # (F, M, M)
+    x = unit.float() if unit.element_size() < 4 else unit  # 16-bit rows widen exactly (equal stays equal)
+    x = torch.where(x == 0, torch.zeros_like(x), x)  # -0.0 == 0.0, as torch.unique treats them
+    bits = x.contiguous().view(torch.int32)  # (B, M, W): float64 rows give two words an element
+    W = bits.shape[-1]
+    halves = torch.cat([bits & 0xFFFF, (bits >> 16) & 0xFFFF], dim=-1).to(torch.float64)  # (B, M, 2W) in [0, 2^16)
+    weight_bits = min(21, 52 - 16 - (2 * W).bit_length())  # sum of 2W products < 2^52
+    d = torch.arange(2 * W, device=unit.device, dtype=torch.int64)[:, None]  # (2W, 1)
+    mix = torch.tensor([2654435761, 2246822519], device=unit.device, dtype=torch.int64)  # odd multipliers
+    weights = ((d * mix + 12345) % (2**weight_bits) + 1).to(torch.float64)  # (2W, 2) integers in [1, 2^bits]
+    return halves @ weights
+
+
+def first_identical(unit: torch.Tensor) -> torch.Tensor:
+    """(B, M, Dv) rows -> (B, M) int64: each row's lowest-index exactly equal row of its image (itself if none).
+
+    Static shapes and no host sync: rows are sorted by their keys (`row_keys`), ties by index, so copies of
+    one vector stand together with their first copy at the head; neighbours in that order are then compared
+    exactly, element by element, so a key shared by distinct rows never joins them.
+    """
+    B, M, _ = unit.shape
+    keys = row_keys(unit)  # (B, M, 2)
+    order = torch.sort(keys[..., 1], dim=1, stable=True).indices  # (B, M)
+    order = order.gather(1, torch.sort(keys[..., 0].gather(1, order), dim=1, stable=True).indices)  # by (key0, key1, index)
+    rows = unit.gather(1, order[:, :, None].expand_as(unit))  # (B, M, Dv) in that order
+    same = (rows[:, 1:] == rows[:, :-1]).all(dim=-1)  # (B, M-1): equal to the row before
+    start = torch.cat([torch.ones_like(same[:, :1]), ~same], dim=1)  # (B, M) first of its run
+    position = torch.arange(M, device=unit.device).expand(B, M)
+    head = torch.where(start, position, torch.zeros_like(position)).cummax(dim=1).values  # (B, M) run's start
+    return torch.empty_like(order).scatter_(1, order, order.gather(1, head))
+
+
+def identical_rows_as_one(unit: torch.Tensor, sim: torch.Tensor, flagged: torch.Tensor | None = None) -> None:
+    """In place: identical rows of `unit` read as one vector in `sim`, in every image or only in `flagged`.
+
+    unit: (B, M, Dv) unit rows; sim: (B, M, M) their cosine matrix; flagged: (F,) the images that may hold
+    identical rows (None: every image, with no host sync). A matrix product rounds each entry by where it
+    sits in the matrix, so two copies of one vector get cosines that differ in the last bits, and a sort
+    then orders them by rounding instead of by position. Here every row and column of a copy is replaced by
+    those of its first copy, and copies' cosine to each other is exactly 1: ties between copies are exact,
+    and stable sorts break them by position, as the spec says. An image without copies is left as it was
+    (its diagonal aside, which every caller overwrites).
+    """
+    rows, s = (unit, sim) if flagged is None else (unit[flagged], sim[flagged])  # (F, M, Dv), (F, M, M)
+    count, M, _ = rows.shape
+    first = first_identical(rows)  # (F, M)
     s = s.gather(1, first[:, :, None].expand(count, M, M)).gather(2, first[:, None, :].expand(count, M, M))
-    s.masked_fill_(group[:, :, None] == group[:, None, :], 1.0)
-    sim[flagged] = s
+    s.masked_fill_(first[:, :, None] == first[:, None, :], 1.0)
+    if flagged is None:
+        sim.copy_(s)
+    else:
+        sim[flagged] = s
+
+
+def neighbour_lists(unit: torch.Tensor, sim: torch.Tensor, k: int) -> torch.Tensor:
+    """(B*M, k) each token's k most similar other tokens, most similar first; in place, `sim` (B, M, M) gets
+    identical rows as one and its diagonal at -inf, as the partition reads it.
+
+    Identical rows compute a cosine within 2 (Dv + 8) eps of 1 (worst-case rounding of their normalisation and
+    of a Dv-term dot product): only images with such a pair are searched for identical rows (the host learns
+    which), and their lists are sorted again.
+    """
+    B, M, _ = sim.shape
+    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # a token is never its own neighbour
+    nearest, neighbours = sim.view(B * M, M).topk(k, dim=1)  # (B*M, k)
+    maybe_identical = 1 - 2 * (unit.shape[-1] + 8) * torch.finfo(unit.dtype).eps
+    flagged = (nearest[:, 0] >= maybe_identical).view(B, M).any(dim=1).nonzero().squeeze(1)  # (F,)
+    if flagged.numel():
+        identical_rows_as_one(unit, sim, flagged)
+        sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+        neighbours.view(B, M, k)[flagged] = sim[flagged].topk(k, dim=2).indices
+    return neighbours
+
+
+def most_similar_in_b(sim: torch.Tensor, rows: torch.Tensor, Bo: torch.Tensor, M: int) -> torch.Tensor:
+    """(B, a) each A token's highest cosine to any token of B, reading every (a, b) pair.
+
+    sim: (B*M*M,) the flat cosine matrices; rows: (B, a) the A tokens' rows in them; Bo: (B, b) positions of
+    the B tokens.
+    """
+    B, a = rows.shape
+    pairs = (rows[:, :, None] * M + Bo[:, None, :]).reshape(-1)  # (B*a*b,)
+    return sim.index_select(0, pairs).view(B, a, -1).amax(dim=-1)
+
+
+def most_similar_in_b_by_neighbours(
+    sim: torch.Tensor, neighbours: torch.Tensor, rows: torch.Tensor, Bo: torch.Tensor, M: int
+) -> torch.Tensor:
+    """`most_similar_in_b` from the neighbour lists (B*M, k): the cosine of each A token's first neighbour
+    in B; only rows with none of their neighbours in B read every pair (the host learns which)."""
+    B, a = rows.shape
+    b, k = Bo.shape[1], neighbours.shape[1]
+    rows = rows.reshape(B * a)
+    in_b = torch.zeros(B, M, dtype=torch.bool, device=rows.device)
+    in_b.scatter_(1, Bo, True)
+    near = neighbours.index_select(0, rows)  # (B*a, k)
+    hit = in_b.gather(1, near.view(B, a * k)).view(B * a, k)
+    first = near.gather(1, hit.to(torch.uint8).argmax(dim=1, keepdim=True)).squeeze(1)  # first in B
+    best = sim.index_select(0, rows * M + first).view(B, a)
+    miss = ~hit.any(dim=1)
+    if bool(miss.any()):  # no neighbour in B: every (a, b) pair of those rows
+        idx = miss.nonzero().squeeze(1)  # (n_miss,) into B*a
+        pairs = (rows[idx, None] * M + Bo[idx // a]).reshape(-1)
+        best.view(-1)[idx] = sim.index_select(0, pairs).view(-1, b).amax(dim=1)
+    return best
 
 
 def diversity_partition(
@@ -320,10 +418,13 @@ def diversity_partition(
     the same shapes across the batch. Identical unit rows are one vector (`identical_rows_as_one`): their
     cosine to each other is exactly 1 and each copy reads the same cosines, so their ties are exact.
 
-    all_pairs: read every (a, b) pair in every round (default: on an accelerator). The neighbour lists
-    save reads on a CPU, but their fallback for rows with no neighbour in B asks the host whether there
-    are any, once a round; on a GPU those ~M / step host syncs, not the reads, bound the time. Both ways
-    give exactly the same maximum, so the same tokens.
+    all_pairs: read every (a, b) pair in every round, and search every image for identical rows (default: on
+        an accelerator). The neighbour lists save reads on a CPU, but their fallback for rows with no neighbour
+        in B asks the host whether there are any, once a round, and only images with a near-1 cosine are
+        searched for identical rows, which asks the host which those are; on a GPU those host syncs, not the
+        reads, bound the time. With all_pairs every round has the same operations on static shapes and
+        nothing waits for the device: the partition can be captured whole (`torch.compile(fullgraph=True)`,
+        CUDA graphs). Both ways give exactly the same maximum, so the same tokens.
     """
     B, M = residual.shape
     if keep >= M:
@@ -333,49 +434,29 @@ def diversity_partition(
     device = residual.device
     unit = features if normalised else features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-12)
     sim = cosine_matrix(unit)  # (B, M, M)
-    # A token is never in B with itself: keep it out of its own neighbour list (no round reads the diagonal).
-    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
     k = min(NEIGHBOURS, M - 1)
     if all_pairs is None:
         all_pairs = device.type != "cpu"
     if all_pairs:
-        nearest, neighbours = sim.view(B * M, M).amax(dim=1, keepdim=True), None  # (B*M, 1)
-    else:
-        nearest, neighbours = sim.view(B * M, M).topk(k, dim=1)  # (B*M, k) most similar first
-    # Identical rows compute a cosine within 2 (Dv + 8) eps of 1 (worst-case rounding of their normalisation
-    # and of a Dv-term dot product); only images with such a pair are searched for identical rows, exactly.
-    maybe_identical = 1 - 2 * (unit.shape[-1] + 8) * torch.finfo(unit.dtype).eps
-    flagged = (nearest[:, 0] >= maybe_identical).view(B, M).any(dim=1).nonzero().squeeze(1)  # (F,)
-    if flagged.numel():
-        identical_rows_as_one(unit, sim, flagged)
+        identical_rows_as_one(unit, sim)  # every image: no branch on what the device computed
+        # A token is never in B with itself (no round reads the diagonal).
         sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-        if neighbours is not None:
-            neighbours.view(B, M, k)[flagged] = sim[flagged].topk(k, dim=2).indices
+        neighbours = None
+    else:
+        neighbours = neighbour_lists(unit, sim, k)  # (B*M, k)
     sim = sim.view(B * M * M)  # flat: one gather a read
     offset = torch.arange(B, device=device)[:, None] * M  # (B, 1): row b's tokens are b*M .. b*M + M-1
     R = torch.arange(M, device=device).expand(B, M)  # positions into the residual list
-    while R.shape[1] > keep:
+    while R.shape[1] > keep:  # shapes only: the rounds are the same for every input of these shapes
         m = min(step, R.shape[1] - keep)
         A, Bo = R[:, 0::2], R[:, 1::2]  # even and odd positions of the current list
-        a, b = A.shape[1], Bo.shape[1]
-        if a == 0 or b == 0:
+        if A.shape[1] == 0 or Bo.shape[1] == 0:
             break
-        rows = (A + offset).reshape(B * a)  # (B*a,) row of each A token in the stacked matrix
-        if all_pairs or b <= 2 * k:  # a small B (or an accelerator): read every (a, b) pair
-            pairs = (rows.view(B, a, 1) * M + Bo[:, None, :]).reshape(-1)
-            best = sim.index_select(0, pairs).view(B, a, b).amax(dim=-1)
+        rows = A + offset  # (B, a) row of each A token in the stacked matrix
+        if all_pairs or Bo.shape[1] <= 2 * k:  # a small B (or an accelerator): read every (a, b) pair
+            best = most_similar_in_b(sim, rows, Bo, M)
         else:
-            in_b = torch.zeros(B, M, dtype=torch.bool, device=device)
-            in_b.scatter_(1, Bo, True)
-            near = neighbours.index_select(0, rows)  # (B*a, k)
-            hit = in_b.gather(1, near.view(B, a * k)).view(B * a, k)
-            first = near.gather(1, hit.to(torch.uint8).argmax(dim=1, keepdim=True)).squeeze(1)  # first in B
-            best = sim.index_select(0, rows * M + first).view(B, a)
-            miss = ~hit.any(dim=1)
-            if bool(miss.any()):  # no neighbour in B: every (a, b) pair of those rows
-                idx = miss.nonzero().squeeze(1)  # (n_miss,) into B*a
-                pairs = (rows[idx, None] * M + Bo[idx // a]).reshape(-1)
-                best.view(-1)[idx] = sim.index_select(0, pairs).view(-1, b).amax(dim=1)
+            best = most_similar_in_b_by_neighbours(sim, neighbours, rows, Bo, M)
         order = torch.sort(best, dim=1, descending=True, stable=True).indices  # most redundant first
         R = torch.cat([A.gather(1, order[:, m:]), Bo], dim=1)
     R = R[:, :keep]  # only reached past `keep` when keep == 0 stops on an empty B
@@ -433,16 +514,44 @@ def select_tokens(
         kept = torch.arange(N, device=vision.device).expand(B, N).clone()
         return (kept, torch.ones_like(kept, dtype=torch.bool)) if return_important else kept
 
-    # The two large inputs are read for their row norms first; those norms are also their NaN/Inf check.
+    kept, important, finite = select_core(vision, projected, saliency, text, text_mask, budget, config)
+    if not bool(finite):  # a reduction overflowed or an input holds NaN/Inf: the exact check names it
+        check_values(vision, projected, saliency, text)
+    return (kept, important) if return_important else kept
+
+
+def all_finite(*reductions: torch.Tensor | None) -> torch.Tensor:
+    """() bool: True when every given reduction (norms, sums) is finite, which proves its inputs finite."""
+    finite = [torch.isfinite(x).all() for x in reductions if x is not None]
+    return torch.stack(finite).all()
+
+
+def select_core(
+    vision: torch.Tensor,
+    projected: torch.Tensor,
+    saliency: torch.Tensor,
+    text: torch.Tensor | None,
+    text_mask: torch.Tensor | None,
+    budget: int,
+    config: SelectionConfig,
+    all_pairs: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rule on checked inputs with budget < N: (B, K) kept indices ascending, (B, K) important flags, and
+    a () bool that is False when an input may hold NaN or Inf (the caller checks it, exactly, on the host).
+
+    With all_pairs (default: on an accelerator) nothing here waits for the device or branches on its values:
+    for given shapes, dtypes, budget and config every call runs the same operations, so
+    `torch.compile(select_core, fullgraph=True)` captures it whole.
+    """
+    B, N, Dv = vision.shape
     dtype = score_dtype(vision, projected, saliency, text)
-    projected, vision = projected.to(dtype), vision.to(dtype)
-    projected_norms = row_norms("projected", projected)  # (B, N)
-    vision_norms = row_norms("vision", vision)  # (B, N)
-    check_finite("saliency", saliency)
-    check_finite("text", text)
-    score = fused_scores(
-        projected, saliency.to(dtype), None if text is None else text.to(dtype), text_mask, config, projected_norms
-    )  # (B, N)
+    projected, vision, saliency = projected.to(dtype), vision.to(dtype), saliency.to(dtype)
+    text = None if text is None else text.to(dtype)
+    # The two large inputs are read for their row norms first; those norms also prove them finite.
+    projected_norms = torch.linalg.vector_norm(projected, dim=-1)  # (B, N)
+    vision_norms = torch.linalg.vector_norm(vision, dim=-1)  # (B, N)
+    finite = all_finite(projected_norms, vision_norms, saliency.sum(), None if text is None else text.sum())
+    score = fused_scores(projected, saliency, text, text_mask, config, projected_norms)  # (B, N)
     order = torch.sort(score, dim=1, descending=True, stable=True).indices  # (B, N), ties by position
     k_imp, k_div = split_budget(budget, config)
     important, residual = order[:, :k_imp], order[:, k_imp:]  # (B, K_imp), (B, M = N - K_imp)
@@ -451,8 +560,8 @@ def select_tokens(
     rows = (residual + torch.arange(B, device=vision.device)[:, None] * N).reshape(-1)  # (B*M,) into B*N
     unit = vision.reshape(B * N, Dv).index_select(0, rows)  # (B*M, Dv)
     unit /= vision_norms.reshape(B * N).index_select(0, rows).clamp_min(1e-12)[:, None]
-    diverse = diversity_partition(unit.view(B, -1, Dv), residual, k_div, config.diversity_step, normalised=True)
+    diverse = diversity_partition(
+        unit.view(B, -1, Dv), residual, k_div, config.diversity_step, normalised=True, all_pairs=all_pairs
+    )  # (B, K_div)
     kept, position = torch.cat([important, diverse], dim=1).sort(dim=1)  # (B, K) ascending
-    if return_important:
-        return kept, position < k_imp  # the first K_imp entries before sorting were the important ones
-    return kept
+    return kept, position < k_imp, finite  # the first K_imp entries before sorting were the important ones

@@ -13,6 +13,8 @@ Indices are flat and frame-major: token n of frame t is t * N + n, so ascending 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -173,7 +175,7 @@ def select_video_tokens(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Indices of the visual tokens FlashVLM keeps for each clip: importance per frame, background per clip.
 
-    The rule, per clip (ALGORITHM.md, video section). A token is UNCHANGED when its vision feature has cosine
+    The rule, per clip (docs/algorithm.md, "The clip rule"). A token is UNCHANGED when its vision feature has cosine
     >= NEAR_IDENTICAL to the same place of the previous frame; it REPEATS when it has that cosine to a kept
     token of ANOTHER frame, at any place.
     1. Scores (steps 1-4) of every token from its own frame: `fused_scores` on the (B*T, N) view, the guide
@@ -205,9 +207,8 @@ def select_video_tokens(
     keep every patch of a planted moving object (or cover it at its place) and no background token that
     repeats another frame's; worst coverage change: per_frame -0.0001 (transparent.webm, nearly blank),
     global -0.0326 (fire2.mp4 without text, whose clip-wide saliency ranking puts the important tokens in two
-    frames of flames). Means +0.025 / +0.022. On the shapes model (README, evaluation) every split answers
-    at the same accuracy, and frame_by_frame keeps more of the question's object, which that model's text
-    relevance does not mark important, so the clip rule keeps it once as background.
+    frames of flames). Means +0.025 / +0.022. The evaluation (docs/evaluation.md) compares the splits'
+    answers on the shapes model.
 
     Args:
         vision: (B, T, N, Dv) vision-encoder features of every frame.
@@ -236,8 +237,7 @@ def select_video_tokens(
     """
     config = config or SelectionConfig()
     check_inputs(vision, projected, saliency, text, budget, text_mask, lead=2)
-    B, T, N, Dv = vision.shape
-    D = projected.shape[-1]
+    B, T, N, _ = vision.shape
     k_imp, floor = _check_split(split, min_per_frame, budget, T, N, config)
     if budget >= T * N:
         kept = torch.arange(T * N, device=vision.device).expand(B, T * N).clone()
@@ -249,9 +249,60 @@ def select_video_tokens(
         )
     if split == "frame_by_frame":
         return _frame_by_frame(vision, projected, saliency, text, budget, text_mask, config, return_important)
-    K, step, device = budget, config.diversity_step, vision.device
+    core = clip_core(vision, projected, saliency, text, text_mask, budget, k_imp, floor, config)
+    kept, flags = clip_backgrounds(core, budget, config.diversity_step)
+    return (kept, flags) if return_important else kept
 
-    # 1. Importance of every token from its own frame (steps 1-4): frames folded into the batch, text shared.
+
+@dataclass
+class ClipCandidates:
+    """Steps 1-3 of the clip rule for B clips of T frames of N tokens, shapes fixed by (B, T, N, budget).
+
+    score (B, T, N) each token's importance within its frame; flat (B, T*N, Dv) the features in the score
+    dtype and unit their unit rows; static (B, T, N) unchanged since the same place of the previous frame;
+    important / skipped (B, T, N) the important tokens kept and those skipped as covered; shares
+    (B, T*k_frame) every frame's background, reserved (B, T*reserve) its reserve, both in partition order.
+    """
+
+    score: torch.Tensor
+    flat: torch.Tensor
+    unit: torch.Tensor
+    static: torch.Tensor
+    important: torch.Tensor
+    skipped: torch.Tensor
+    shares: torch.Tensor
+    reserved: torch.Tensor
+
+
+def clip_core(
+    vision: torch.Tensor,
+    projected: torch.Tensor,
+    saliency: torch.Tensor,
+    text: torch.Tensor | None,
+    text_mask: torch.Tensor | None,
+    budget: int,
+    k_imp: int,
+    floor: int,
+    config: SelectionConfig,
+    all_pairs: bool | None = None,
+) -> ClipCandidates:
+    """Steps 1-3 of `select_video_tokens` on checked inputs, batched over clips and frames: the bulk of the
+    work. With all_pairs (default: on an accelerator) nothing here waits for the device or branches on its
+    values, so `torch.compile(clip_core, fullgraph=True)` captures it whole."""
+    score, flat, unit = clip_scores(vision, projected, saliency, text, text_mask, config)
+    N = score.shape[2]
+    static = static_tokens(unit, N)  # (B, T, N)
+    selected, skipped = important_tokens(score, static, k_imp, floor)
+    shares, reserved = frame_backgrounds(flat, score, selected, budget - k_imp, floor, config.diversity_step, all_pairs)
+    return ClipCandidates(score, flat, unit, static, selected & ~skipped, skipped, shares, reserved)
+
+
+def clip_scores(vision, projected, saliency, text, text_mask, config):
+    """Step 1: importance of every token from its own frame (steps 1-4 of the image rule), frames folded into
+    the batch and the text shared. Returns score (B, T, N), each frame min-max normalised to [0, 1] so scores
+    compare across frames; flat (B, T*N, Dv) the features in the score dtype; unit, their unit rows."""
+    B, T, N, Dv = vision.shape
+    D = projected.shape[-1]
     dtype = score_dtype(vision, projected, saliency, text)
     frame_text = frame_mask = None
     if text is not None:
@@ -261,92 +312,127 @@ def select_video_tokens(
             frame_mask = text_mask[:, None].expand(B, T, L).reshape(B * T, L)
     score = fused_scores(
         projected.reshape(B * T, N, D).to(dtype), saliency.reshape(B * T, N).to(dtype), frame_text, frame_mask, config
-    ).view(B, T, N)  # each frame min-max normalised to [0, 1], so scores compare across frames
+    ).view(B, T, N)
     flat = vision.to(dtype).reshape(B, T * N, Dv)
-    unit = F.normalize(flat, dim=-1)  # (B, T*N, Dv) for cosines; the partitions get `flat`, as the image rule does
-    static = static_tokens(unit, N)  # (B, T, N)
+    return score, flat, F.normalize(flat, dim=-1)  # cosines read unit rows; the partitions get `flat`, as the image rule
 
-    # 2. The image rule's important tokens: each frame's `floor` best, then (global) the clip's best others.
+
+def important_tokens(score: torch.Tensor, static: torch.Tensor, k_imp: int, floor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2: (B, T, N) bool the image rule's important tokens (each frame's `floor` best, then for
+    split="global" the clip's best others up to k_imp), and (B, T, N) those of them skipped: unchanged since
+    the same place of the previous frame, where the token is kept (or skipped in turn, back to a kept one)."""
+    B, T, N = score.shape
     frame_order = torch.sort(score, dim=2, descending=True, stable=True).indices  # (B, T, N)
-    selected = torch.zeros(B, T, N, dtype=torch.bool, device=device)
+    selected = torch.zeros(B, T, N, dtype=torch.bool, device=score.device)
     selected.scatter_(2, frame_order[:, :, :floor], True)
     if k_imp > T * floor:  # split="global": scores in [0, 1], so the floors' picks rank last here
         key = torch.where(selected, score - 2, score).view(B, T * N)
         extra = torch.sort(key, dim=1, descending=True, stable=True).indices[:, : k_imp - T * floor]
         selected.view(B, T * N).scatter_(1, extra, True)
-    # Skip only what is unchanged since the same place of the previous frame, where it is kept (or skipped
-    # in turn, back to a kept token): `covered` of the previous frame.
     chain = covered(selected, static)  # (B, T, N)
     skipped = selected & static & torch.cat([torch.zeros_like(chain[:, :1]), chain[:, :-1]], dim=1)
-    important = selected & ~skipped
+    return selected, skipped
 
-    # 3. Every frame's own background, as the image rule picks it: the spec's partition (step 6) of the
-    # frame's tokens after its `floor` best (selected first, then descending score), batched over all frames,
-    # first down to a reserve of about twice its share, then on to its share `k_frame`. The second call
-    # continues the rounds of the first, so the share is exactly the image rule's background and the reserve
-    # holds it.
+
+def frame_backgrounds(flat, score, selected, background: int, floor: int, step: int, all_pairs=None):
+    """Step 3: every frame's own background, as the image rule picks it: the spec's partition (step 6) of the
+    frame's tokens after its `floor` best (selected first, then descending score), batched over all frames,
+    first down to a reserve of about twice its share, then on to its share k_frame = background // T. The
+    second call continues the rounds of the first, so the share is exactly the image rule's background and
+    the reserve holds it. Returns shares (B, T*k_frame) and reserved (B, T*reserve), flat token indices."""
+    B, T, N = score.shape
+    Dv = flat.shape[-1]
     M = N - floor
-    k_frame = min(M, (K - k_imp) // T)  # the frame-by-frame rule's background per frame
+    k_frame = min(M, background // T)  # the frame-by-frame rule's background per frame
     reserve = min(M, k_frame + (M - k_frame) % step + step * -(-k_frame // step))  # ~2 k_frame, on a round
     frame_order = torch.sort(torch.where(selected, score + 2, score), dim=2, descending=True, stable=True).indices
-    rest = (frame_order[:, :, floor:] + (torch.arange(T, device=device) * N)[None, :, None]).reshape(B, T * M)
+    rest = (frame_order[:, :, floor:] + (torch.arange(T, device=flat.device) * N)[None, :, None]).reshape(B, T * M)
     features = flat.gather(1, rest[:, :, None].expand(-1, -1, Dv)).view(B * T, M, Dv)
-    reserved = diversity_partition(features, rest.view(B * T, M), reserve, step)  # (B*T, reserve), partition order
+    reserved = diversity_partition(features, rest.view(B * T, M), reserve, step, all_pairs=all_pairs)  # (B*T, reserve)
     features = flat.gather(1, reserved.view(B, -1, 1).expand(-1, -1, Dv)).view(B * T, reserve, Dv)
-    shares = diversity_partition(features, reserved, k_frame, step).reshape(B, T * k_frame)
-    reserved = reserved.reshape(B, T * reserve)
-    by_score = torch.sort(score.view(B, T * N), dim=1, descending=True, stable=True).indices  # (B, T*N)
-    frame_of = torch.arange(T * N, device=device) // N  # (T*N,)
+    shares = diversity_partition(features, reserved, k_frame, step, all_pairs=all_pairs).reshape(B, T * k_frame)
+    return shares, reserved.reshape(B, T * reserve)
 
+
+def clip_backgrounds(core: ClipCandidates, budget: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 4-6 for every clip: (B, budget) kept indices ascending and (B, budget) important flags.
+
+    One clip at a time: clips differ in how many important and repeating tokens they have, so these steps
+    have data-dependent sizes (the part of the clip rule that a compiled graph does not capture).
+    """
+    B, T, N = core.score.shape
+    by_score = torch.sort(core.score.view(B, T * N), dim=1, descending=True, stable=True).indices  # (B, T*N)
+    frame_of = torch.arange(T * N, device=core.score.device) // N  # (T*N,)
     rows, flags = [], []
-    for b in range(B):  # clips differ in how many important and repeating tokens they have
-        chosen = important[b].reshape(T * N).clone()
-        skipped_b = skipped[b].reshape(T * N)  # their content is kept at the same place of an earlier frame
-
-        def ranked(tokens: torch.Tensor) -> torch.Tensor:
-            """`tokens` neither chosen yet nor skipped, best score first."""
-            mask = torch.zeros(T * N, dtype=torch.bool, device=device)
-            mask[tokens] = True
-            return by_score[b][(mask & ~chosen & ~skipped_b)[by_score[b]]]
-
-        imp = by_score[b][chosen[by_score[b]]]
-        n_imp = imp.numel()
-        k_div = K - n_imp
-        # 4. Each frame's share, less the tokens that repeat a kept token of another frame: background
-        # shown in several frames is kept once.
-        share = ranked(shares[b])
-        share = share[~repeats(unit[b], frame_of, imp, share)]
-        if share.numel() >= k_div:  # the shares alone fill the budget: the pooled partition thins them
-            diverse = diversity_partition(flat[b, share][None], share[None], k_div, step * T)[0]
-        else:
-            # 5. The slots the repeats and skips freed go to the clip's pooled reserve: the reserve tokens of
-            # every frame that repeat nothing kept, thinned by the spec's partition over the whole clip.
-            chosen[share] = True
-            spare = ranked(reserved[b])
-            spare = spare[~repeats(unit[b], frame_of, torch.cat([imp, share]), spare)]
-            need = k_div - share.numel()
-            if spare.numel() >= need:
-                diverse = torch.cat([share, diversity_partition(flat[b, spare][None], spare[None], need, step)[0]])
-            else:  # short of reserve tokens: any token that repeats nothing kept, least covered first, then the rest
-                chosen[spare] = True
-                kept_so_far = torch.cat([imp, share, spare])
-                rest = ranked(by_score[b])
-                # Least covered first, tokens unchanged since the same place of the previous frame last.
-                cover = best_cosine(unit[b], rest, kept_so_far) + 3 * static[b].reshape(T * N)[rest]
-                rest = rest[torch.sort(cover, stable=True).indices]
-                more = take_fresh(unit[b], frame_of, kept_so_far, rest, need - spare.numel())
-                chosen[more] = True
-                # Only then repeats: first those that repeat no kept BACKGROUND token of another frame (they
-                # repeat an important token, or only their own frame), so a nearly blank clip keeps its blank
-                # background in one frame; skipped tokens last of all.
-                last = torch.cat([rest, by_score[b][skipped_b[by_score[b]]]])
-                last = last[~chosen[last]]
-                background = torch.cat([share, spare, more])
-                again = take_fresh(unit[b], frame_of, background, last, need - spare.numel() - more.numel())
-                chosen[again] = True
-                diverse = torch.cat([background, again, last[~chosen[last]]])[:k_div]
+    for b in range(B):
+        clip = OneClip(
+            unit=core.unit[b], flat=core.flat[b], frame_of=frame_of, by_score=by_score[b],
+            chosen=core.important[b].reshape(T * N).clone(), skipped=core.skipped[b].reshape(T * N),
+            static=core.static[b].reshape(T * N), frames=T,
+        )
+        imp = clip.by_score[clip.chosen[clip.by_score]]  # important tokens, best score first
+        diverse = clip.background(imp, core.shares[b], core.reserved[b], budget - imp.numel(), step)
         kept, where = torch.cat([imp, diverse]).sort()
         rows.append(kept)
-        flags.append(where < n_imp)
-    kept = torch.stack(rows)
-    return (kept, torch.stack(flags)) if return_important else kept
+        flags.append(where < imp.numel())
+    return torch.stack(rows), torch.stack(flags)
+
+
+@dataclass
+class OneClip:
+    """One clip's tokens for steps 4-5, flat over its T*N tokens: unit (T*N, Dv) unit rows, flat (T*N, Dv)
+    features, frame_of / by_score (T*N,) each token's frame and the tokens by descending score, and (T*N,)
+    bool: chosen (kept so far, updated here), skipped (covered important tokens), static (unchanged); frames: T."""
+
+    unit: torch.Tensor
+    flat: torch.Tensor
+    frame_of: torch.Tensor
+    by_score: torch.Tensor
+    chosen: torch.Tensor
+    skipped: torch.Tensor
+    static: torch.Tensor
+    frames: int
+
+    def ranked(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens` neither chosen yet nor skipped, best score first."""
+        mask = torch.zeros_like(self.chosen)
+        mask[tokens] = True
+        return self.by_score[(mask & ~self.chosen & ~self.skipped)[self.by_score]]
+
+    def fresh(self, kept: torch.Tensor, ranked: torch.Tensor) -> torch.Tensor:
+        """The tokens of `ranked` that repeat no token of another frame among `kept` or the earlier ones."""
+        return ranked[~repeats(self.unit, self.frame_of, kept, ranked)]
+
+    def background(self, imp: torch.Tensor, shares: torch.Tensor, reserved: torch.Tensor, k_div: int, step: int) -> torch.Tensor:
+        """Steps 4-5: the clip's k_div background tokens, given its important tokens `imp` (best first)."""
+        # 4. Each frame's share, less the tokens that repeat a kept token of another frame: background shown
+        # in several frames is kept once.
+        share = self.fresh(imp, self.ranked(shares))
+        if share.numel() >= k_div:  # the shares alone fill the budget: the pooled partition thins them
+            return diversity_partition(self.flat[share][None], share[None], k_div, step * self.frames)[0]
+        # 5. The slots the repeats and skips freed go to the clip's pooled reserve: the reserve tokens of every
+        # frame that repeat nothing kept, thinned by the spec's partition over the whole clip.
+        self.chosen[share] = True
+        spare = self.fresh(torch.cat([imp, share]), self.ranked(reserved))
+        need = k_div - share.numel()
+        if spare.numel() >= need:
+            return torch.cat([share, diversity_partition(self.flat[spare][None], spare[None], need, step)[0]])
+        self.chosen[spare] = True
+        return torch.cat([share, spare, self.last_resort(imp, torch.cat([share, spare]), need - spare.numel())])
+
+    def last_resort(self, imp: torch.Tensor, background: torch.Tensor, need: int) -> torch.Tensor:
+        """Short of reserve tokens (a nearly static clip): `need` more, first those that repeat nothing kept,
+        least covered by the kept ones first (unchanged tokens last); only then repeats, first those that
+        repeat no kept BACKGROUND token of another frame (they repeat an important token, or only their own
+        frame), so a nearly blank clip keeps its blank background in one frame; skipped tokens last of all."""
+        kept_so_far = torch.cat([imp, background])
+        rest = self.ranked(self.by_score)
+        cover = best_cosine(self.unit, rest, kept_so_far) + 3 * self.static[rest]
+        rest = rest[torch.sort(cover, stable=True).indices]
+        more = take_fresh(self.unit, self.frame_of, kept_so_far, rest, need)
+        self.chosen[more] = True
+        last = torch.cat([rest, self.by_score[self.skipped[self.by_score]]])
+        last = last[~self.chosen[last]]
+        again = take_fresh(self.unit, self.frame_of, torch.cat([background, more]), last, need - more.numel())
+        self.chosen[again] = True
+        return torch.cat([more, again, last[~self.chosen[last]]])[:need]

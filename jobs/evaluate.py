@@ -2,7 +2,7 @@
 """Measure what token pruning costs in answers: one sample at a grid of budgets x selection methods.
 
     python jobs/evaluate.py                                         # configs/eval_demo.yaml: shapes test split
-    python jobs/evaluate.py --set model.name=flashvlm-tiny/llava --set evaluation.budgets=[null,64,16]
+    python jobs/evaluate.py --set 'evaluation.budgets=[null,64,16]'                # fewer budgets
     ray job submit --working-dir . -- python jobs/evaluate.py --config configs/eval_llava15_7b_videomme.yaml
 
 Each video is decoded once and its vision features computed once; every setting reuses them
@@ -11,8 +11,8 @@ run record in runs/, prints a table per method x budget and per question type, w
 with one JSON line: {"model", "items", "results": [{"method", "budget", "options", "accuracy",
 "retention", "agreement", "object_recall", "ms_per_answer"}, ...]}.
 
-Exit status: 0 when the run succeeded (broken videos are error rows), 2 for a bad config or labels file
-(before Ray starts), 1 when the run failed.
+Exit status: 0 when the run succeeded (broken videos are error rows), 2 for a bad config, model.name or
+labels file (before Ray starts), 1 when the run failed (one line on stderr; its record in runs/).
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ if str(ROOT) not in sys.path:  # `python jobs/evaluate.py` puts jobs/ first on t
     sys.path.insert(0, str(ROOT))
 
 from pipeline.config import ConfigError, job_parser  # noqa: E402
-from pipeline.evaluate import DEFAULT_CONFIG, evaluate, load_eval_config  # noqa: E402
+from pipeline.eval_config import DEFAULT_CONFIG, load_eval_config  # noqa: E402
+from pipeline.eval_labels import LabelsFileError  # noqa: E402
+from pipeline.evaluate import evaluate  # noqa: E402
+from pipeline.lifecycle import exit_status  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -41,21 +44,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_eval_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"config {args.config}: model {cfg.model.name}, budgets {cfg.evaluation.budgets}, methods "
-          f"{[s.label() for s in cfg.evaluation.settings]}, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
-    try:
+        print(f"config {args.config}: model {cfg.model.name}, budgets {cfg.evaluation.budgets}, methods "
+              f"{[s.label() for s in cfg.evaluation.settings]}, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
         out = evaluate(cfg)
-    except ValueError as exc:
-        if str(exc).startswith("labels file"):  # a malformed labels file: the message names file and row
-            print(exc, file=sys.stderr)
-            return 2
-        raise
+    except Exception as exc:
+        return exit_status(exc, refused=(ConfigError, LabelsFileError))
     record = out["record"]
-    print(f"\nevaluation {record['run_id']} {record['status']} in {record['wall_s']:.1f} s: {record['answers']} scored "
-          f"rows, {record['videos_failed']} videos failed; table {cfg.output.uri.rstrip('/')}/evaluations/", flush=True)
+    print(f"\nevaluation {record.run_id} {record.status} in {record.wall_s:.1f} s: {record.answers} scored "
+          f"rows, {record.videos_failed} videos failed; table {cfg.output.uri.rstrip('/')}/evaluations/", flush=True)
     print(out["tables"], flush=True)
     print(f"\ntables, summary and plot: {out['folder']}/", flush=True)
     if out["plot"]:

@@ -12,8 +12,11 @@ the run itself is pipeline.run.run. Ray: `ray.address` from the config, else RAY
 --incremental (or `incremental: true`): answer only the (video_uri, video_version, question) not yet
 answered under the same settings_id. A run is all or nothing (pipeline/commit.py).
 
-Exit status: 0 when the run succeeded (failed videos are error rows, not a failed run), 2 for a bad
-config (before Ray starts, or a local input/output uri on a cluster of several nodes), 1 when the run failed (its record, status failed, is still written).
+Exit status: 0 when the run succeeded (failed videos are error rows, not a failed run); 2 for a bad
+config, a model.name that is neither a local directory, a hub id nor a registered name (before Ray starts),
+or a local input/output uri on a cluster of several nodes; 1 when the run failed (a model that cannot
+load, more than run.max_answer_failure_share of the videos failing in the answer stage, ...: one line
+on stderr, and its record, status failed, in runs/).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python jobs/video_qa.py` puts jobs/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
-from pipeline.config import ConfigError, job_parser, load_config  # noqa: E402
+from pipeline.config import job_parser, load_config  # noqa: E402
+from pipeline.lifecycle import exit_status  # noqa: E402
 from pipeline.run import DEFAULT_CONFIG, run, summary_text  # noqa: E402
 
 
@@ -44,18 +48,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"config {args.config}: model {cfg.model.name}, budget {cfg.selection.budget}, "
-          f"{cfg.sampling.frames} frames at {cfg.sampling.size}px, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
-    if args.incremental:
-        cfg.incremental = True
-    try:
+        cfg.incremental = cfg.incremental or args.incremental
+        print(f"config {args.config}: model {cfg.model.name}, budget {cfg.selection.budget}, {cfg.sampling.frames} "
+              f"frames at {cfg.sampling.size}px, input {cfg.input.uri}, output {cfg.output.uri}", flush=True)
         record = run(cfg)
-    except ConfigError as exc:  # e.g. a local output.uri on a cluster of several nodes, refused at start
-        print(exc, file=sys.stderr)
-        return 2
+    except Exception as exc:
+        return exit_status(exc)
     print(summary_text(cfg, record), flush=True)
     return 0
 

@@ -2,9 +2,15 @@
 
 The model loads once per actor, in __init__ (GPU when the pool asks for one, else CPU); batches carry
 frames and questions, never models. Each video is one `adapter.answer_video` call for all its
-questions. With labels (a questions file with an `answer` column), each row carries `expected` and
-`correct` (pipeline.scoring.is_correct). A video whose call fails becomes one error row (stage "answer"); the rest of the batch, and
-the run, go on. Rows that arrive with an error (listing, read, decode) pass through as error rows.
+questions (a time segment: one call on the segment's frames); labels are joined to the answers later, by
+the writer. A video whose call fails becomes one
+error row (stage "answer"); the rest of the batch goes on (the run fails only when more than
+run.max_answer_failure_share of the videos fail here: pipeline.lifecycle). Rows that arrive with an error
+(listing, read, decode) pass through as error rows.
+
+A model that cannot load raises ModelLoadError with the actor's first batch, which fails the run at once
+(Ray Data stops at a batch's exception). Not from the constructor: Ray then prints a traceback on the
+driver's console for every retry of the dead actor.
 """
 
 from __future__ import annotations
@@ -13,25 +19,32 @@ import inspect
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import pyarrow as pa
 
 from pipeline.cluster import current_node
-from pipeline.questions import label_key
 from pipeline.schema import ANSWERED, error_text, frames_of
-from pipeline.scoring import is_correct
+
+
+class ModelLoadError(RuntimeError):
+    """model.name could not be loaded in a model actor; the message names the key and the cause."""
 
 
 def load_adapter(model: Mapping[str, Any], selection: Mapping[str, Any], selection_options: Mapping[str, Any]):
-    """The config's model (`model` section) loaded with `flashvlm.load` and wrapped with its `selection`."""
+    """The config's model (`model` section) loaded with `flashvlm.load` and wrapped with its `selection`;
+    ModelLoadError when the model itself cannot be loaded."""
     import flashvlm
     import torch
 
     dtype = getattr(torch, model["dtype"]) if model.get("dtype") else None
-    loaded, _processor = flashvlm.load(
-        model["name"], dtype=dtype, device=model.get("device"), trust_remote_code=bool(model.get("trust_remote_code"))
-    )
+    try:
+        loaded, _processor = flashvlm.load(
+            model["name"], dtype=dtype, device=model.get("device"), trust_remote_code=bool(model.get("trust_remote_code"))
+        )
+    except Exception as exc:
+        traceback.print_exc()  # the whole story to the actor's log; the run gets one line
+        raise ModelLoadError(f"model.name {model['name']!r} cannot be loaded: {type(exc).__name__}: {error_text(exc)}") from None
     config = flashvlm.SelectionConfig(**selection_options) if selection_options else None
     return flashvlm.wrap(
         loaded, selection.get("budget"), config=config, guide=selection.get("guide", "question"),
@@ -50,15 +63,16 @@ class AnswerQuestions:
         frame_size: int,
         run_id: str,
         settings_id: str,
-        expected: Optional[Mapping[str, str]] = None,
     ):
-        self.expected = dict(expected or {})  # {label_key(video_uri, question): label}
         self.model_name = model["name"]
         self.max_new_tokens = int(model.get("max_new_tokens") or 32)
         self.budget = selection.get("budget")
         self.frame_size, self.run_id, self.settings_id = frame_size, run_id, settings_id
         self.node = current_node()
-        self.adapter = load_adapter(model, selection, selection_options)
+        try:
+            self.adapter, self.load_error = load_adapter(model, selection, selection_options), None
+        except ModelLoadError as exc:  # raised with the first batch (see the module's docstring)
+            self.adapter, self.load_error = None, exc
 
     @staticmethod
     def _video_options(wrap: Any, selection: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,7 +97,7 @@ class AnswerQuestions:
 
     def _row(self, row: Mapping[str, Any], now: datetime, **values: Any) -> dict[str, Any]:
         out = dict.fromkeys(ANSWERED.names)
-        for name in ("video_uri", "video_version", "video_size", "decode_ms", "decode_backend", "duration_s", "fps", "width", "height", "decode_node"):
+        for name in ("video_uri", "video_version", "video_size", "segment_index", "start_s", "end_s", "decode_ms", "decode_backend", "duration_s", "fps", "width", "height", "decode_node"):
             out[name] = row.get(name)
         out.update(model=self.model_name, budget=self.budget, frame_size=self.frame_size,
                    settings_id=self.settings_id, run_id=self.run_id, created_at=now, answer_node=self.node)
@@ -115,8 +129,6 @@ class AnswerQuestions:
                 question_index=i,
                 question=question,
                 answer=answer.text,
-                expected=(label := self.expected.get(label_key(row["video_uri"], question))),
-                correct=is_correct(answer.text, label),
                 frames=int(row["frames_shape"][0]),
                 tokens_kept=int(answer.tokens_kept),
                 tokens_total=int(answer.tokens_total),
@@ -128,6 +140,8 @@ class AnswerQuestions:
         ]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.load_error is not None:
+            raise self.load_error
         rows: list[dict[str, Any]] = []
         for row in batch.to_pylist():
             try:

@@ -4,10 +4,13 @@
     <output.uri>/_staging/<run_id>/errors/...  and  .../runs/date=D/<run_id>.parquet
     <output.uri>/_staging/<run_id>/_COMMIT.json                                 the commit point
 
-Readers only look under answers/, errors/ and runs/, so a run's rows are invisible until it commits.
-Commit: write `_COMMIT.json` (one atomic PUT on S3, temp name + rename on a local disk) listing the
+Readers only look under answers/, errors/, evaluations/ and runs/, so a run's rows are invisible until
+it commits. Commit: write `_COMMIT.json` (one atomic PUT on S3, temp name + rename on a local disk) listing the
 staged files the run's writers reported, then move each file to the same relative path under output.uri
-(the run record last), then delete the staging folder. Only the reported files are published: a killed
+(the run record last), then delete the staging folder. The moves are one file at a time on every store (a rename each on a
+local disk, a copy and delete on S3): during them a reader listing a table can see part of the run, never
+its run record, which moves last; docs/operations.md ("Commits: what a reader sees") gives the reading
+rule that never sees part of a run (pipeline.tables.read_committed). Only the reported files are published: a killed
 earlier attempt of the same run_id can leave Ray workers alive for seconds after its driver died, and a
 file such a worker writes into the staging folder is not this attempt's and is deleted with the folder.
 A process killed:

@@ -24,7 +24,7 @@ import torch
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from flashvlm.models import _DTYPES
+from flashvlm.models import DTYPES
 from flashvlm.models.base import GUIDES
 from flashvlm.selection import TEXT_WEIGHTINGS, SelectionConfig, split_budget
 from flashvlm.selectors import METHODS, method_options
@@ -37,7 +37,7 @@ from shapes.clips import SPLITS as SHAPES_SPLITS
 Guide = Literal[GUIDES]
 Split = Literal[SPLITS]
 TextWeighting = Literal[TEXT_WEIGHTINGS]
-DType = Literal[tuple(_DTYPES)]
+DType = Literal[tuple(DTYPES)]
 Method = Literal[tuple(METHODS)]
 # Keywords of a selector the adapter fills itself (or the config sets elsewhere: split, min_per_frame and
 # the SelectionConfig fields such as text_weighting are selection keys), never a method option.
@@ -101,7 +101,7 @@ def _torch_device(device: Optional[str]) -> Optional[str]:
 Uri = Annotated[str, Field(min_length=1), AfterValidator(_known_protocol)]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     # protected_namespaces=(): fields such as ray.model_actors are ours, not pydantic's.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -111,7 +111,7 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------------------------------
 
 
-class GenerateShapes(_Strict):
+class GenerateShapes(StrictModel):
     """A split of the labelled shapes task (shapes/clips.py): its clips and its questions.jsonl."""
 
     split: Literal[SHAPES_SPLITS] = "test"  # type: ignore[valid-type]
@@ -119,7 +119,7 @@ class GenerateShapes(_Strict):
     frames: int = Field(default=4, ge=1, le=8)
 
 
-class InputConfig(_Strict):
+class InputConfig(StrictModel):
     uri: Uri = Field(description="a local folder, file://, s3://bucket/prefix, a glob, or a manifest file")
     extra_uris: list[Uri] = Field(
         default_factory=list,
@@ -166,8 +166,8 @@ class InputConfig(_Strict):
         return [e.lower() if e.startswith(".") else "." + e.lower() for e in value]
 
 
-class ModelConfig(_Strict):
-    name: str = Field(min_length=1, description="hub id, local path, or flashvlm-tiny/<family> for the offline tiny models")
+class ModelConfig(StrictModel):
+    name: str = Field(min_length=1, description="hub id (org/name), local checkpoint directory, or a registered name (flashvlm-tiny/shapes); checked before Ray starts")
     dtype: Optional[DType] = Field(default=None, description="None: the loader's default")
     device: Annotated[Optional[str], AfterValidator(_torch_device)] = Field(
         default=None, description="cpu, cuda, cuda:N (any torch device); None lets flashvlm.load choose"
@@ -176,8 +176,32 @@ class ModelConfig(_Strict):
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
 
 
-class SamplingConfig(_Strict):
-    frames: int = Field(default=8, ge=1, le=1024, description="frames sampled uniformly per video")
+class SegmentsConfig(StrictModel):
+    """How a video is cut into time segments, each answered on its own (docs/segments.md)."""
+
+    mode: Literal["none", "fixed", "scenes"] = Field(
+        default="none", description="none: the whole video is one segment; fixed: windows of length_s; scenes: shots"
+    )
+    length_s: Optional[float] = Field(
+        default=None, gt=0, description="fixed: the window length (required); scenes: longer shots are cut into windows of it"
+    )
+    min_s: float = Field(default=0.0, ge=0, description="a last window (fixed) or a shot (scenes) shorter than this joins its neighbour")
+    threshold: float = Field(
+        default=27.0, gt=0, description="scenes: PySceneDetect ContentDetector threshold (mean HSV change between sampled frames)"
+    )
+    detect_fps: float = Field(default=8.0, gt=0, description="scenes: frames a second the shot detector looks at")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "SegmentsConfig":
+        if self.mode == "fixed" and self.length_s is None:
+            raise FieldError("length_s", self.length_s, "mode fixed needs length_s, the window length in seconds")
+        if self.length_s is not None and self.min_s >= self.length_s:
+            raise FieldError("min_s", self.min_s, f"must be shorter than length_s ({self.length_s})")
+        return self
+
+
+class SamplingConfig(StrictModel):
+    frames: int = Field(default=8, ge=1, le=1024, description="frames sampled uniformly per video (per segment)")
     fps: Optional[float] = Field(
         default=None, gt=0, description="if set, at most duration*fps frames (never more than `frames`)"
     )
@@ -186,6 +210,18 @@ class SamplingConfig(_Strict):
         default="crop",
         description="crop: shortest side to size then centre crop (CLIP's own preprocessing); squash: ignore aspect",
     )
+    segments: SegmentsConfig = Field(default_factory=SegmentsConfig, description="time segments of long videos")
+
+    def hashed(self) -> dict[str, Any]:
+        """What settings ids hash: every key, segments only when set (mode none keeps earlier runs' ids)."""
+        data = self.model_dump(mode="json")
+        if self.segments.mode == "none":
+            data.pop("segments")
+        return data
+
+    def frame_options(self) -> dict[str, Any]:
+        """The frame sampling options of flashvlm.decode.Sampling (everything but segments)."""
+        return self.model_dump(exclude={"segments"})
 
 
 def _selection_option_fields() -> dict[str, Any]:
@@ -201,7 +237,7 @@ def _selection_option_fields() -> dict[str, Any]:
     return out
 
 
-_SelectionBase = create_model("_SelectionBase", __base__=_Strict, **_selection_option_fields())
+_SelectionBase = create_model("_SelectionBase", __base__=StrictModel, **_selection_option_fields())
 
 
 class SelectionOptions(_SelectionBase):  # type: ignore[misc, valid-type]
@@ -265,11 +301,11 @@ class SelectionOptions(_SelectionBase):  # type: ignore[misc, valid-type]
         return {k: v for k, v in self.model_dump().items() if k in names and v is not None}
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     uri: Uri = Field(description="a local folder, file://, or s3://bucket/prefix; tables go to answers/, errors/, runs/")
 
 
-class RayConfig(_Strict):
+class RayConfig(StrictModel):
     address: Optional[str] = Field(default=None, description="None: RAY_ADDRESS if set, else a new local Ray")
     num_cpus: Optional[int] = Field(default=None, ge=1, description="CPUs of a new local Ray (ignored when connecting)")
     dashboard: bool = Field(default=False, description="start the dashboard with a new local Ray")
@@ -291,6 +327,10 @@ class RayConfig(_Strict):
     )
     write_batch_size: int = Field(default=512, ge=1, description="rows per output file (at most)")
     write_num_cpus: float = Field(default=0.1, gt=0)
+    log_to_driver: bool = Field(
+        default=False, description="stream the actors' output (a failed video's traceback) to the job's console; "
+        "it is always in Ray's log files (/tmp/ray/session_latest/logs)"
+    )
 
     @field_validator("decode_actors", "model_actors")
     @classmethod
@@ -306,12 +346,20 @@ class RayConfig(_Strict):
 # --------------------------------------------------------------------------------------------------
 
 
+class RunPolicy(StrictModel):
+    max_answer_failure_share: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="the run fails (and rolls back) when more than this share of the decoded videos fail in the "
+        "answer stage: the model is broken, not the inputs (1.0: never)",
+    )
+
+
 # Selection fields added after answers were first written with a settings_id: while null (the library
 # default) they are left out of the hash, so a scheduled incremental run does not redo every answer.
 _HASHED_WHEN_SET = ("text_weighting",)
 
 
-class JobConfig(_Strict):
+class JobConfig(StrictModel):
     run_id: Optional[str] = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
@@ -339,6 +387,7 @@ class JobConfig(_Strict):
         description="passed to fsspec/s3fs for remote URIs (e.g. endpoint_url, key, secret); stored and logged masked",
     )
     ray: RayConfig = Field(default_factory=RayConfig)
+    run: RunPolicy = Field(default_factory=RunPolicy)
 
     @field_validator("questions")
     @classmethod
@@ -376,7 +425,7 @@ class JobConfig(_Strict):
                 selection.pop(name, None)
         key = {
             "model": self.model.model_dump(mode="json", exclude={"device", "trust_remote_code"}),
-            "sampling": self.sampling.model_dump(mode="json"),
+            "sampling": self.sampling.hashed(),
             "selection": selection,
         }
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -385,6 +434,29 @@ class JobConfig(_Strict):
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # org/name
+
+
+def check_model_name(name: str) -> None:
+    """model.name before Ray starts: an existing local directory, a name a package registers in the
+    flashvlm.checkpoints entry-point group, or a hub id (org/name); else a one-line ConfigError naming the key.
+    A name that is a path (absolute, ./, ../ or ~) is never taken for a hub id."""
+    from importlib.metadata import entry_points
+
+    from flashvlm.models import CHECKPOINTS_GROUP
+
+    path = Path(name).expanduser()
+    if path.is_dir() or name in entry_points(group=CHECKPOINTS_GROUP).names:
+        return
+    if path.exists():
+        raise ConfigError(f"model.name: {name!r} is a file, not a checkpoint directory")
+    if name.startswith(("/", "./", "../", "~")) or not HUB_ID.match(name) or "--" in name or ".." in name:
+        raise ConfigError(
+            f"model.name: {name!r} is not an existing local directory, a hub id (org/name) or a registered "
+            f"checkpoint ({', '.join(sorted(entry_points(group=CHECKPOINTS_GROUP).names)) or 'none installed'})"
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

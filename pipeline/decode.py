@@ -1,8 +1,11 @@
-"""Stage 2: read each video through fsspec and decode it with flashvlm.decode: one DECODED row per video.
+"""Stage 3: read each video (or time segment) through fsspec and decode it with flashvlm.decode: one
+DECODED row per PLANNED row.
 
 Decoding itself (decord, the PyAV fallback, uniform sampling, resizing to the model's input size at decode
-time, rotation) is the library's (flashvlm/decode.py); this stage adds storage, a per-video timeout and
-error rows.
+time, rotation, seeking to a time range) is the library's (flashvlm/decode.py); this stage adds storage, a
+per-row timeout and error rows. A whole video (end_s null: sampling.segments.mode none) is read whole and
+decoded as before; a segment [start_s, end_s) is decoded from an fsspec file object, so PyAV's seek turns
+into byte-range reads (S3: HTTP ranges of RANGE_BLOCK bytes) and a segment never reads the whole object.
 
 decord can hang forever on some files, and a hung C call cannot be interrupted in-thread, so with a
 timeout (the default) each actor reads and decodes in a helper process that is killed and restarted
@@ -12,6 +15,7 @@ bounds decord's memory leak on long files.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import select
@@ -25,12 +29,13 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pyarrow as pa
 
-from flashvlm.decode import Sampling, decode_bytes
+from flashvlm.decode import Sampling, decode_bytes, decode_range
 from pipeline.cluster import current_node
 from pipeline.schema import DECODED, error_text
 from pipeline.storage import filesystem
 
 _RECYCLE_AFTER = 200  # videos per helper process
+RANGE_BLOCK = 1 << 20  # bytes an fsspec read fetches at least (s3fs's default, 50 MiB, would read whole segments many times over)
 _STARTUP_TIMEOUT_S = 120.0  # the helper imports numpy, decord, av, s3fs: slow on a busy machine
 
 
@@ -46,15 +51,60 @@ class StageError(Exception):
         self.stage, self.error_type, self.message = stage, error_type, message
 
 
-def read_and_decode(uri: str, sampling: Sampling, storage_options: Optional[Mapping[str, Any]] = None) -> tuple[np.ndarray, dict]:
-    """Read one object and decode it; StageError carries 'read' or 'decode' for the error row."""
+class CountingReader(io.RawIOBase):
+    """A read-only file object over another that counts the bytes read through it."""
+
+    def __init__(self, file: Any):
+        self.file, self.bytes_read = file, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.file.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
+def read_and_decode(
+    uri: str, sampling: Sampling, storage_options: Optional[Mapping[str, Any]] = None,
+    start_s: Optional[float] = None, end_s: Optional[float] = None,
+) -> tuple[np.ndarray, dict]:
+    """Read one object and decode it (only [start_s, end_s) when end_s is given); StageError carries
+    'read' or 'decode' for the error row. meta["bytes_read"]: bytes fetched from storage."""
     try:
         fs, path = filesystem(uri, storage_options)
-        data = fs.cat_file(path)
+        if end_s is None:
+            data = fs.cat_file(path)
+        else:
+            file = fs.open(path, "rb", block_size=RANGE_BLOCK)
     except Exception as exc:
         raise StageError("read", type(exc).__name__, error_text(exc)) from None
     try:
-        return decode_bytes(data, sampling)
+        if end_s is None:
+            frames, meta = decode_bytes(data, sampling)
+            meta["bytes_read"] = len(data)
+            return frames, meta
+        with file:
+            counted = CountingReader(file)
+            frames, meta = decode_range(counted, start_s or 0.0, end_s, sampling)
+            fetched = getattr(getattr(file, "cache", None), "total_requested_bytes", 0)  # s3fs: whole blocks
+            meta["bytes_read"] = max(counted.bytes_read, fetched)
+            return frames, meta
     except Exception as exc:
         raise StageError("decode", type(exc).__name__, error_text(exc)) from None
 
@@ -95,9 +145,9 @@ def _serve() -> None:
         if request is None:
             _send(out, "ready")
             continue
-        uri, sampling, options = request
+        uri, sampling, options, start_s, end_s = request
         try:
-            _send(out, ("ok", read_and_decode(uri, Sampling(**sampling), options)))
+            _send(out, ("ok", read_and_decode(uri, Sampling(**sampling), options, start_s, end_s)))
         except StageError as exc:
             _send(out, ("error", exc.stage, exc.error_type, exc.message))
         except Exception as exc:
@@ -134,13 +184,14 @@ class _Helper:
             self.proc = None
             raise StageError("decode", "DecoderCrashed", f"the decoder process died (exit code {code})") from None
 
-    def run(self, uri: str, sampling: Sampling, options: Mapping[str, Any], timeout_s: float):
+    def run(self, uri: str, sampling: Sampling, options: Mapping[str, Any], timeout_s: float,
+            start_s: Optional[float] = None, end_s: Optional[float] = None):
         if self.proc is None or self.proc.poll() is not None or self.served >= _RECYCLE_AFTER:
             self.stop()
             self._start()
         self.served += 1
         try:
-            reply = self._call((uri, asdict(sampling), dict(options)), timeout_s)
+            reply = self._call((uri, asdict(sampling), dict(options), start_s, end_s), timeout_s)
         except DecodeTimeout as exc:
             raise StageError("decode", "TimeoutError", str(exc)) from None
         if reply[0] == "error":
@@ -160,10 +211,10 @@ class _Helper:
 
 
 class DecodeVideos:
-    """Callable for `Dataset.map_batches(batch_format="pyarrow")` on a CPU actor pool: LISTED -> DECODED.
+    """Callable for `Dataset.map_batches(batch_format="pyarrow")` on a CPU actor pool: PLANNED -> DECODED.
 
-    Rows that already carry an error pass through untouched; a video that cannot be read or decoded
-    gets error_stage/error_type/error and no frames. Never raises for one video.
+    Rows that already carry an error pass through untouched; a video or segment that cannot be read or
+    decoded gets error_stage/error_type/error and no frames. Never raises for one row; the timeout is per row.
     """
 
     def __init__(
@@ -182,10 +233,10 @@ class DecodeVideos:
         self.helper = _Helper() if timeout_s else None
         self.node = current_node()
 
-    def _decode(self, uri: str) -> tuple[np.ndarray, dict]:
+    def _decode(self, uri: str, start_s: Optional[float], end_s: Optional[float]) -> tuple[np.ndarray, dict]:
         if self.helper is None:
-            return read_and_decode(uri, self.sampling, self.storage_options)
-        return self.helper.run(uri, self.sampling, self.storage_options, self.timeout_s)
+            return read_and_decode(uri, self.sampling, self.storage_options, start_s, end_s)
+        return self.helper.run(uri, self.sampling, self.storage_options, self.timeout_s, start_s, end_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
@@ -196,8 +247,11 @@ class DecodeVideos:
             if row.get("error") is None:
                 start = time.perf_counter()
                 try:
-                    frames, meta = self._decode(row["video_uri"])
+                    frames, meta = self._decode(row["video_uri"], row.get("start_s"), row.get("end_s"))
+                    if out.get("end_s") is None:  # a whole video: segment 0 is [0, duration]
+                        out.update(segment_index=0, start_s=0.0, end_s=meta["duration_s"])
                     out.update(
+                        bytes_read=meta.get("bytes_read"),
                         frames=frames.tobytes(),
                         frames_shape=list(frames.shape),
                         frame_indices=[int(i) for i in meta["frame_indices"]],

@@ -83,7 +83,8 @@ class _Rows:
         stage = pc.if_else(pc.is_valid(error_type), pa.scalar("list"), pa.scalar(None, pa.string()))
         self.batches.append(pa.RecordBatch.from_arrays(
             [pa.array(c["video_uri"], pa.string()), pa.array(c["video_version"], pa.string()),
-             pa.array(c["video_size"], pa.int64()), pa.nulls(n, LISTED.field("questions").type), stage, error_type,
+             pa.array(c["video_size"], pa.int64()), pa.nulls(n, LISTED.field("questions").type),
+             pa.nulls(n, LISTED.field("question_start_s").type), pa.nulls(n, LISTED.field("question_end_s").type), stage, error_type,
              pa.array(c["error"], pa.string())],
             schema=LISTED,
         ))

@@ -7,28 +7,24 @@ and the run record with its totals. jobs/video_qa.py is the command line over `r
     record = run(cfg)                       # the run record, also written to <output.uri>/runs/
     print(summary_text(cfg, record))
 
-list (driver) -> decode (CPU actor pool) -> answer (model actor pool) -> write (Parquet) -> run record.
+list (driver) -> plan (workers; sampling.segments) -> decode (CPU actor pool) -> answer (model actor pool)
+-> write (Parquet) -> run record.
 Ray: `ray.address` from the config, else RAY_ADDRESS (set by `ray job submit`), else a new local Ray.
 
 Incremental runs (`incremental: true`) answer only the (video_uri, video_version, question) not yet
-answered under the same settings_id. A run writes under <output.uri>/_staging/<run_id>/ and commits at
-the end (pipeline/commit.py): readers never see part of a run, and the next run finishes or discards
-what a killed run left.
+answered under the same settings_id (per segment_index too with sampling.segments). The run's life
+(recover, stage, commit or roll back, the run record) is pipeline.lifecycle.staged_run; what a reader
+sees during a commit is in docs/operations.md.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import sys
 import tempfile
 import time
-import uuid
-from datetime import datetime, timezone
-from importlib import metadata
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -36,36 +32,26 @@ import pyarrow.parquet as pq
 
 from pipeline.answer import AnswerQuestions
 from pipeline.cluster import check_shared_storage
-from pipeline.commit import commit, final_path, recover, rollback, staging_uri
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, check_model_name
 from pipeline.decode import DecodeVideos
+from pipeline.lifecycle import RunRecord, check_answer_failures, staged_run
 from pipeline.listing import ListVideos
-from pipeline.questions import attach_questions, expected_answers, questions_by_video, read_questions_file
-from pipeline.schema import LISTED, error_text
+from pipeline.plan import plan_segments
+from pipeline.questions import attach_questions, labels_of, read_questions, whole_videos
+from pipeline.schema import LISTED
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 from pipeline.tables import done_scans
 from pipeline.todo import plan_on_workers, plans_on_workers
-from pipeline.write import WriteTables, write_run_record
+from pipeline.write import WriteTables
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"
 MAX_BLOCKS = 10_000
-_VERSIONED = ("flashvlm", "ray", "pyarrow", "torch", "transformers", "decord", "av", "s3fs", "fsspec")
 
 
 # --------------------------------------------------------------------------------------------------
 # Setup
 # --------------------------------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def init_ray(cfg: JobConfig) -> None:
@@ -76,15 +62,15 @@ def init_ray(cfg: JobConfig) -> None:
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=cfg.ray.log_to_driver)
         return
     # Local workers inherit this environment: make the checkout importable even without `pip install -e`.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     # address="local": always a new Ray, never the latest `ray start` cluster found in /tmp/ray.
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.dashboard)
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=cfg.ray.dashboard, log_to_driver=cfg.ray.log_to_driver)
 
 
-def _ray_initialized() -> bool:
+def ray_initialized() -> bool:
     import ray
 
     return ray.is_initialized()
@@ -156,34 +142,32 @@ def pool(size: Any):
 # --------------------------------------------------------------------------------------------------
 
 
-def labels(cfg: JobConfig, input_uri: str) -> dict[str, str]:
-    """The questions file's labels ({label_key: answer}; empty without an `answer` column or file)."""
-    if not cfg.questions_file:
-        return {}
-    return expected_answers(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
+def questions_of(cfg: JobConfig, input_uri: str) -> Optional[pa.Table]:
+    """The questions file, read once (pipeline.questions.QUESTIONS); None without one."""
+    return read_questions(cfg.questions_file, cfg.storage_options, input_uri) if cfg.questions_file else None
 
 
-def list_inputs(cfg: JobConfig, input_uri: str) -> tuple[pa.Table, int]:
-    """The videos to process, with their questions (LISTED), and how many listed videos had none."""
+def list_inputs(cfg: JobConfig, input_uri: str, questions: Optional[pa.Table]) -> tuple[pa.Table, int]:
+    """The videos to process, with their questions (LISTED), and how many listed videos had none.
+    questions: the questions file (questions_of), or None."""
     listed = ListVideos(cfg.input.extensions, cfg.storage_options, cfg.input.allowed_prefixes)(
         pa.table({"input_uri": input_locations(cfg, input_uri)})
     )
-    per_video = None
-    if cfg.questions_file:
-        per_video = questions_by_video(read_questions_file(cfg.questions_file, cfg.storage_options), input_uri)
-    return attach_questions(listed, cfg.questions, per_video, input_uri, cfg.input.allowed_prefixes)
+    return attach_questions(listed, cfg.questions, questions, input_uri, cfg.input.allowed_prefixes)
 
 
-def plan(cfg: JobConfig, input_uri: str) -> tuple[Any, int, int, int]:
+def plan(cfg: JobConfig, input_uri: str, questions: Optional[pa.Table]) -> tuple[Any, int, int, int]:
     """What the run answers: (LISTED rows to do, how many, videos skipped for want of questions, videos
-    already done). On the driver as Arrow tables, or, for an inventory or input.list_on_workers, as a Ray
-    dataset planned on workers (pipeline.todo) with counts from aggregates."""
+    already done). questions: the questions file (questions_of), or None. On the driver as a LISTED table,
+    or, for an inventory or input.list_on_workers, as a Ray dataset of LISTED rows planned on workers
+    (pipeline.todo) with counts from aggregates. With sampling.segments, incremental runs skip per segment
+    in the planner (plan_dataset), not here."""
     if plans_on_workers(cfg, input_uri):
-        todo, counts = plan_on_workers(cfg, input_uri)
+        todo, counts = plan_on_workers(cfg, input_uri, questions)
         return todo, counts["videos_to_do"], counts["videos_skipped"], counts["videos_already_done"]
-    listed, skipped = list_inputs(cfg, input_uri)
+    listed, skipped = list_inputs(cfg, input_uri, questions)
     already = 0
-    if cfg.incremental:
+    if cfg.incremental and cfg.sampling.segments.mode == "none":
         listed, already = drop_done(cfg, listed)
     return listed, listed.num_rows, skipped, already
 
@@ -238,23 +222,57 @@ def left_to_do(listed: pa.Table, answered: Iterable, failed: Iterable) -> tuple[
     todo = ok.take(rows[starts])
     todo = todo.set_column(todo.schema.get_field_index("questions"), LISTED.field("questions"),
                            pa.ListArray.from_arrays(offsets, left.column("question").combine_chunks()))
+    for name in ("question_start_s", "question_end_s"):  # parallel to questions: kept at the same positions
+        if ok.column(name).null_count < ok.num_rows:
+            flat = pa.array([v for qs, vs in zip(questions.to_pylist(), ok.column(name).to_pylist())
+                             for v in (vs or [None] * len(qs or []))], pa.float64())
+            todo = todo.set_column(todo.schema.get_field_index(name), LISTED.field(name),
+                                   pa.ListArray.from_arrays(offsets, flat.take(left.column("position").combine_chunks())))
     return pa.concat_tables([todo, errors]).sort_by("video_uri"), ok.num_rows - todo.num_rows
 
 
-def decode_dataset(cfg: JobConfig, listed):
-    """list -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half). `listed` is a
-    LISTED table in the driver, or a Ray dataset of LISTED rows (pipeline.todo.plan_on_workers)."""
+def plan_dataset(cfg: JobConfig, listed):
+    """list -> plan, as a lazy Ray dataset of PLANNED rows, one per time segment. `listed` is the driver's
+    LISTED table, or a Ray dataset of LISTED rows (planned on workers, pipeline.todo). Whole videos
+    (sampling.segments.mode none) are one segment each, made in Arrow; otherwise pipeline.plan runs on Ray
+    workers, and its rows are cut into blocks of decode_batch_size so one video's segments spread over
+    every decode actor."""
     import ray
 
+    segmented = cfg.sampling.segments.mode != "none"
     if isinstance(listed, pa.Table):
-        # Small blocks, so every decode actor gets work early; at most MAX_BLOCKS of them, so a million videos
+        if not segmented:
+            listed = whole_videos(listed)
+        # Small blocks, so every actor gets work early; at most MAX_BLOCKS of them, so a million videos
         # are not a million object refs in the driver.
-        per_block = max(cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
-        listed = ray.data.from_arrow([listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)])
-    return listed.map_batches(
+        per_block = max(1 if segmented else cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
+        ds = ray.data.from_arrow([listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)])
+    elif not segmented:
+        ds = listed.map_batches(whole_videos, batch_format="pyarrow")
+    else:
+        ds = listed
+    if not segmented:
+        return ds
+    done = None
+    if cfg.incremental:  # skipped per segment by the planner (the listing cannot know the segments)
+        done = dict(output_uri=cfg.output.uri, settings_id=cfg.settings_id(), storage_options=cfg.storage_options,
+                    retry=cfg.incremental_retry)
+    return ds.map_batches(
+        plan_segments,
+        fn_kwargs=dict(segments=cfg.sampling.segments.model_dump(), storage_options=cfg.storage_options, done=done),
+        batch_size=1,
+        batch_format="pyarrow",
+        # One CPU, the repartition's own, so Ray Data fuses the two into one task per video: the planning
+        # task needs a CPU that the decode and model pools leave free (ray.num_cpus > their sum).
+    ).repartition(target_num_rows_per_block=cfg.ray.decode_batch_size)
+
+
+def decode_dataset(cfg: JobConfig, listed):
+    """list -> plan -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half)."""
+    return plan_dataset(cfg, listed).map_batches(
         DecodeVideos,
         fn_constructor_kwargs=dict(
-            **cfg.sampling.model_dump(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
+            **cfg.sampling.frame_options(), storage_options=cfg.storage_options, timeout_s=cfg.ray.decode_timeout_s,
             threads=cfg.ray.decode_threads,
         ),
         batch_size=cfg.ray.decode_batch_size,
@@ -264,9 +282,9 @@ def decode_dataset(cfg: JobConfig, listed):
     )
 
 
-def build_dataset(cfg: JobConfig, listed, run_id: str, run_date: str, expected: dict[str, str] | None = None):
+def build_dataset(cfg: JobConfig, listed, stage_uri: str, record: RunRecord, labels: Optional[pa.Table] = None):
     """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows; the tables are
-    written under _staging/<run_id>/ for pipeline.commit.commit to publish."""
+    written under stage_uri (the run's staging folder) for the commit to publish, the labels joined by the writer."""
     ds = decode_dataset(cfg, listed)
     ds = ds.map_batches(
         AnswerQuestions,
@@ -275,9 +293,8 @@ def build_dataset(cfg: JobConfig, listed, run_id: str, run_date: str, expected: 
             selection=cfg.selection.model_dump(),
             selection_options=cfg.selection.library_options(),
             frame_size=cfg.sampling.size,
-            run_id=run_id,
-            settings_id=cfg.settings_id(),
-            expected=expected,
+            run_id=record.run_id,
+            settings_id=record.settings_id,
         ),
         batch_size=cfg.ray.model_batch_size,
         batch_format="pyarrow",
@@ -288,8 +305,8 @@ def build_dataset(cfg: JobConfig, listed, run_id: str, run_date: str, expected: 
     return ds.map_batches(
         WriteTables,
         fn_constructor_kwargs=dict(
-            output_uri=staging_uri(cfg.output.uri, run_id), storage_options=cfg.storage_options, run_id=run_id,
-            run_date=run_date,
+            output_uri=stage_uri, storage_options=cfg.storage_options, run_id=record.run_id, run_date=record.run_date,
+            labels=labels,
         ),
         batch_size=cfg.ray.write_batch_size,
         batch_format="pyarrow",
@@ -298,81 +315,62 @@ def build_dataset(cfg: JobConfig, listed, run_id: str, run_date: str, expected: 
     )
 
 
-def _totals(record: dict[str, Any], summaries: list[dict[str, Any]], t0: float) -> None:
-    for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total", "answers_labelled", "answers_correct"):
-        record[key] = sum(int(s[key]) for s in summaries)
-    record["decode_s"] = sum(s["decode_ms"] for s in summaries) / 1000.0
-    record["answer_s"] = sum(s["answer_ms"] for s in summaries) / 1000.0
-    record["nodes"] = sorted({n for s in summaries for n in s.get("nodes") or []})
-    record["finished_at"] = datetime.now(timezone.utc)
-    record["wall_s"] = time.perf_counter() - t0
+def add_totals(record: RunRecord, summaries: list[dict[str, Any]]) -> Counter:
+    """Sum the writers' WRITE_SUMMARY rows into the record; returns the answer stage's failures by error."""
+    for key in ("answers", "videos_ok", "videos_failed", "frames_decoded", "tokens_kept", "tokens_total",
+                "answers_labelled", "answers_correct"):
+        setattr(record, key, sum(int(s[key]) for s in summaries))
+    record.decode_s = sum(s["decode_ms"] for s in summaries) / 1000.0
+    record.answer_s = sum(s["answer_ms"] for s in summaries) / 1000.0
+    record.nodes = sorted({n for s in summaries for n in s.get("nodes") or []})
+    failures: Counter = Counter()
+    for s in summaries:
+        for item in s.get("answer_errors") or []:
+            failures[item["error"]] += int(item["videos"])
+    return failures
 
 
-def run(cfg: JobConfig) -> dict[str, Any]:
-    """Run the whole job; returns the run record (also written to runs/). Raises if the pipeline fails.
+def run(cfg: JobConfig) -> RunRecord:
+    """Run the whole job; returns the run record (also written to runs/). Raises if the run fails.
 
-    All or nothing: the run's files are staged and committed at the end (pipeline.commit); a run that
-    raises is rolled back (its record, status failed, still goes to runs/).
+    All or nothing (pipeline.lifecycle.staged_run): the run's files are staged and committed at the end;
+    a run that raises is rolled back (its record, status failed, still goes to runs/). model.name is
+    checked first, and local storage on a cluster of several nodes is refused, before anything is written
+    (ConfigError).
     """
-    started = datetime.now(timezone.utc)
-    run_id = cfg.run_id or f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    run_date = f"{started:%Y-%m-%d}"
-    t0 = time.perf_counter()
-    record: dict[str, Any] = {
-        "run_id": run_id, "status": "failed", "started_at": started, "input_uri": cfg.input.uri,
-        "output_uri": cfg.output.uri, "model": cfg.model.name, "settings_id": cfg.settings_id(),
-        "config": json.dumps(cfg.public_dict(), sort_keys=True), "versions": json.dumps(versions(), sort_keys=True),
-        "videos_listed": 0, "videos_ok": 0, "videos_failed": 0, "videos_skipped": 0, "videos_already_done": 0,
-        "incremental": cfg.incremental, "answers": 0, "frames_decoded": 0, "tokens_kept": 0, "tokens_total": 0,
-        "run_date": run_date, "files": [],
-    }
-    summaries: list[dict[str, Any]] = []
-    out_root = filesystem(cfg.output.uri, cfg.storage_options)[1]
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or _ray_initialized():
+    check_model_name(cfg.model.name)
+    ray_init_s = None
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or ray_initialized():
         # An existing cluster may have several nodes: refuse local storage before anything is read or written.
         t1 = time.perf_counter()
         init_ray(cfg)
-        record["ray_init_s"] = time.perf_counter() - t1
+        ray_init_s = time.perf_counter() - t1
         check_shared_storage(cfg)
-    try:
-        recovered = recover(cfg.output.uri, cfg.storage_options, current_run_id=run_id)
-        for what in ("rolled_forward", "rolled_back"):
-            if recovered[what]:
-                print(f"earlier interrupted runs {what.replace('_', ' ')}: {', '.join(recovered[what])}", flush=True)
+    with staged_run(cfg, kind="run") as staged:
+        record = staged.record
+        record.ray_init_s = ray_init_s
         input_uri = resolve_input(cfg)
+        questions = questions_of(cfg, input_uri)
         if plans_on_workers(cfg, input_uri):
             t1 = time.perf_counter()
             init_ray(cfg)
-            record["ray_init_s"] = record.get("ray_init_s") or time.perf_counter() - t1
-        listed, to_do, skipped, already = plan(cfg, input_uri)
-        record.update(videos_listed=to_do + skipped + already, videos_skipped=skipped, videos_already_done=already)
-        record["listing_s"] = time.perf_counter() - t0
-        print(f"run {run_id}: {to_do} videos to answer ({skipped} without questions skipped, "
+            record.ray_init_s = record.ray_init_s or time.perf_counter() - t1
+        listed, to_do, skipped, already = plan(cfg, input_uri, questions)
+        record.videos_listed, record.videos_skipped, record.videos_already_done = to_do + skipped + already, skipped, already
+        record.listing_s = staged.elapsed()
+        print(f"run {record.run_id}: {to_do} videos to answer ({skipped} without questions skipped, "
               f"{already} already done)", flush=True)
+        summaries: list[dict[str, Any]] = []
         if to_do:
             t1 = time.perf_counter()
             init_ray(cfg)
-            record["ray_init_s"] = record.get("ray_init_s") or time.perf_counter() - t1
+            record.ray_init_s = record.ray_init_s or time.perf_counter() - t1
             t1 = time.perf_counter()
-            summaries = build_dataset(cfg, listed, run_id, run_date, labels(cfg, input_uri)).take_all()
-            record["pipeline_s"] = time.perf_counter() - t1
-        record["status"] = "succeeded"
-        _totals(record, summaries, t0)
-        staged = [f for s in summaries for f in s["files"]]
-        run_file = write_run_record(staging_uri(cfg.output.uri, run_id), cfg.storage_options, record, run_date)
-        # The commit point. Only what this attempt's writers reported is published.
-        commit(cfg.output.uri, cfg.storage_options, run_id, files=staged + [run_file])
-        record["files"] = [final_path(f, out_root, run_id) for f in staged]
-        record["run_file"] = final_path(run_file, out_root, run_id)
-    except BaseException as exc:
-        record.update(status="failed", error=f"{type(exc).__name__}: {error_text(exc)}", files=[])
-        _totals(record, summaries, t0)
-        try:
-            rollback(cfg.output.uri, cfg.storage_options, run_id)  # refuses once committed: recovery rolls forward
-            record["run_file"] = write_run_record(cfg.output.uri, cfg.storage_options, record, run_date)
-        except Exception as inner:  # never hide the pipeline's own error behind this one
-            print(f"could not write the run record: {type(inner).__name__}: {inner}", file=sys.stderr)
-        raise
+            summaries = build_dataset(cfg, listed, staged.staging_uri, record, labels_of(questions)).take_all()
+            record.pipeline_s = time.perf_counter() - t1
+        failures = add_totals(record, summaries)
+        check_answer_failures(record.videos_ok, failures, cfg.run.max_answer_failure_share)
+        staged.staged += [f for s in summaries for f in s["files"]]
     return record
 
 
@@ -381,47 +379,47 @@ def run(cfg: JobConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def failures(cfg: JobConfig, record: dict[str, Any], limit: int = 10) -> list[str]:
+def failures(cfg: JobConfig, record: RunRecord, limit: int = 10) -> list[str]:
     """One line per failed video of this run, read back from the error files it wrote."""
     fs, _ = filesystem(cfg.output.uri, cfg.storage_options)
     fs.invalidate_cache()  # a retry rewrote these files: s3fs must not reuse an earlier ETag
     lines = []
-    for path in (f for f in record["files"] if "/errors/" in f):
+    for path in (f for f in record.files if "/errors/" in f):
         for row in pq.read_table(path, filesystem=arrow_filesystem(fs)).to_pylist():
             name = row["video_uri"].rsplit("/", 1)[-1]
             lines.append(f"    {name:<32} {row['stage']:<7} {row['error_type']}: {(row['error'] or '')[:90]}")
     return sorted(lines)[:limit] + ([f"    ... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
-def summary_text(cfg: JobConfig, record: dict[str, Any]) -> str:
+def summary_text(cfg: JobConfig, record: RunRecord) -> str:
     """What the job prints at the end: counts, time per stage, failed videos, where the tables are, and a
     DuckDB one-liner that runs as printed."""
-    kept, total = record["tokens_kept"], record["tokens_total"]
+    kept, total = record.tokens_kept, record.tokens_total
     share = f" ({100.0 * kept / total:.1f}%)" if total else ""
     out = cfg.output.uri.rstrip("/")
     answers_glob = f"{out}/answers/**/*.parquet"
     lines = [
         "",
-        f"run {record['run_id']} {record['status']} in {record['wall_s']:.1f} s",
-        f"  videos: {record['videos_ok']} ok, {record['videos_failed']} failed, {record['videos_skipped']} skipped,"
-        f" {record.get('videos_already_done') or 0} already done (of {record['videos_listed']} listed);"
-        f" frames decoded: {record['frames_decoded']}",
-        f"  answers: {record['answers']} rows; visual tokens kept {kept} of {total}{share}",
-        *([f"  accuracy on labelled questions: {record['answers_correct']} of {record['answers_labelled']}"
-           f" ({100.0 * record['answers_correct'] / record['answers_labelled']:.1f}%) at"
-           f" {cfg.selection.budget or 'every'} visual tokens a frame"] if record.get("answers_labelled") else []),
-        f"  time: listing {record.get('listing_s') or 0:.1f} s, ray start {record.get('ray_init_s') or 0:.1f} s,"
-        f" pipeline {record.get('pipeline_s') or 0:.1f} s"
-        f" (decode {record['decode_s']:.1f} s, model {record['answer_s']:.1f} s summed over actors)",
+        f"run {record.run_id} {record.status} in {record.wall_s:.1f} s",
+        f"  videos: {record.videos_ok} ok, {record.videos_failed} failed, {record.videos_skipped} skipped,"
+        f" {record.videos_already_done or 0} already done (of {record.videos_listed} listed);"
+        f" frames decoded: {record.frames_decoded}",
+        f"  answers: {record.answers} rows; visual tokens kept {kept} of {total}{share}",
+        *([f"  accuracy on labelled questions: {record.answers_correct} of {record.answers_labelled}"
+           f" ({100.0 * record.answers_correct / record.answers_labelled:.1f}%) at"
+           f" {cfg.selection.budget or 'every'} visual tokens a frame"] if record.answers_labelled else []),
+        f"  time: listing {record.listing_s or 0:.1f} s, ray start {record.ray_init_s or 0:.1f} s,"
+        f" pipeline {record.pipeline_s or 0:.1f} s"
+        f" (decode {record.decode_s:.1f} s, model {record.answer_s:.1f} s summed over actors)",
     ]
-    if record["videos_failed"]:
+    if record.videos_failed:
         lines += ["  failed videos:", *failures(cfg, record)]
     lines += [
         "  tables (Parquet, Hive-partitioned by date):",
-        *(f"    {name:<8} {join(out, name)}/date={record['run_date']}/" for name in ("answers", "errors", "runs")),
+        *(f"    {name:<8} {join(out, name)}/date={record.run_date}/" for name in ("answers", "errors", "runs")),
         "  query them with DuckDB:",
         f"    python -c \"import duckdb; duckdb.sql(\\\"SELECT video_uri, question, answer, tokens_kept, tokens_total"
-        f" FROM read_parquet('{answers_glob}', hive_partitioning=true) WHERE run_id = '{record['run_id']}'\\\").show()\"",
+        f" FROM read_parquet('{answers_glob}', hive_partitioning=true) WHERE run_id = '{record.run_id}'\\\").show()\"",
     ]
     if not is_local(cfg.output.uri):
         lines.append("    (S3: `INSTALL httpfs; LOAD httpfs;` first, or pipeline.tables.duckdb_connect for fsspec credentials)")

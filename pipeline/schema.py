@@ -1,14 +1,16 @@
-"""pyarrow schemas of the rows between stages and of the three output tables.
+"""pyarrow schemas of the rows between stages and of the output tables.
 
 Every stage returns a table with exactly one of these schemas, so Ray never has to guess or unify
 types (a batch of only failures has the same columns as a batch of successes). Each output field
-carries a description in its metadata; `describe` prints them (the README's table is made from it).
+carries a description in its metadata; `describe` prints them, and docs/pipeline.md's tables are generated
+from them (`python -m pipeline.schema --update docs/pipeline.md`; tests/test_docs.py fails when they differ).
 
-Output layout under output.uri (Hive-partitioned by the run's UTC date; a run's files appear only when
-it commits, see pipeline/commit.py; _staging/ holds runs in progress and is never read):
-    answers/date=YYYY-MM-DD/<run_id>-<digest>.parquet   one row per (video, question)
-    errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet    one row per failed video
+Output layout under output.uri (Hive-partitioned by the run's UTC date; a run's files appear when it
+commits, see pipeline/commit.py and docs/operations.md; _staging/ holds runs in progress and is never read):
+    answers/date=YYYY-MM-DD/<run_id>-<digest>.parquet   one row per (video, segment, question)
+    errors/date=YYYY-MM-DD/<run_id>-<digest>.parquet    one row per failed video or segment
     runs/date=YYYY-MM-DD/<run_id>.parquet               one row per run
+    evaluations/date=YYYY-MM-DD/<run_id>.parquet        one row per (item, setting) of an evaluation
 The `date` column comes from the folder name (hive partitioning), not from the files.
 """
 
@@ -28,7 +30,7 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 # Error columns carried by every intermediate row: null while the video is healthy. Only the writer
 # splits failed rows from good ones, so nothing is dropped on the way.
 _ERROR_FIELDS = [
-    _f("error_stage", pa.string(), "stage that failed: list, read, decode, answer"),
+    _f("error_stage", pa.string(), "stage that failed: list, plan, read, decode, answer"),
     _f("error_type", pa.string(), "exception class name"),
     _f("error", pa.string(), "readable message"),
 ]
@@ -45,19 +47,32 @@ _VIDEO_FIELDS = [
     _f("video_size", pa.int64(), "bytes"),
 ]
 
+# The time segment a row is about (sampling.segments); a whole video is segment 0 over [0, duration].
+_SEGMENT_FIELDS = [
+    _f("segment_index", pa.int32(), "position of the time segment in the video, from 0 (sampling.segments; a whole video: 0)"),
+    _f("start_s", pa.float64(), "segment start, seconds from the start of the video"),
+    _f("end_s", pa.float64(), "segment end (exclusive), seconds from the start of the video; a whole video: its duration"),
+]
+
 # ---- between stages (internal) -------------------------------------------------------------------
 
 LISTED = pa.schema(
     [
         *_VIDEO_FIELDS,
         _f("questions", pa.list_(pa.string()), "questions to ask of this video"),
+        # A questions-file row may name a time range: asked only of the segments that overlap it.
+        _f("question_start_s", pa.list_(pa.float64()), "parallel to questions: start of the range it asks about; null: the whole video"),
+        _f("question_end_s", pa.list_(pa.float64()), "parallel to questions: end of that range; null: the whole video"),
         *_ERROR_FIELDS,
     ]
 )
 
+# One row per time segment (pipeline/plan.py), the unit of work from decoding on.
+PLANNED = pa.schema([*LISTED, *_SEGMENT_FIELDS])
+
 DECODED = pa.schema(
     [
-        *LISTED,
+        *PLANNED,
         # Raw uint8 RGB bytes of the sampled frames in C order, shape in frames_shape: plain Arrow, so
         # no Ray tensor extension type is needed to pass them between actors.
         _f("frames", pa.large_binary(), "sampled frames, uint8 RGB, C order"),
@@ -70,6 +85,7 @@ DECODED = pa.schema(
         _f("height", pa.int32(), "source height as displayed"),
         _f("decode_backend", pa.string(), "decord or pyav (the fallback)"),
         _f("decode_ms", pa.float64(), "read + decode + resize time of this video"),
+        _f("bytes_read", pa.int64(), "bytes read from storage for this row (a segment reads only its range)"),
         _NODE_FIELDS[0],
     ]
 )
@@ -79,6 +95,7 @@ DECODED = pa.schema(
 ANSWERS = pa.schema(
     [
         *_VIDEO_FIELDS,
+        *_SEGMENT_FIELDS,
         _f("question_index", pa.int16(), "position of the question in the video's question list"),
         _f("question", pa.string(), "the question"),
         _f("answer", pa.string(), "the model's answer"),
@@ -109,7 +126,8 @@ ERRORS = pa.schema(
     [
         _VIDEO_FIELDS[0],
         _VIDEO_FIELDS[1],
-        _f("stage", pa.string(), "stage that failed: list, read, decode, answer", nullable=False),
+        *_SEGMENT_FIELDS,
+        _f("stage", pa.string(), "stage that failed: list, plan, read, decode, answer", nullable=False),
         _f("error_type", pa.string(), "exception class name"),
         _f("error", pa.string(), "readable message"),
         _f("settings_id", pa.string(), "hash of model, sampling and selection settings"),
@@ -172,10 +190,43 @@ WRITE_SUMMARY = pa.schema(
         pa.field("answer_ms", pa.float64()),
         pa.field("files", pa.list_(pa.string())),
         pa.field("nodes", pa.list_(pa.string())),
+        # videos that failed in the answer stage, by "ErrorType: message": what the failure policy weighs
+        pa.field("answer_errors", pa.list_(pa.struct([("error", pa.string()), ("videos", pa.int64())]))),
     ]
 )
 
-TABLES = {"answers": ANSWERS, "errors": ERRORS, "runs": RUNS}
+# The evaluation's table (pipeline/evaluate.py): one row per (item, setting), scored.
+EVALUATIONS = pa.schema(
+    [
+        *_VIDEO_FIELDS[:2],
+        _f("item", pa.int32(), "the item's number in this run (labels file order, then config questions)"),
+        _f("question", pa.string(), "the question"),
+        _f("question_type", pa.string(), "the labels file's question_type (null if none)"),
+        _f("choices", pa.list_(pa.string()), "multiple-choice options (null: open question)"),
+        _f("method", pa.string(), "selector (flashvlm.selectors.METHODS), or full for the full-budget reference"),
+        _f("options", pa.string(), "the method's options as JSON"),
+        _f("budget", pa.int32(), "visual tokens kept per frame; null: all (method full)"),
+        _f("frames", pa.int16(), "frames shown to the model"),
+        _f("tokens_kept", pa.int32(), "visual tokens given to the language model, whole clip"),
+        _f("tokens_total", pa.int32(), "visual tokens before pruning, whole clip"),
+        _f("answer", pa.string(), "the model's answer (multiple choice: the most likely option)"),
+        _f("choice_scores", pa.list_(pa.float64()), "multiple choice: log-likelihood of each option"),
+        _f("expected", pa.string(), "the label; null when unlabelled"),
+        _f("correct", pa.bool_(), "answer matches the label (pipeline.scoring); null when unlabelled"),
+        _f("agrees_with_full", pa.bool_(), "answer equals the same model's full-budget answer"),
+        _f("object_recall", pa.float64(), "share of the item's object_patches kept; null without them"),
+        _f("latency_ms", pa.float64(), "model time of this answer (the setting's call / its items)"),
+        _f("encode_ms", pa.float64(), "the video's vision features, computed once for every setting"),
+        _f("decode_ms", pa.float64(), "read + decode + resize time of the video"),
+        _f("model", pa.string(), "model.name"),
+        _f("settings_id", pa.string(), "hash of model, sampling and this row's selection setting"),
+        _f("run_id", pa.string(), "the evaluation run", nullable=False),
+        _f("created_at", TIMESTAMP, "UTC"),
+        *_ERROR_FIELDS,
+    ]
+)
+
+TABLES = {"answers": ANSWERS, "errors": ERRORS, "runs": RUNS, "evaluations": EVALUATIONS}
 
 
 MAX_ERROR_CHARS = 2000
@@ -202,3 +253,37 @@ def describe(schema: pa.Schema) -> str:
         doc = (field.metadata or {}).get(b"description", b"").decode()
         rows.append(f"| `{field.name}` | {field.type} | {doc} |")
     return "\n".join(rows)
+
+
+# docs/pipeline.md holds the output tables between these two lines, as `tables_markdown` writes them.
+TABLES_BEGIN = "<!-- generated by `python -m pipeline.schema --update docs/pipeline.md`: do not edit by hand -->"
+TABLES_END = "<!-- end of generated tables -->"
+
+
+def tables_markdown() -> str:
+    """Every output table (TABLES) as a heading and its `describe` table."""
+    return "\n\n".join(f"**{name}/**\n\n{describe(schema)}" for name, schema in TABLES.items())
+
+
+def with_tables(doc: str) -> str:
+    """`doc` with the text between TABLES_BEGIN and TABLES_END replaced by `tables_markdown()`."""
+    head, begin, rest = doc.partition(TABLES_BEGIN)
+    _, end, tail = rest.partition(TABLES_END)
+    if not begin or not end:
+        raise ValueError(f"the document needs the lines {TABLES_BEGIN!r} and {TABLES_END!r}")
+    return f"{head}{TABLES_BEGIN}\n\n{tables_markdown()}\n\n{TABLES_END}{tail}"
+
+
+if __name__ == "__main__":
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="The output tables' columns, as Markdown")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--markdown", action="store_true", help="print them")
+    action.add_argument("--update", metavar="DOC", type=Path, help="rewrite them in DOC, between the generated-table markers")
+    args = parser.parse_args()
+    if args.update:
+        args.update.write_text(with_tables(args.update.read_text()))
+    else:
+        print(tables_markdown())

@@ -2,13 +2,16 @@
 
     from pipeline.tables import read_table, duckdb_connect
     answers = read_table("s3://bucket/qa", "answers")            # pyarrow.Table, with the `date` column
-    con = duckdb_connect("s3://bucket/qa")                        # views: answers, errors, runs
+    committed = read_committed("s3://bucket/qa", "answers")       # only rows of runs that committed
+    con = duckdb_connect("s3://bucket/qa")                        # views: answers, errors, runs, evaluations
     con.sql("SELECT model, avg(tokens_kept / tokens_total) FROM answers GROUP BY model").show()
     draw_answer_row(answers.to_pylist()[0]).save("row.png")     # what the model kept (flashvlm.viz)
 
-Only committed runs are visible: a run writes under <output.uri>/_staging/<run_id>/ and moves its files
-into answers/, errors/ and runs/ when it commits (pipeline/commit.py), so every reader (pyarrow, the
-DuckDB/Polars/pandas globs) sees whole runs. The same (video, question) can have rows from several
+A run writes under <output.uri>/_staging/<run_id>/ and moves its files into answers/, errors/,
+evaluations/ and runs/ when it commits (pipeline/commit.py), one file at a time and its run record last.
+So a reader that lists a table during a commit may see part of a run; one that reads only the rows of
+runs whose record says succeeded, reading runs/ first, never does (`read_committed`; the rule and its SQL
+are in docs/operations.md, "Commits: what a reader sees"). The same (video, question) can have rows from several
 runs (a rerun without --incremental, a changed object, a retried failure): `latest_answers` and
 LATEST_ANSWERS_SQL keep the newest row per (video_uri, question, settings_id).
 
@@ -68,6 +71,26 @@ def latest_answers(
         sql, params = sql.replace("QUALIFY", "WHERE settings_id = $sid QUALIFY"), {"sid": settings_id}
     result = con.execute(sql + " ORDER BY video_uri, question_index", params).to_arrow_table()
     return result.cast(answers.schema)
+
+
+def committed_runs(output_uri: str, storage_options: Optional[Mapping[str, Any]] = None) -> pa.Array:
+    """The run ids whose run record says succeeded: runs whose every file is in place (the record moves last)."""
+    import pyarrow.compute as pc
+
+    runs = read_columns(output_uri, "runs", ["run_id"], storage_options, filter=pc.field("status") == "succeeded")
+    return runs.column("run_id").combine_chunks()
+
+
+def read_committed(
+    output_uri: str, name: str, storage_options: Optional[Mapping[str, Any]] = None, columns: Optional[list[str]] = None
+) -> pa.Table:
+    """One table's rows of committed runs only: runs/ is read first, then the table, keeping the rows whose
+    run_id had a succeeded record then. A run committing meanwhile is left out whole, never seen in part."""
+    import pyarrow.compute as pc
+
+    committed = committed_runs(output_uri, storage_options)
+    return read_columns(output_uri, name, columns or _with_date(name).names, storage_options,
+                        filter=pc.field("run_id").isin(committed))
 
 
 def _dataset(output_uri: str, name: str, storage_options: Optional[Mapping[str, Any]] = None):
@@ -136,6 +159,29 @@ def done_scans(
     if retry == "all":
         return answered, iter(())
     return answered, scan_columns(output_uri, "errors", keys[:2], storage_options, permanent_failure_filter(settings_id))
+
+
+def segment_done_keys(
+    output_uri: str, settings_id: str, uris: list[str], storage_options: Optional[Mapping[str, Any]] = None,
+    retry: str = "transient",
+) -> tuple[set[tuple[str, str, int, str]], set[tuple[str, str, int]]]:
+    """done_scans per time segment, for a few videos (a planning batch): (video_uri, video_version,
+    segment_index, question) answered under settings_id, and (video_uri, video_version, segment_index)
+    whose decode failed for good. Rows written before segments existed are segment 0."""
+    import pyarrow.compute as pc
+
+    if not uris:
+        return set(), set()
+    mine = (pc.field("settings_id") == settings_id) & pc.field("video_uri").isin(uris)
+    keys = ["video_uri", "video_version", "segment_index"]
+    answered = read_columns(output_uri, "answers", [*keys, "question"], storage_options, mine).to_pylist()
+    failed = []
+    if retry != "all":
+        permanent = (mine & (pc.field("stage") == "decode") & pc.field("video_version").is_valid()
+                     & ~pc.field("error_type").isin(list(_TRANSIENT_DECODE_ERRORS)))
+        failed = read_columns(output_uri, "errors", keys, storage_options, permanent).to_pylist()
+    return ({(r["video_uri"], r["video_version"], r["segment_index"] or 0, r["question"]) for r in answered},
+            {(r["video_uri"], r["video_version"], r["segment_index"] or 0) for r in failed})
 
 
 def done_keys(

@@ -25,7 +25,7 @@ stage's rows carry it too: UNIT_KEY = (*VIDEO_KEY, "segment_index", "question");
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,17 +33,16 @@ import pyarrow.compute as pc
 
 from pipeline.config import JobConfig
 from pipeline.inventory import is_inventory, read_inventory
-from pipeline.listing import _GLOB_CHARS, BATCH_ROWS, MANIFEST_SUFFIXES, ListVideos, list_on_workers, manifest_on_workers
-from pipeline.questions import _base_of, read_questions_file
+from pipeline.listing import _GLOB_CHARS, MANIFEST_SUFFIXES, ListVideos, list_on_workers, manifest_on_workers
+from pipeline.questions import canonical_uris, not_listed, own_questions
 from pipeline.schema import LISTED
-from pipeline.storage import PathOutsideInput, arrow_filesystem, filesystem, is_within, join, normalize_uri
+from pipeline.storage import arrow_filesystem, filesystem, join
 from pipeline.tables import answered_filter, permanent_failure_filter
 
 VIDEO_KEY = ["video_uri", "version_key"]
 UNIT_KEY = [*VIDEO_KEY, "question"]
 UNITS = pa.schema([("video_uri", pa.string()), ("version_key", pa.string()), ("video_size", pa.int64()),
-                   ("question", pa.string()), ("position", pa.int64())])
-ASKED = pa.schema([("video_uri", pa.string()), ("question", pa.string()), ("position", pa.int64())])  # questions_file rows
+                   ("question", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("position", pa.int64())])
 ROWS_PER_PARTITION = 1_000_000  # join partition size: a partition is joined in one polars call
 
 
@@ -71,6 +70,8 @@ def common_units(batch: pa.Table, questions: Sequence[str]) -> pa.Table:
         "version_key": pc.fill_null(batch.column("video_version"), "").take(rows),
         "video_size": batch.column("video_size").take(rows),
         "question": pa.array(list(questions), pa.string()).take(which),
+        "start_s": pa.nulls(n * k, pa.float64()),
+        "end_s": pa.nulls(n * k, pa.float64()),
         "position": pa.array(which, pa.int64()),
     }, schema=UNITS)
 
@@ -84,18 +85,31 @@ def keys_of(batch: pa.Table, columns: Sequence[str], where=None) -> pa.Table:
 
 
 def regroup(units: pa.Table) -> pa.Table:
-    """LISTED rows from units, one per video: its questions in asking order (position), each once. The
-    units of a video are in one block (to_listed hash-partitions them by VIDEO_KEY first)."""
-    first = units.group_by(UNIT_KEY, use_threads=False).aggregate([("position", "min"), ("video_size", "max")])
+    """LISTED rows from units, one per video: its questions in asking order (position), each (question,
+    range) once, the ranges in question_start_s / question_end_s at the same positions (null lists when
+    the block has no ranged question, as attach_questions leaves them). The units of a video are in one
+    block (to_listed hash-partitions them by VIDEO_KEY first)."""
+    # A null range (the whole video) grouped as -1: group keys are compared as values.
+    units = units.set_column(units.schema.get_field_index("start_s"), "start_s", pc.fill_null(units.column("start_s"), -1.0))
+    units = units.set_column(units.schema.get_field_index("end_s"), "end_s", pc.fill_null(units.column("end_s"), -1.0))
+    first = units.group_by([*UNIT_KEY, "start_s", "end_s"], use_threads=False).aggregate([("position", "min"), ("video_size", "max")])
     first = first.sort_by([("video_uri", "ascending"), ("version_key", "ascending"), ("position_min", "ascending")])
-    videos = first.group_by(VIDEO_KEY, use_threads=False).aggregate([("question", "list"), ("video_size_max", "max")])
+    ranged = pc.greater_equal(first.column("start_s"), 0.0)
+    for name in ("start_s", "end_s"):
+        first = first.set_column(first.schema.get_field_index(name), name,
+                                 pc.if_else(ranged, first.column(name), pa.scalar(None, pa.float64())))
+    videos = first.group_by(VIDEO_KEY, use_threads=False).aggregate(
+        [("question", "list"), ("start_s", "list"), ("end_s", "list"), ("video_size_max", "max")])
     n = videos.num_rows
     version = videos.column("version_key")
     nothing = pa.nulls(n, pa.string())
+    any_range = pc.any(ranged).as_py()
+    starts, ends = ((pc.cast(videos.column(f"{c}_list"), LISTED.field(f"question_{c}").type) if any_range
+                     else pa.nulls(n, LISTED.field(f"question_{c}").type)) for c in ("start_s", "end_s"))
     return pa.Table.from_arrays([
         videos.column("video_uri"), pc.if_else(pc.equal(version, ""), nothing, version),
         videos.column("video_size_max_max"), pc.cast(videos.column("question_list"), LISTED.field("questions").type),
-        nothing, nothing, nothing,
+        starts, ends, nothing, nothing, nothing,
     ], schema=LISTED)
 
 
@@ -187,69 +201,45 @@ def listing_dataset(cfg: JobConfig, input_uri: str):
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def read_questions_rows(files: pa.Table, input_uri: str, first_position: int, storage_options=None) -> Iterator[pa.Table]:
-    """For `map_batches`: the questions file (column `input_uri`) in, (video_uri canonical, question,
-    position) out in file order, positions after the common questions; empty entries left out."""
-    base = _base_of(input_uri)
-    for uri in files.column("input_uri").to_pylist():
-        table = read_questions_file(uri, storage_options)
-        for start in range(0, table.num_rows, BATCH_ROWS):
-            part = table.slice(start, BATCH_ROWS)
-            uris, questions = part.column("video_uri").to_pylist(), part.column("question").to_pylist()
-            keep = [i for i, (u, q) in enumerate(zip(uris, questions)) if u and q and str(q).strip()]
-            yield pa.table({
-                "video_uri": pa.array([normalize_uri(_absolute(str(uris[i]), base)) for i in keep], pa.string()),
-                "question": pa.array([str(questions[i]) for i in keep], pa.string()),
-                "position": pa.array(np.asarray(keep, dtype=np.int64) + first_position + start, pa.int64()),
-            })
+def missing_rows(group: pa.Table, common: Sequence[str], input_uri: str, allowed_prefixes: Sequence[str]) -> pa.Table:
+    """For `map_groups`: the questions of one questions_file video the listing lacks (uri_key, question,
+    position) as its LISTED error row (pipeline.questions.not_listed)."""
+    return not_listed(group.rename_columns(["video_uri" if c == "uri_key" else c for c in group.column_names]),
+                      common, input_uri, allowed_prefixes)
 
 
-def _absolute(uri: str, base: str) -> str:
-    return uri if ("://" in uri or uri.startswith("/")) else f"{base}/{uri}"
-
-
-def missing_rows(group: pa.Table, input_uri: str, allowed_prefixes: Sequence[str]) -> pa.Table:
-    """For `map_groups`: a questions_file video the listing lacks, as one LISTED error row (stage list)."""
-    key = group.column("video_uri")[0].as_py()
-    error_type, error = "FileNotFoundError", "named in questions_file but not found by the listing of input.uri"
-    if not is_within(key, (_base_of(input_uri), *allowed_prefixes)):
-        outside = PathOutsideInput.entry("questions_file", key, _base_of(input_uri))
-        error_type, error = type(outside).__name__, str(outside)
-    questions = list(dict.fromkeys(group.sort_by("position").column("question").to_pylist()))
-    return pa.Table.from_pylist([{"video_uri": key, "questions": questions, "error_stage": "list",
-                                  "error_type": error_type, "error": error}], schema=LISTED)
-
-
-def uris_of(batch: pa.Table) -> pa.Table:
-    return batch.select(["video_uri"])
+def uri_keys(batch: pa.Table) -> pa.Table:
+    """The canonical video_uri of LISTED rows as `uri_key`, the questions file's spelling of it."""
+    return pa.table({"uri_key": canonical_uris(batch.column("video_uri"))})
 
 
 def video_keys(batch: pa.Table) -> pa.Table:
-    """(video_uri, version_key, video_size) of LISTED rows."""
+    """(video_uri, version_key, video_size, uri_key) of LISTED rows."""
     return pa.table({"video_uri": batch.column("video_uri"), "version_key": pc.fill_null(batch.column("video_version"), ""),
-                     "video_size": batch.column("video_size")})
+                     "video_size": batch.column("video_size"), "uri_key": canonical_uris(batch.column("video_uri"))})
 
 
-def questions_dataset(cfg: JobConfig, input_uri: str, listed, healthy, n_common: int, rows: int):
-    """The questions_file joined to the listing on video_uri: (UNITS of listed videos, LISTED error rows of
-    entries the listing lacks, videos with no question at all when there are no common questions)."""
+def questions_dataset(questions: pa.Table, common: Sequence[str], cfg: JobConfig, input_uri: str, listed, healthy, rows: int):
+    """The QUESTIONS table (pipeline.run.questions_of) joined to the listing on the canonical video_uri:
+    (UNITS of listed videos, ranges kept; LISTED error rows of entries the listing lacks; videos with no
+    question at all when there are no common questions)."""
     import ray
 
-    asked = ray.data.from_items([{"input_uri": cfg.questions_file}]).map_batches(
-        read_questions_rows, fn_kwargs=dict(input_uri=input_uri, first_position=n_common, storage_options=cfg.storage_options),
-        batch_size=1, batch_format="pyarrow")
-    asked = materialized(asked, ASKED)
+    own = own_questions(questions, common)
+    asked = ray.data.from_arrow(own.rename_columns(["uri_key", *own.column_names[1:]]))
     n = partitions_for(rows)
     videos = healthy.map_batches(video_keys, batch_format="pyarrow")
-    own = materialized(videos.join(asked, join_type="inner", num_partitions=n, on=("video_uri",)).select_columns(UNITS.names), UNITS)
-    every = listed.map_batches(uris_of, batch_format="pyarrow")
-    absent = materialized(asked.join(every, join_type="left_anti", num_partitions=n, on=("video_uri",)), ASKED)
-    missing = absent.groupby("video_uri").map_groups(  # a Python call per missing video: few, by nature
-        missing_rows, fn_kwargs=dict(input_uri=input_uri, allowed_prefixes=list(cfg.input.allowed_prefixes)), batch_format="pyarrow")
+    found = materialized(videos.join(asked, join_type="inner", num_partitions=n, on=("uri_key",)).select_columns(UNITS.names), UNITS)
+    every = listed.map_batches(uri_keys, batch_format="pyarrow")
+    absent = asked.join(every, join_type="left_anti", num_partitions=n, on=("uri_key",)).select_columns(["uri_key", "question", "position"])
+    missing = materialized(absent, pa.schema([("uri_key", pa.string()), ("question", pa.string()), ("position", pa.int64())]))
+    missing = missing.groupby("uri_key").map_groups(  # a Python call per missing video: few, by nature
+        missing_rows, fn_kwargs=dict(common=list(common), input_uri=input_uri, allowed_prefixes=list(cfg.input.allowed_prefixes)),
+        batch_format="pyarrow")
     skipped = 0
-    if not n_common:
-        skipped = videos.join(asked.select_columns(["video_uri"]), join_type="left_anti", num_partitions=n, on=("video_uri",)).count()
-    return own, materialized(missing, LISTED), skipped
+    if not common:
+        skipped = videos.join(asked.select_columns(["uri_key"]), join_type="left_anti", num_partitions=n, on=("uri_key",)).count()
+    return found, materialized(missing, LISTED), skipped
 
 
 # ---- the plan ----------------------------------------------------------------------------------------
@@ -273,28 +263,30 @@ def to_listed(units, rows: int):
     return units.repartition(partitions_for(rows), keys=VIDEO_KEY).map_batches(regroup, batch_size=None, batch_format="pyarrow")
 
 
-def plan_on_workers(cfg: JobConfig, input_uri: str) -> tuple[Any, dict[str, int]]:
+def plan_on_workers(cfg: JobConfig, input_uri: str, questions: Optional[pa.Table] = None) -> tuple[Any, dict[str, int]]:
     """The run's to-do set as a materialised Ray dataset of LISTED rows (error rows included), and its counts
-    from aggregates: videos_listed, videos_skipped (no question to ask), videos_already_done, videos_to_do."""
+    from aggregates: videos_listed, videos_skipped (no question to ask), videos_already_done, videos_to_do.
+    questions: the questions file as read once by the driver (pipeline.run.questions_of), or None. With
+    sampling.segments the answered units are skipped per segment by the planner, not here."""
     listed = materialized(listing_dataset(cfg, input_uri), LISTED)  # in the object store; the driver holds block refs
     listed_rows = listed.count()
     healthy = listed.map_batches(healthy_rows, batch_format="pyarrow")
     errors = listed.map_batches(healthy_rows, fn_kwargs=dict(errors=True), batch_format="pyarrow").map_batches(
         with_questions, batch_format="pyarrow")
     units = None
-    if cfg.questions:
-        units = healthy.map_batches(common_units, fn_kwargs=dict(questions=list(dict.fromkeys(cfg.questions))),
-                                    batch_format="pyarrow")
+    common = list(dict.fromkeys(cfg.questions))
+    if common:
+        units = healthy.map_batches(common_units, fn_kwargs=dict(questions=common), batch_format="pyarrow")
     missing, skipped = None, 0
-    if cfg.questions_file:
-        own, missing, skipped = questions_dataset(cfg, input_uri, listed, healthy, len(set(cfg.questions)), listed_rows)
+    if questions is not None and questions.num_rows:
+        own, missing, skipped = questions_dataset(questions, common, cfg, input_uri, listed, healthy, listed_rows)
         units = own if units is None else units.union(own)
     elif units is None:  # nothing to ask: only error rows stay
         skipped = listed_rows - errors.count()
     if units is None:
         todo = errors
     else:
-        if cfg.incremental:
+        if cfg.incremental and cfg.sampling.segments.mode == "none":
             answered = answered_units(cfg.output.uri, cfg.settings_id(), cfg.storage_options)
             failed = failed_videos(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
             units = left_to_do(units, answered, failed, listed_rows * max(1, len(cfg.questions)))

@@ -474,6 +474,69 @@ def write_split(folder, split: str, count: int, *, frames: int = 4) -> Path:
     return path
 
 
+# Long videos: K scenes of D seconds with hard cuts, each scene a clip of its own (background and objects).
+
+LONG_SEED_OFFSET = 500_000_000  # long videos' scenes take seeds from here on within the split's range
+
+
+def long_video_specs(split: str, index: int, scenes: int = 6, frames: int = 4) -> list[ClipSpec]:
+    """The scenes of long video `index` of `split`: distinct clips, seeds apart from the split's clips."""
+    return [sample_clip(clip_seed(split, LONG_SEED_OFFSET + index * scenes + k), frames) for k in range(scenes)]
+
+
+def encode_long_mp4(path: str | Path, specs: list[ClipSpec], scene_s: float = 4.0, fps: int = 8) -> Path:
+    """Write one H.264 MP4 of the scenes back to back, each `scene_s` long; a scene's T rendered frames are each
+    held scene_s / T, so a segment [k * scene_s, (k + 1) * scene_s) sampled at the centres of T equal parts
+    shows exactly the frames of the clip alone. A keyframe every 2 s (seeking) and at every cut;
+    the index comes first (faststart), so a truncated file still opens."""
+    import av
+
+    hold = scene_s * fps / specs[0].frames
+    if any(s.frames != specs[0].frames for s in specs) or hold != int(hold) or hold < 1:
+        raise ValueError(f"every scene needs the same frame count T with scene_s * fps / T a whole number, got "
+                         f"{scene_s} s * {fps} fps / {[s.frames for s in specs]}")
+    path = Path(path)
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as container:  # faststart rewrites the file
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "threads": "1", "g": str(2 * fps)})
+        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
+        pts = 0
+        for spec in specs:
+            for image in render(spec):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                for _ in range(int(hold)):
+                    frame.pts = pts
+                    pts += 1
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_long_videos(folder, split: str, count: int, *, scenes: int = 6, scene_s: float = 4.0, frames: int = 4,
+                      fps: int = 8) -> Path:
+    """Write <folder>/long_00000.mp4 ... (`count` videos of `scenes` scenes of scene_s seconds) and
+    <folder>/long_questions.jsonl; returns the latter. Rows: video_uri (file name), start_s, end_s (the
+    scene), question, answer, question_type, object_patches (as write_split's, frames of the scene)."""
+    if not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count must be a non-negative int, got {count!r}")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        specs = long_video_specs(split, index, scenes, frames)
+        name = f"long_{index:05d}.mp4"
+        encode_long_mp4(out / name, specs, scene_s, fps)
+        for k, spec in enumerate(specs):
+            for q in questions(spec):
+                rows.append({"video_uri": name, "start_s": k * scene_s, "end_s": (k + 1) * scene_s,
+                             "question": q.question, "answer": q.answer, "question_type": q.question_type,
+                             "object_patches": [list(p) for p in q.object_patches]})
+    path = out / "long_questions.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 # Plain clips for decoding and pipeline tests: no labels, any size and length (a square over a gradient).
 
 _PLAIN_COLOURS = [(230, 40, 40), (40, 200, 60), (50, 90, 230), (240, 200, 30), (200, 60, 220)]

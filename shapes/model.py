@@ -25,7 +25,7 @@ IGNORE_INDEX = -100  # label of every position that is not an answer token
 # Small widths, LLaVA-1.5's geometry. Four CLIP layers, of which the language model reads the third (-2).
 # Two Llama layers, the fewest that can find an object the question names (one to read the question into
 # the answer's position, one to look for it among the image tokens): per step they learn at least as fast as
-# four and cost half as much (README, "The shapes model").
+# four and cost half as much (docs/shapes.md).
 VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, projection_dim=96)
 TEXT = dict(
     hidden_size=128,

@@ -13,7 +13,7 @@
 
 LLaVA starts from a pretrained CLIP tower; none exists here, so the "vision" stage makes one. The recipe
 (configs/train_shapes.yaml) uses target "patches", which trains the very features the language model reads
-(README, "The shapes model"); "crops" (8 x 8 patches by default) sees about ten times more crops than whole
+(docs/shapes.md); "crops" (8 x 8 patches by default) sees about ten times more crops than whole
 frames per second of compute but trains [CLS], and its patch features stayed poor. The stage's classifier
 head is dropped after it, as LLaVA drops CLIP's projection.
 The later stages train every weight, or leave the tower as it is with `freeze_vision` (LLaVA-1.5 keeps CLIP
@@ -62,7 +62,7 @@ class StageConfig(_Strict):
     position: bool = Field(
         default=False,
         description="vision, target patches: also predict each patch's row and column from the same features, so that "
-        "they keep where the patch is, which motion needs (README: it slowed the language model, so the recipe leaves it off)",
+        "they keep where the patch is, which motion needs (it slowed the language model's learning, so the recipe leaves it off)",
     )
     freeze_vision: bool = Field(default=False, description="alignment / qa: the vision tower stays as it is (LLaVA-1.5 keeps CLIP frozen)")
     freeze_language: bool = Field(
@@ -421,6 +421,12 @@ def save(model: Any, processor: Any, output: Path, dtype: str, log: Callable[[st
     log(f"saved {output} ({sum(f.stat().st_size for f in output.iterdir()) / 1e6:.1f} MB)")
 
 
+def clips_used(stage: StageConfig) -> int:
+    """Clips a stage uses up: later stages see new ones. The text stage reads only the clips' text, never
+    their frames, so the image stages after it start where they would without it."""
+    return 0 if stage.kind == "text" else stage.steps * stage.batch
+
+
 def train(cfg: TrainConfig, is_correct: Scorer, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train from scratch, save the checkpoint to cfg.output, return the record (test accuracy per type).
     is_correct scores an answer against its label (the job passes the pipeline's rule: this package never imports it)."""
@@ -466,7 +472,7 @@ def train(cfg: TrainConfig, is_correct: Scorer, log: Callable[[str], None] = pri
     for number, stage in enumerate(cfg.stages, start=1):
         name = f"{number}:{stage.kind}"
         if cfg.resume is not None and number <= cfg.resume.after_stage:
-            offset += stage.steps * stage.batch  # its clips were used: later stages still see new ones
+            offset += clips_used(stage)  # its clips were used: later stages still see new ones
             record["stages"].append({"kind": stage.kind, "frames": stage.frames, "steps": stage.steps, "resumed_from": cfg.resume.checkpoint})
             continue
         rng = random.Random(f"{cfg.seed}-{name}")
@@ -515,7 +521,7 @@ def train(cfg: TrainConfig, is_correct: Scorer, log: Callable[[str], None] = pri
             if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < stage.steps:
                 scores.append((step + 1, validate(stage, name, head)))
                 t_log = time.time()
-        offset += stage.steps * stage.batch
+        offset += clips_used(stage)
         scores.append((stage.steps, validate(stage, name, head)))
         save(model, processor, Path(cfg.output), cfg.save_dtype, log)  # each stage's end, so a stopped run keeps its work
         record["stages"].append({"kind": stage.kind, "frames": stage.frames, "steps": stage.steps, "minutes": round((time.time() - t_stage) / 60, 2),

@@ -48,6 +48,22 @@ def tiny_job_config(input_uri, output_uri, ray: dict, **extra):
     return validate_config(data)
 
 
+def crash_commit_after(monkeypatch, moves: int) -> None:
+    """Make pipeline.commit's moves raise RuntimeError("simulated crash") after `moves` files, as a process
+    killed in mid-commit would stop (undo with monkeypatch.undo())."""
+    import pipeline.commit
+
+    done, real_move = [], pipeline.commit._move
+
+    def move_then_crash(fs, src, dst):
+        if len(done) == moves:
+            raise RuntimeError("simulated crash")
+        real_move(fs, src, dst)
+        done.append(dst)
+
+    monkeypatch.setattr(pipeline.commit, "_move", move_then_crash)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,6 +5,9 @@ labelled clips."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +15,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.evaluate import EVALUATIONS, choice_index, read_labels, summarize
+from pipeline.eval_actor import choice_index
+from pipeline.eval_labels import LabelsFileError, read_labels
+from pipeline.evaluate import summarize
+from pipeline.schema import EVALUATIONS
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
 from tiny_models import LLAVA_PATH, QWEN_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_evaluate(*args: str) -> subprocess.CompletedProcess:
+    """jobs/evaluate.py in a fresh process, as a user runs it (no Ray address: a new local Ray if any)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "evaluate.py"), *args], env=env, capture_output=True,
+                          text=True, timeout=400)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,31 +92,30 @@ def test_labels_file_errors_name_the_file_and_the_row(tmp_path):
     good = {"video_uri": "a.mp4", "question": "What colour?", "answer": "red", "object_patches": [[0, 3]]}
     path = tmp_path / "labels.jsonl"
     path.write_text(json.dumps(good) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"labels file .*labels.jsonl, row 2: not valid JSON"):
+    with pytest.raises(LabelsFileError, match=r"labels file .*labels.jsonl, row 2: not valid JSON"):
         read_labels(str(path))
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "object_patches": [[0, "x"]]}) + "\n")
-    with pytest.raises(ValueError, match=r"labels.jsonl, row 2: object_patches must be"):
+    with pytest.raises(LabelsFileError, match=r"labels.jsonl, row 2: object_patches must be"):
         read_labels(str(path))
     path.write_text(json.dumps({**good, "choices": ["only one"]}) + "\n")
-    with pytest.raises(ValueError, match=r"row 1: choices must be"):
+    with pytest.raises(LabelsFileError, match=r"row 1: choices must be"):
         read_labels(str(path))
     path.write_text(json.dumps({"video_uri": "a.mp4"}) + "\n")
-    with pytest.raises(ValueError, match=r"row 1: question must be a non-empty string"):
+    with pytest.raises(LabelsFileError, match=r"row 1: question must be a non-empty string"):
         read_labels(str(path))
     path.write_text(json.dumps({**good, "answer": 3}) + "\n")
     assert read_labels(str(path))[0]["expected"] == "3"  # a count label written as a number
 
 
-def test_evaluate_job_refuses_a_malformed_labels_file_before_it_runs(tmp_path, capsys):
-    from pipeline.evaluate import main
-
+def test_evaluate_job_refuses_a_malformed_labels_file_before_it_runs(tmp_path):
     (tmp_path / "videos").mkdir()
     labels = tmp_path / "labels.jsonl"
     labels.write_text(json.dumps({"video_uri": "a.mp4", "question": "Q?"}) + "\n" + json.dumps({"video_uri": "a.mp4"}) + "\n")
-    code = main(["--set", f"input.uri={tmp_path / 'videos'}", "--set", f"questions_file={labels}",
-                 "--set", f"output.uri={tmp_path / 'out'}", "--set", "input.generate_shapes=null"])
-    assert code == 2
-    assert f"labels file {labels}, row 2: question must be a non-empty string" in capsys.readouterr().err
+    done = run_evaluate("--set", f"input.uri={tmp_path / 'videos'}", "--set", f"questions_file={labels}",
+                        "--set", f"output.uri={tmp_path / 'out'}", "--set", "input.generate_shapes=null")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith(f"labels file {labels}, row 2: question must be a non-empty string")
     assert not (tmp_path / "out" / "evaluations").exists()
 
 
@@ -161,7 +174,7 @@ def test_text_weighting_option_reaches_the_clip_selection(adapter, clip):
 
 def test_evaluation_settings_sweep_text_weighting_for_flashvlm_only():
     from pipeline.config import ConfigError
-    from pipeline.evaluate import DEFAULT_CONFIG, grid_of, load_eval_config
+    from pipeline.eval_config import DEFAULT_CONFIG, grid_of, load_eval_config
 
     cfg = load_eval_config(DEFAULT_CONFIG)
     weighted = [s for s in cfg.evaluation.settings if s.options.get("text_weighting") == "norm"]
@@ -179,7 +192,7 @@ def test_evaluation_settings_sweep_text_weighting_for_flashvlm_only():
 
 def test_evaluation_settings_take_every_video_split_and_check_it():
     from pipeline.config import ConfigError
-    from pipeline.evaluate import DEFAULT_CONFIG, grid_of, load_eval_config
+    from pipeline.eval_config import DEFAULT_CONFIG, grid_of, load_eval_config
 
     settings = "evaluation.settings=[" + ", ".join(
         f"{{method: flashvlm, options: {{split: {s}}}}}" for s in ("per_frame", "global", "frame_by_frame")) + "]"
@@ -234,18 +247,16 @@ def shapes_split(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, flashvlm_cache, shapes_split, tmp_path, capsys):
-    from pipeline.evaluate import main  # what jobs/evaluate.py runs
-
+def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(flashvlm_cache, shapes_split, tmp_path):
     out_uri = tmp_path / "out"
-    code = main([
+    done = run_evaluate(*[
         "--set", f"model.name={LLAVA_PATH}", "--set", f"input.uri={shapes_split}",
         "--set", f"questions_file={shapes_split / 'questions.jsonl'}", "--set", f"output.uri={out_uri}",
         "--set", "sampling.frames=2", "--set", "evaluation.budgets=[null, 16]", "--set", "input.generate_shapes=null",
         "--set", "evaluation.settings=[{method: flashvlm}, {method: random, options: {seed: 1}}]",
     ])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
+    printed = done.stdout
+    assert done.returncode == 0, done.stderr
     summary = json.loads(printed.strip().splitlines()[-1])
     labels = [json.loads(line) for line in (shapes_split / "questions.jsonl").read_text().splitlines()]
     assert summary["model"] == LLAVA_PATH and summary["items"] == len(labels)
@@ -280,11 +291,10 @@ def test_jobs_evaluate_writes_the_table_the_plot_and_the_json_line(ray_local, fl
 
 
 @pytest.mark.slow
-def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(ray_local, flashvlm_cache, tmp_path, capsys):
+def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(flashvlm_cache, tmp_path):
     """Any model flashvlm.load takes: Qwen2.5-VL, whose "frames" are temporal patches of merged tokens, on one
     clip with an open and a multiple-choice question, two methods at one budget besides the full one."""
     from shapes.clips import write_split
-    from pipeline.evaluate import main
 
     split = write_split(tmp_path / "shapes", "test", 1, frames=2).parent
     labels = split / "labels.jsonl"
@@ -294,14 +304,14 @@ def test_jobs_evaluate_with_the_tiny_qwen_and_two_methods(ray_local, flashvlm_ca
                       "answer": "A"}) + "\n"
     )
     out_uri = tmp_path / "out"
-    code = main([
+    done = run_evaluate(*[
         "--set", f"model.name={QWEN_PATH}", "--set", f"input.uri={split}", "--set", f"questions_file={labels}",
         "--set", f"output.uri={out_uri}", "--set", "sampling.frames=2", "--set", "sampling.size=112",
         "--set", "evaluation.budgets=[null, 4]", "--set", "input.generate_shapes=null",
         "--set", "evaluation.settings=[{method: uniform}, {method: random, options: {seed: 1}}]",
     ])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
+    printed = done.stdout
+    assert done.returncode == 0, done.stderr
     summary = json.loads(printed.strip().splitlines()[-1])
     assert summary["model"] == QWEN_PATH and summary["items"] == 2
     assert [(r["method"], r["budget"]) for r in summary["results"]] == [("full", None), ("uniform", 4), ("random", 4)]
@@ -329,7 +339,7 @@ def test_answers_table_carries_expected_and_correct(ray_local, flashvlm_cache, s
     record = run(cfg)
     answers = read_table(str(tmp_path / "out"), "answers").to_pylist()
     right = sum(row["correct"] for row in answers)
-    assert (record["answers_labelled"], record["answers_correct"]) == (len(answers), right)
+    assert (record.answers_labelled, record.answers_correct) == (len(answers), right)
     assert f"accuracy on labelled questions: {right} of {len(answers)} (" in summary_text(cfg, record)
     labels = {(l["video_uri"], l["question"]): l["answer"] for l in map(json.loads, (shapes_split / "questions.jsonl").read_text().splitlines())}
     assert len(answers) == len(labels) - 1  # the broken clip is an error row

@@ -41,9 +41,9 @@ def make_inputs(folder: Path, n: int) -> Path:
 
 
 def assert_every_input_once(out, storage_options, record, n_good: int, n_bad: int) -> None:
-    assert record["status"] == "succeeded"
-    assert record["videos_listed"] == n_good + n_bad
-    assert (record["videos_ok"], record["videos_failed"]) == (n_good, n_bad)
+    assert record.status == "succeeded"
+    assert record.videos_listed == n_good + n_bad
+    assert (record.videos_ok, record.videos_failed) == (n_good, n_bad)
     answers = read_table(str(out), "answers", storage_options)
     errors = read_table(str(out), "errors", storage_options)
     keys = list(zip(answers.column("video_uri").to_pylist(), answers.column("question").to_pylist()))
@@ -52,7 +52,7 @@ def assert_every_input_once(out, storage_options, record, n_good: int, n_bad: in
     failed = errors.column("video_uri").to_pylist()
     assert len(failed) == len(set(failed)) == n_bad
     assert not set(failed) & {u for u, _ in keys}
-    assert record["answers"] == answers.num_rows
+    assert record.answers == answers.num_rows
 
 
 # ---- an answer actor killed mid-run ---------------------------------------------------------------------

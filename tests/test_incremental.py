@@ -13,14 +13,13 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-import pipeline.commit
 from pipeline.commit import STAGING, commit, recover, rollback, staging_uri
 from pipeline.schema import ERRORS
 from shapes.clips import make_clip
 from pipeline.tables import done_keys, latest_answers, read_table, table_glob
 from pipeline.write import ParquetWriter, partition_dir
 from pipeline.run import run
-from pipeline_fixtures import QUESTIONS, tiny_job_config
+from pipeline_fixtures import QUESTIONS, crash_commit_after, tiny_job_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = {"decode_batch_size": 2, "model_batch_size": 2, "decode_timeout_s": 30}
@@ -75,15 +74,7 @@ def test_commit_publishes_only_the_files_this_attempt_wrote(tmp_path):
 
 def test_a_crash_in_mid_commit_is_rolled_forward_by_the_next_run(tmp_path, monkeypatch):
     staged = stage_files(tmp_path, "r2")
-    moved, real_move = [], pipeline.commit._move
-
-    def move_then_crash(fs, src, dst):  # the process dies after moving one file, as a kill in mid-commit would
-        if moved:
-            raise RuntimeError("simulated crash")
-        real_move(fs, src, dst)
-        moved.append(dst)
-
-    monkeypatch.setattr(pipeline.commit, "_move", move_then_crash)
+    crash_commit_after(monkeypatch, moves=1)  # the process dies after moving one file
     with pytest.raises(RuntimeError, match="simulated crash"):
         commit(str(tmp_path), None, "r2", staged)
     monkeypatch.undo()
@@ -137,15 +128,15 @@ def test_second_run_does_nothing_and_a_changed_video_is_answered_again(ray_local
     cfg = config(inputs, out, incremental=True)
 
     first = run(cfg)
-    assert (first["videos_ok"], first["videos_failed"], first["videos_already_done"]) == (3, 1, 0)
-    assert first["answers"] == 3 * len(QUESTIONS)
+    assert (first.videos_ok, first.videos_failed, first.videos_already_done) == (3, 1, 0)
+    assert first.answers == 3 * len(QUESTIONS)
     files = sorted(p for p in out.rglob("*.parquet") if "/runs/" not in str(p))
     assert not (out / STAGING).exists() or not any((out / STAGING).iterdir())
 
     second = run(cfg)
-    assert (second["videos_ok"], second["videos_failed"], second["answers"], second["frames_decoded"]) == (0, 0, 0, 0)
-    assert second["videos_already_done"] == 4 and second["videos_listed"] == 4
-    assert second.get("pipeline_s") is None  # nothing reached the pipeline: nothing decoded
+    assert (second.videos_ok, second.videos_failed, second.answers, second.frames_decoded) == (0, 0, 0, 0)
+    assert second.videos_already_done == 4 and second.videos_listed == 4
+    assert second.pipeline_s is None  # nothing reached the pipeline: nothing decoded
     assert sorted(p for p in out.rglob("*.parquet") if "/runs/" not in str(p)) == files
     assert read_table(str(out), "answers").num_rows == 3 * len(QUESTIONS)
     runs = read_table(str(out), "runs")
@@ -157,13 +148,13 @@ def test_second_run_does_nothing_and_a_changed_video_is_answered_again(ray_local
     cfg2 = config(inputs, out, incremental=True, questions=[*QUESTIONS, "Is it dark?"])
     assert cfg2.settings_id() == cfg.settings_id()  # questions are not settings
     third = run(cfg2)
-    assert third["videos_ok"] == 3 and third["videos_already_done"] == 1  # the permanent failure
-    assert third["answers"] == 1 * 3 + 2 * 1  # c1 all three questions; c0, c2 only the new one
+    assert third.videos_ok == 3 and third.videos_already_done == 1  # the permanent failure
+    assert third.answers == 1 * 3 + 2 * 1  # c1 all three questions; c0, c2 only the new one
     answers = read_table(str(out), "answers")
     assert answers.num_rows == 3 * 2 + 5
     latest = latest_answers(str(out), settings_id=cfg.settings_id())
     c1 = [r for r in latest.to_pylist() if r["video_uri"].endswith("/c1.mp4")]
-    assert len(c1) == 3 and {r["run_id"] for r in c1} == {third["run_id"]}
+    assert len(c1) == 3 and {r["run_id"] for r in c1} == {third.run_id}
     assert latest.num_rows == 3 * 3  # one row per (video, question): the old c1 rows lost
     assert latest_answers(str(out), per_version=True).num_rows == 3 * 3 + 2
 
@@ -171,19 +162,19 @@ def test_second_run_does_nothing_and_a_changed_video_is_answered_again(ray_local
 def test_the_job_commits_only_its_own_files(ray_local, flashvlm_cache, tmp_path, monkeypatch):
     # As a killed attempt's surviving writer would: a file lands in the run's staging folder just before the
     # commit. The job must hand commit() the files its writers reported, and the stray must stay unpublished.
-    import pipeline.run
+    import pipeline.lifecycle
 
     inputs = make_inputs(tmp_path / "in", n=2)
     out = tmp_path / "out"
-    real_commit, dropped = pipeline.run.commit, []
+    real_commit, dropped = pipeline.lifecycle.commit, []
 
     def commit_after_a_late_write(output_uri, storage_options, run_id, *args, **kwargs):
         dropped.extend(stage_files(out, run_id, n=1, first=99))
         return real_commit(output_uri, storage_options, run_id, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.run, "commit", commit_after_a_late_write)
+    monkeypatch.setattr(pipeline.lifecycle, "commit", commit_after_a_late_write)
     record = run(config(inputs, out, run_id="fenced"))
-    assert dropped and record["status"] == "succeeded" and record["videos_ok"] == 2
+    assert dropped and record.status == "succeeded" and record.videos_ok == 2
     uris = read_table(str(out), "errors").column("video_uri").to_pylist()
     assert uris == [(inputs / "empty.mp4").resolve().as_uri()]  # the run's own failure, not the stray row
     assert read_table(str(out), "answers").num_rows == 2 * len(QUESTIONS)
@@ -225,7 +216,7 @@ def test_a_killed_run_leaves_nothing_visible_and_the_next_run_finishes(ray_local
     cfg.ray.decode_timeout_s = 3  # ray settings are not part of settings_id
     record = run(cfg)  # same run id: the dead staging folder is rolled back, then the work is redone
     assert not staged.exists()
-    assert (record["videos_ok"], record["videos_failed"]) == (3, 2)  # empty + the hang (timed out)
+    assert (record.videos_ok, record.videos_failed) == (3, 2)  # empty + the hang (timed out)
     answers = read_table(str(out), "answers")
     keys = list(zip(answers.column("video_uri").to_pylist(), answers.column("question").to_pylist()))
     assert len(keys) == len(set(keys)) == 3 * len(QUESTIONS)  # complete, no duplicates

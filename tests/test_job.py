@@ -78,7 +78,7 @@ ray: {{decode_batch_size: 2, model_batch_size: 2, decode_timeout_s: 60}}
     started = time.perf_counter()
     record, printed = run_and_summarise(capsys, config, ["run_id=s3-run-1"])
     elapsed = time.perf_counter() - started
-    assert record["status"] == "succeeded"
+    assert record.status == "succeeded"
     healthy = len(good) - 1  # the last good clip has no questions
     assert f"videos: {healthy} ok, {len(BROKEN_CLIPS) + 1} failed, 1 skipped" in printed
     assert f"s3://{s3_bucket}/qa/answers/date=" in printed and "duckdb" in printed
@@ -122,7 +122,7 @@ ray: {{decode_batch_size: 2, model_batch_size: 2, decode_timeout_s: 60}}
 
     # The same run id again (a retry) overwrites its files: the tables do not grow.
     before = sorted(fs.find(f"{s3_bucket}/qa"))
-    assert run_and_summarise(capsys, config, ["run_id=s3-run-1"])[0]["status"] == "succeeded"
+    assert run_and_summarise(capsys, config, ["run_id=s3-run-1"])[0].status == "succeeded"
     assert sorted(fs.find(f"{s3_bucket}/qa")) == before
     assert read_table(out, "answers", s3_options).num_rows == answers.num_rows
 
@@ -134,7 +134,7 @@ def test_demo_answers_generated_shapes_clips_and_the_sample_clips(ray_local, tmp
         f"output.uri={tmp_path}/output", f"input.uri={split}", f"questions_file={split / 'questions.jsonl'}",
     ])
     elapsed = time.perf_counter() - started
-    assert record["status"] == "succeeded"
+    assert record.status == "succeeded"
     match = re.search(r"videos: (\d+) ok, (\d+) failed, 0 skipped, 0 already done \(of (\d+) listed\)", printed)
     assert match, printed
     ok, failed, listed = map(int, match.groups())

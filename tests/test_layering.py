@@ -1,4 +1,4 @@
-"""One direction of dependency (../shared/DESIGN.md): jobs -> pipeline -> shapes -> flashvlm, read from the source (experiments and
+"""One direction of dependency (README, "Where things are"): jobs -> pipeline -> shapes -> flashvlm, read from the source (experiments and
 benchmarks may use any of them; tests everything but jobs).
 
 Every import of every module is read with `ast` (top-level and inside functions, `import x`, `from x import y`,
@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("flashvlm", "pipeline", "shapes", "jobs", "benchmarks", "experiments", "tests")
-STAGES = ("pipeline.listing", "pipeline.decode", "pipeline.answer", "pipeline.write")  # DESIGN.md's stages
+STAGES = ("pipeline.listing", "pipeline.decode", "pipeline.answer", "pipeline.write")  # the stages of docs/pipeline.md
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -87,6 +87,19 @@ def test_no_stage_imports_another_stage():
     wrong = sorted(f"{stage} imports {name}" for stage in STAGES for name in MODULES[stage]
                    if any(within(name, other) for other in STAGES if other != stage))
     assert not wrong, "stages are independent (shared code lives in schema, storage, commit, ...): " + "; ".join(wrong)
+
+
+def test_no_private_name_is_imported_across_modules():
+    # A leading underscore means "this module's own": the product's modules import each other's public names
+    # only (a test may still test a private helper of the module it tests).
+    wrong = []
+    for layer in (l for l in LAYERS if l != "tests"):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and any(within(node.module or "", l) for l in LAYERS):
+                    wrong += [f"{module_name(path)} imports {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not wrong, "import a public name (or make the name public where it is defined): " + "; ".join(wrong)
 
 
 def test_tests_and_benchmarks_load_no_script_as_a_module():

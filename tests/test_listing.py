@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.listing import list_videos
-from pipeline.questions import attach_questions, questions_by_video, read_questions_file
+from pipeline.questions import attach_questions, questions_table, read_questions_file
 from pipeline.schema import LISTED
 
 EXTS = [".mp4", ".webm", ".mov"]
@@ -136,7 +136,7 @@ def test_questions_file_jsonl_and_parquet_match_relative_and_absolute(folder):
     jsonl.write_text("\n".join(json.dumps(r) for r in rows))
     pq.write_table(pa.Table.from_pylist(rows), folder / "q.parquet")
     for path in (jsonl, folder / "q.parquet"):
-        per_video = questions_by_video(read_questions_file(str(path)), str(folder))
+        per_video = questions_table(read_questions_file(str(path)), str(folder))
         table, skipped = attach_questions(listed, ["Common?"], per_video)
         got = {r["video_uri"].rsplit("/", 1)[-1]: r for r in table.to_pylist()}
         assert got["a.mp4"]["questions"] == ["Common?", "Who?", "Where?"]
@@ -148,7 +148,7 @@ def test_questions_file_jsonl_and_parquet_match_relative_and_absolute(folder):
 
 def test_only_a_questions_file_skips_videos_it_does_not_name(folder):
     listed = list_videos(str(folder), EXTS)
-    per_video = questions_by_video(pa.table({"video_uri": ["b.webm"], "question": ["What?"]}), str(folder))
+    per_video = questions_table(pa.table({"video_uri": ["b.webm"], "question": ["What?"]}), str(folder))
     table, skipped = attach_questions(listed, [], per_video)
     assert names(table) == ["b.webm"] and skipped == 2
 
@@ -172,9 +172,20 @@ def test_extra_uris_are_listed_with_the_input_and_a_demo_leaves_missing_ones_out
     base = {"input": {"uri": str(folder), "extra_uris": [str(other), str(other / "missing")]}, "questions": ["why?"],
             "model": {"name": "m"}, "output": {"uri": "/out"}}
     with pytest.raises(FileNotFoundError, match="missing"):  # a job: a missing location is an error
-        list_inputs(validate_config(base), str(folder))
+        list_inputs(validate_config(base), str(folder), None)
     demo = validate_config({**base, "input": {**base["input"], "generate_if_missing": 1}})
-    listed, skipped = list_inputs(demo, str(folder))
+    listed, skipped = list_inputs(demo, str(folder), None)
     assert sorted(names(listed)) == ["a.mp4", "b.webm", "c.MOV", "e.mp4"] and skipped == 0
     assert listed.column("questions").to_pylist() == [["why?"]] * 4
     assert f"{other / 'missing'} not found: left out of the demo" in capsys.readouterr().out
+
+
+def test_canonical_uris_in_arrow_match_normalize_uri_one_by_one(folder):
+    from pipeline.questions import canonical_uris
+    from pipeline.storage import normalize_uri
+
+    cases = [f"{folder}/a.mp4", f"file://{folder}/a.mp4", f"{folder}/./sub/../a.mp4", f"{folder}/sub/", "s3://b/k/x.mp4",
+             "s3://b/k/../x.mp4", "s3://b/k//x.mp4", "s3://b/x/", "relative.mp4", None]
+    assert canonical_uris(pa.array(cases)).to_pylist() == [None if c is None else normalize_uri(c) for c in cases]
+    relative = canonical_uris(pa.array(["a.mp4", "sub/../a.mp4", "s3://b/z.mp4"]), str(folder)).to_pylist()
+    assert relative == [normalize_uri(f"{folder}/a.mp4")] * 2 + ["s3://b/z.mp4"]

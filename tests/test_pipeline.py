@@ -32,11 +32,11 @@ CFG = validate_config(
 @pytest.fixture(scope="module")
 def decoded(clip_dir) -> pa.Table:
     listed, _ = attach_questions(list_videos(str(clip_dir), CFG.input.extensions), QUESTIONS, None)
-    return DecodeVideos(**CFG.sampling.model_dump(), timeout_s=None)(listed)
+    return DecodeVideos(**CFG.sampling.frame_options(), timeout_s=None)(listed)
 
 
 @pytest.fixture(scope="module")
-def answer_stage() -> AnswerQuestions:
+def answer_stage(flashvlm_cache) -> AnswerQuestions:
     return AnswerQuestions(
         model=CFG.model.model_dump(), selection=CFG.selection.model_dump(),
         selection_options=CFG.selection.library_options(), frame_size=CFG.sampling.size,
@@ -186,7 +186,7 @@ def test_readme_queries_run_as_written(answered, tmp_path):
     assert len(answers) == len(one_liner) and len(answers["kept"].iloc[0]) == 2
 
 
-def test_the_qwen_adapter_through_the_answer_stage_with_a_split(decoded):
+def test_the_qwen_adapter_through_the_answer_stage_with_a_split(flashvlm_cache, decoded):
     cfg = validate_config(
         {**CFG.model_dump(), "model": {**CFG.model.model_dump(), "name": QWEN_PATH},
          "sampling": {"frames": 2, "size": 112}, "selection": {"budget": 8, "split": "per_frame"}}
@@ -194,7 +194,7 @@ def test_the_qwen_adapter_through_the_answer_stage_with_a_split(decoded):
     listed = decoded.filter(pa.compute.is_null(decoded.column("error"))).slice(0, 1).select(
         ["video_uri", "video_version", "video_size", "questions", "error_stage", "error_type", "error"]
     )
-    small = DecodeVideos(**cfg.sampling.model_dump(), timeout_s=None)(listed)
+    small = DecodeVideos(**cfg.sampling.frame_options(), timeout_s=None)(listed)
     stage = AnswerQuestions(
         model=cfg.model.model_dump(), selection=cfg.selection.model_dump(),
         selection_options=cfg.selection.library_options(), frame_size=112, run_id="q", settings_id=cfg.settings_id(),

@@ -104,17 +104,19 @@ def _answers(rows_: list[tuple[str, str, str]], settings_id: str) -> pa.Table:
 
 
 def test_anti_join_leaves_exactly_what_the_driver_filter_leaves(ray_local, tmp_path):
-    """Changed, half-answered, failed-for-good and new videos, a questions file with a video the listing lacks:
-    the plan on workers gives the driver's rows and counts."""
+    """Changed, half-answered, failed-for-good and new videos, a questions file with a ranged question and a
+    video the listing lacks: the plan on workers (one execution of its joins) gives the driver's rows and counts."""
     from pipeline.config import validate_config
-    from pipeline.run import plan
+    from pipeline.run import plan, questions_of
 
     videos = tmp_path / "videos"
-    for i in range(40):  # sorted by URI, video i is row i of the listing
-        (videos / f"d{i // 14}").mkdir(parents=True, exist_ok=True)
-        (videos / f"d{i // 14}" / f"v{i:02d}.mp4").write_bytes(b"x" * (i + 1))
-    pq.write_table(pa.table({"video_uri": ["d0/v00.mp4", "d0/v01.mp4", "d0/v00.mp4", "gone.mp4"],
-                             "question": ["Own?", "Own?", "What is happening?", "Lost?"]}), tmp_path / "q.parquet")
+    for i in range(20):  # sorted by URI, video i is row i of the listing
+        (videos / f"d{i // 7}").mkdir(parents=True, exist_ok=True)
+        (videos / f"d{i // 7}" / f"v{i:02d}.mp4").write_bytes(b"x" * (i + 1))
+    pq.write_table(pa.table({"video_uri": ["d0/v00.mp4", "d0/v01.mp4", "d0/v00.mp4", "d0/v02.mp4", "gone.mp4"],
+                             "question": ["Own?", "Own?", "What is happening?", "When?", "Lost?"],
+                             "start_s": [None, None, None, 1.0, None], "end_s": [None, None, None, 2.5, None]}),
+                   tmp_path / "q.parquet")
     data = {"input": {"uri": str(videos), "extensions": [".mp4"]}, "questions": ["What is happening?", "Who?"],
             "questions_file": str(tmp_path / "q.parquet"), "model": {"name": "flashvlm-tiny/llava"},
             "output": {"uri": str(tmp_path / "out")}, "incremental": True}
@@ -123,32 +125,37 @@ def test_anti_join_leaves_exactly_what_the_driver_filter_leaves(ray_local, tmp_p
     listed = list_videos(str(videos), [".mp4"])
     uri, version = listed.column("video_uri").to_pylist(), listed.column("video_version").to_pylist()
     done = []
-    for i in range(30):  # 30 of 40 answered; of those, 3 changed since (stale version), 3 half answered
+    for i in range(15):  # 15 of 20 answered; of those, 2 changed since (stale version), 1 half answered
         v = version[i] + ("old" if i % 10 == 0 else "")
         done += [(uri[i], v, "What is happening?")] + ([(uri[i], v, "Who?")] if i % 10 != 5 else [])
     done.append((uri[0], version[0], "Own?"))  # v00's own question, at its current version
     (tmp_path / "out" / "answers" / "date=2026-01-01").mkdir(parents=True)
     pq.write_table(_answers(done, sid), tmp_path / "out" / "answers" / "date=2026-01-01" / "prior.parquet")
     (tmp_path / "out" / "errors" / "date=2026-01-01").mkdir(parents=True)
-    failed = pa.table({"video_uri": [uri[35], uri[36]], "video_version": [version[35], version[36]], "stage": ["decode"] * 2,
-                       "error_type": ["ValueError", "TimeoutError"], "error": ["bad"] * 2, "settings_id": [sid] * 2,
-                       "run_id": ["prior"] * 2, "created_at": pa.nulls(2, ERRORS.field("created_at").type)}, schema=ERRORS)
+    cols = {"video_uri": [uri[16], uri[17]], "video_version": [version[16], version[17]], "stage": ["decode"] * 2,
+            "error_type": ["ValueError", "TimeoutError"], "error": ["bad"] * 2, "settings_id": [sid] * 2, "run_id": ["prior"] * 2}
+    failed = pa.table({f.name: cols.get(f.name, pa.nulls(2, f.type)) for f in ERRORS}, schema=ERRORS)
     pq.write_table(failed, tmp_path / "out" / "errors" / "date=2026-01-01" / "prior.parquet")
 
-    expected, n_expected, skipped, already = plan(driver_cfg, str(videos))
+    questions = questions_of(driver_cfg, str(videos))  # read once, by the driver, for both paths
+    expected, n_expected, skipped, already = plan(driver_cfg, str(videos), questions)
     workers_cfg = validate_config({**data, "input": {**data["input"], "list_on_workers": True}})
-    todo, n, w_skipped, w_already = plan(workers_cfg, str(videos))
+    todo, n, w_skipped, w_already = plan(workers_cfg, str(videos), questions)
 
     def key(r):
-        return r["video_uri"], r["video_version"], tuple(r["questions"] or ()), r["error_type"]
+        ranges = tuple(zip(r["question_start_s"] or (), r["question_end_s"] or ()))
+        return (r["video_uri"], r["video_version"], tuple(r["questions"] or ()),
+                ranges if any(s is not None for s, _ in ranges) else (), r["error_type"])
 
     got = sorted(key(r) for r in todo.take_all())
     assert got == sorted(key(r) for r in expected.to_pylist())
     assert (n, w_skipped, w_already) == (n_expected, skipped, already)
-    # What that is: 3 changed (v00, v10, v20), 3 half answered (v05, v15, v25), v01's own question, the 10 new
-    # (v30-v39) less v35 (failed for good; v36's timeout is retried), and the questions file's missing video.
-    left = {r[0].rsplit("/", 1)[-1]: r[2] for r in got}
-    assert len(left) == 3 + 3 + 1 + 9 + 1 and "v35.mp4" not in left and "v36.mp4" in left
-    assert left["v00.mp4"] == ("What is happening?", "Who?")  # changed: asked again; its own question was answered
-    assert left["v05.mp4"] == ("Who?",) and left["v01.mp4"] == ("Own?",) and left["v30.mp4"] == ("What is happening?", "Who?")
-    assert left["gone.mp4"] == ("Lost?",) and dict((r[0].rsplit("/", 1)[-1], r[3]) for r in got)["gone.mp4"] == "FileNotFoundError"
+    # What that is: 2 changed (v00, v10), 1 half answered (v05), v01's own question, v02's ranged question, the
+    # 5 new (v15-v19) less v16 (failed for good; v17's timeout is retried), and the questions file's missing video.
+    left = {r[0].rsplit("/", 1)[-1]: r for r in got}
+    assert len(left) == 2 + 1 + 1 + 1 + 4 + 1 and "v16.mp4" not in left and "v17.mp4" in left
+    assert left["v00.mp4"][2] == ("What is happening?", "Who?")  # changed: asked again; its own question was answered
+    assert left["v05.mp4"][2] == ("Who?",) and left["v01.mp4"][2] == ("Own?",)
+    assert left["v02.mp4"][2:4] == (("When?",), ((1.0, 2.5),))  # the range carried into question_start_s / _end_s
+    assert left["v15.mp4"][2] == ("What is happening?", "Who?")
+    assert left["gone.mp4"][2:] == (("What is happening?", "Who?", "Lost?"), (), "FileNotFoundError")

@@ -12,7 +12,7 @@ import yaml
 from pipeline.config import load_config, validate_config
 from pipeline.run import run, summary_text
 from pipeline.listing import list_videos
-from pipeline.questions import attach_questions, questions_by_video
+from pipeline.questions import attach_questions, questions_table
 from shapes.clips import make_clip
 from tiny_models import LLAVA_PATH
 
@@ -25,7 +25,7 @@ BASE = {
 
 @pytest.mark.parametrize("path", [p for p in sorted((ROOT / "configs").glob("*.yaml")) if not p.name.startswith("train_")], ids=lambda p: p.name)
 def test_shipped_configs_keep_trust_remote_code_off(path):
-    from pipeline.evaluate import EvalConfig
+    from pipeline.eval_config import EvalConfig
 
     assert "trust_remote_code" not in yaml.safe_load(path.read_text()).get("model", {})
     schema = EvalConfig if path.name.startswith("eval_") else None  # evaluation configs extend the job's
@@ -36,7 +36,8 @@ def test_shipped_configs_keep_trust_remote_code_off(path):
 def test_trust_remote_code_reaches_the_loader_only_when_set(monkeypatch, setting, expected):
     import flashvlm
 
-    from pipeline.answer import AnswerQuestions
+    from pipeline.answer import AnswerQuestions, ModelLoadError
+    from pipeline.schema import DECODED
 
     seen = {}
 
@@ -47,9 +48,10 @@ def test_trust_remote_code_reaches_the_loader_only_when_set(monkeypatch, setting
     monkeypatch.setattr(flashvlm, "load", fake_load)
     model = dict(BASE["model"], **({} if setting is None else {"trust_remote_code": setting}))
     cfg = validate_config({**BASE, "model": model})
-    with pytest.raises(RuntimeError, match="stop here"):
-        AnswerQuestions(model=cfg.model.model_dump(), selection=cfg.selection.model_dump(), selection_options={},
-                        frame_size=336, run_id="r", settings_id="s")
+    stage = AnswerQuestions(model=cfg.model.model_dump(), selection=cfg.selection.model_dump(), selection_options={},
+                            frame_size=336, run_id="r", settings_id="s")
+    with pytest.raises(ModelLoadError, match="RuntimeError: stop here"):  # with the first batch: it fails the run
+        stage(DECODED.empty_table())
     assert seen["trust_remote_code"] is expected
 
 
@@ -77,7 +79,7 @@ def test_questions_file_entries_cannot_escape_the_input_location(tmp_path):
     make_clip(tmp_path / "in" / "a.mp4", frames=2)
     listed = list_videos(str(tmp_path / "in"), [".mp4"])
     table = pa.table({"video_uri": ["a.mp4", "../b.mp4", "s3://other/c.mp4"], "question": ["q1", "q2", "q3"]})
-    out, _ = attach_questions(listed, [], questions_by_video(table, str(tmp_path / "in")), str(tmp_path / "in"))
+    out, _ = attach_questions(listed, [], questions_table(table, str(tmp_path / "in")), str(tmp_path / "in"))
     rows = {r["video_uri"].rsplit("/", 1)[-1]: r for r in out.to_pylist()}
     assert rows["a.mp4"]["error"] is None
     for name in ("b.mp4", "c.mp4"):

@@ -1,4 +1,4 @@
-"""The image selection rule: properties of ALGORITHM.md, a hand-worked case, and equivalences."""
+"""The image selection rule: properties of docs/algorithm.md, a hand-worked case, and equivalences."""
 
 import math
 
@@ -72,11 +72,11 @@ def test_matches_straightforward_rule_exactly_in_float64(s, budget, config, with
 def test_matches_straightforward_rule_exactly_on_ties(s, distinct, budget, config, with_text):
     """Copies of a few vision rows (some scaled by 2: the same unit vector) and saliency on three levels.
 
-    ALGORITHM.md: ties keep the lower index first. Copies must tie exactly, whatever the rounding of
+    docs/algorithm.md: ties keep the lower index first. Copies must tie exactly, whatever the rounding of
     the matrix products they sit in.
     """
     # One-dimensional projected rows are all parallel: copies of one direction, which the rule does not
-    # merge (README, "Ties"), so their cosines tie only up to the rounding of sqrt(p * p) against |p|.
+    # merge (docs/algorithm.md, "Ties"), so their cosines tie only up to the rounding of sqrt(p * p) against |p|.
     assume(s["D"] > 1)
     vision, projected, saliency, text = make_inputs(**s)
     B, N, Dv = vision.shape

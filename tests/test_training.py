@@ -241,7 +241,7 @@ def test_a_short_run_saves_a_checkpoint_that_loads(tmp_path, monkeypatch):
 
 def test_the_committed_checkpoint_answers_pinned_test_clips():
     # Six test-split questions, one of each type and one more colour, that the committed model answers right at
-    # full budget, picked among the ones it does (its test accuracy is in the README): a regression check of
+    # full budget, picked among the ones it does (its test accuracy is in docs/shapes.md): a regression check of
     # the checkpoint and the inference path.
     import flashvlm
     from flashvlm.models import wrap

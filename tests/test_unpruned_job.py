@@ -36,7 +36,7 @@ def test_budget_null_answers_every_video_with_every_token(model, ray_local, clip
         selection={"budget": None},
     )
     record = run(cfg)
-    assert (record["videos_ok"], record["videos_failed"]) == (2, 0), record
+    assert (record.videos_ok, record.videos_failed) == (2, 0), record
 
     errors = read_table(str(tmp_path / "out"), "errors")
     assert errors.num_rows == 0, errors.to_pylist()

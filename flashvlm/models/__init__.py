@@ -27,13 +27,13 @@ ADAPTERS = {
     "Qwen2_5_VLForConditionalGeneration": "flashvlm.models.qwen2_5_vl:Qwen2_5_VLAdapter",
 }
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Packages name checkpoints they ship through this entry-point group: name = "module:function", the function
 # returning the checkpoint's local directory (e.g. the shapes package's "flashvlm-tiny/shapes", pyproject.toml).
 CHECKPOINTS_GROUP = "flashvlm.checkpoints"
 
-__all__ = ["ADAPTERS", "CHECKPOINTS_GROUP", "KeptTokens", "TokenSelectionAdapter", "VideoAnswer", "checkpoint_path", "load", "wrap"]
+__all__ = ["ADAPTERS", "CHECKPOINTS_GROUP", "DTYPES", "KeptTokens", "TokenSelectionAdapter", "VideoAnswer", "checkpoint_path", "load", "wrap"]
 
 
 def _resolve_dtype(dtype: object) -> torch.dtype | str | None:
@@ -41,9 +41,9 @@ def _resolve_dtype(dtype: object) -> torch.dtype | str | None:
         return dtype
     if dtype == "auto":
         return "auto"
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"dtype must be a torch.dtype, 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
 
 
 def checkpoint_path(name_or_path: str | os.PathLike) -> str:

@@ -1,7 +1,8 @@
 """Qwen2.5-VL model inputs built without torchvision: decoded video frames and images in, model kwargs out.
 
-transformers' `Qwen2VLVideoProcessor` (and so `Qwen2_5_VLProcessor`) needs torchvision, which cannot run
-beside the CPU torch build this project uses (see STACK.md). This module builds the same tensors itself:
+transformers' `Qwen2VLVideoProcessor` (and so `Qwen2_5_VLProcessor`) needs torchvision, which is not a dependency:
+the registry's torchvision wheel is a CUDA build that fails to import beside a CPU torch. This module builds the
+same tensors itself:
 
     frames (T, H, W, 3) uint8  --resize to a multiple of patch*merge (PIL bicubic, as the image processor)
                                --rescale 1/255, normalise with the CLIP mean/std
@@ -39,7 +40,7 @@ VIDEO_PAD = "<|video_pad|>"
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 
-# Frames are decoded at model size (DESIGN.md), so by default only round to the patch grid: no upscaling of
+# Frames are decoded at model size (pipeline/decode.py), so by default only round to the patch grid: no upscaling of
 # small frames (the video processor's 128*28*28 floor would), and the video processor's per-frame cap.
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 768 * 28 * 28
