@@ -37,7 +37,7 @@ from pipeline.schema import LISTED
 from pipeline.storage import TABLE_SUFFIXES, PathOutsideInput, filesystem, is_within, mtime_of, read_table_file, to_uri
 
 MANIFEST_SUFFIXES = (".txt", *TABLE_SUFFIXES)
-_GLOB_CHARS = set("*?[")
+GLOB_CHARS = set("*?[")
 BATCH_ROWS = 65_536  # rows per record batch of a listing
 MANIFEST_CONCURRENCY = 64  # manifest entries checked at once (S3: HEAD requests in flight)
 
@@ -264,9 +264,9 @@ class ListVideos:
         fs, path = filesystem(uri, self.storage_options)
         fs.invalidate_cache()  # fsspec instances are shared per process: never list from a stale cache
         rows = _Rows()
-        if _GLOB_CHARS & set(path):
+        if GLOB_CHARS & set(path):
             # Walk the folder above the first wildcard, keep what the pattern matches.
-            root = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+            root = path[: min(path.index(c) for c in GLOB_CHARS if c in path)].rsplit("/", 1)[0]
             pattern = re.compile(fsspec.utils.glob_translate(path))
             found = _walk(fs, root) if fs.isdir(root) else ()
             for p, size, version in found:

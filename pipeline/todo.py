@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import JobConfig
 from pipeline.inventory import is_inventory, read_inventory
-from pipeline.listing import _GLOB_CHARS, MANIFEST_SUFFIXES, ListVideos, list_on_workers, manifest_on_workers
+from pipeline.listing import GLOB_CHARS, MANIFEST_SUFFIXES, ListVideos, list_on_workers, manifest_on_workers
 from pipeline.questions import canonical_uris, not_listed, own_questions
 from pipeline.schema import LISTED
 from pipeline.storage import arrow_filesystem, filesystem, join
@@ -183,7 +183,7 @@ def _one_listing(cfg: JobConfig, uri: str):
     if cfg.input.inventory or is_inventory(uri):
         return read_inventory(uri, extensions, cfg.input.inventory_prefix, options).map_batches(with_questions, batch_format="pyarrow")
     fs, path = filesystem(uri, options)
-    if not (_GLOB_CHARS & set(path)):
+    if not (GLOB_CHARS & set(path)):
         if fs.isdir(path):
             return list_on_workers(uri, extensions, options)
         if path.lower().endswith(MANIFEST_SUFFIXES):
@@ -201,45 +201,56 @@ def listing_dataset(cfg: JobConfig, input_uri: str):
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def missing_rows(group: pa.Table, common: Sequence[str], input_uri: str, allowed_prefixes: Sequence[str]) -> pa.Table:
-    """For `map_groups`: the questions of one questions_file video the listing lacks (uri_key, question,
-    position) as its LISTED error row (pipeline.questions.not_listed)."""
-    return not_listed(group.rename_columns(["video_uri" if c == "uri_key" else c for c in group.column_names]),
-                      common, input_uri, allowed_prefixes)
-
-
-def uri_keys(batch: pa.Table) -> pa.Table:
-    """The canonical video_uri of LISTED rows as `uri_key`, the questions file's spelling of it."""
-    return pa.table({"uri_key": canonical_uris(batch.column("video_uri"))})
+MISSING = pa.schema([("uri_key", pa.string()), ("question", pa.string()), ("position", pa.int64())])  # questions of unlisted videos
 
 
 def video_keys(batch: pa.Table) -> pa.Table:
-    """(video_uri, version_key, video_size, uri_key) of LISTED rows."""
+    """(video_uri, version_key, video_size, listed_ok, uri_key) of LISTED rows; listed_ok: no listing error."""
     return pa.table({"video_uri": batch.column("video_uri"), "version_key": pc.fill_null(batch.column("video_version"), ""),
-                     "video_size": batch.column("video_size"), "uri_key": canonical_uris(batch.column("video_uri"))})
+                     "video_size": batch.column("video_size"), "listed_ok": pc.is_null(batch.column("error")),
+                     "uri_key": canonical_uris(batch.column("video_uri"))})
 
 
-def questions_dataset(questions: pa.Table, common: Sequence[str], cfg: JobConfig, input_uri: str, listed, healthy, rows: int):
-    """The QUESTIONS table (pipeline.run.questions_of) joined to the listing on the canonical video_uri:
-    (UNITS of listed videos, ranges kept; LISTED error rows of entries the listing lacks; videos with no
-    question at all when there are no common questions)."""
+def asked_units(batch: pa.Table) -> pa.Table:
+    """Rows of the listing x questions join with both sides: UNITS of listed videos."""
+    found = pc.and_(pc.fill_null(batch.column("listed_ok"), False), pc.is_valid(batch.column("question")))
+    return batch.filter(found).select(UNITS.names).cast(UNITS)
+
+
+def unlisted_questions(batch: pa.Table) -> pa.Table:
+    """Rows of the listing x questions join without a listed video: MISSING."""
+    return batch.filter(pc.is_null(batch.column("video_uri"))).select(MISSING.names).cast(MISSING)
+
+
+def unasked_videos(batch: pa.Table) -> pa.Table:
+    """Rows of the listing x questions join of listed videos the questions file does not name."""
+    return batch.filter(pc.and_(pc.fill_null(batch.column("listed_ok"), False), pc.is_null(batch.column("question")))).select(["uri_key"])
+
+
+def missing_rows(batch: pa.Table, common: Sequence[str], input_uri: str, allowed_prefixes: Sequence[str]) -> pa.Table:
+    """For `map_batches` over all of MISSING in one batch: one LISTED error row per questions_file video the
+    listing lacks (pipeline.questions.not_listed)."""
+    return not_listed(batch.rename_columns(["video_uri", "question", "position"]), common, input_uri, allowed_prefixes)
+
+
+def questions_dataset(questions: pa.Table, common: Sequence[str], cfg: JobConfig, input_uri: str, listed, rows: int):
+    """The QUESTIONS table (pipeline.run.questions_of) joined to the listing on the canonical video_uri, in
+    one full outer join: (UNITS of listed videos, ranges kept; LISTED error rows of the videos it names that
+    the listing lacks; listed videos it does not name, the skipped ones when there are no common questions)."""
     import ray
 
     own = own_questions(questions, common)
     asked = ray.data.from_arrow(own.rename_columns(["uri_key", *own.column_names[1:]]))
-    n = partitions_for(rows)
-    videos = healthy.map_batches(video_keys, batch_format="pyarrow")
-    found = materialized(videos.join(asked, join_type="inner", num_partitions=n, on=("uri_key",)).select_columns(UNITS.names), UNITS)
-    every = listed.map_batches(uri_keys, batch_format="pyarrow")
-    absent = asked.join(every, join_type="left_anti", num_partitions=n, on=("uri_key",)).select_columns(["uri_key", "question", "position"])
-    missing = materialized(absent, pa.schema([("uri_key", pa.string()), ("question", pa.string()), ("position", pa.int64())]))
-    missing = missing.groupby("uri_key").map_groups(  # a Python call per missing video: few, by nature
+    videos = listed.map_batches(video_keys, batch_format="pyarrow")
+    joined = materialized(videos.join(asked, join_type="full_outer", num_partitions=partitions_for(rows), on=("uri_key",)),
+                          pa.schema([*video_keys(LISTED.empty_table()).schema, *own.schema.remove(0)]))
+    units = joined.map_batches(asked_units, batch_format="pyarrow")
+    # Few, by nature (each is an error row): gathered into one block, so a video's questions meet.
+    missing = materialized(joined.map_batches(unlisted_questions, batch_format="pyarrow"), MISSING).repartition(1).map_batches(
         missing_rows, fn_kwargs=dict(common=list(common), input_uri=input_uri, allowed_prefixes=list(cfg.input.allowed_prefixes)),
-        batch_format="pyarrow")
-    skipped = 0
-    if not common:
-        skipped = videos.join(asked.select_columns(["uri_key"]), join_type="left_anti", num_partitions=n, on=("uri_key",)).count()
-    return found, materialized(missing, LISTED), skipped
+        batch_size=None, batch_format="pyarrow")
+    skipped = 0 if common else joined.map_batches(unasked_videos, batch_format="pyarrow").count()
+    return units, materialized(missing, LISTED), skipped
 
 
 # ---- the plan ----------------------------------------------------------------------------------------
@@ -279,7 +290,7 @@ def plan_on_workers(cfg: JobConfig, input_uri: str, questions: Optional[pa.Table
         units = healthy.map_batches(common_units, fn_kwargs=dict(questions=common), batch_format="pyarrow")
     missing, skipped = None, 0
     if questions is not None and questions.num_rows:
-        own, missing, skipped = questions_dataset(questions, common, cfg, input_uri, listed, healthy, listed_rows)
+        own, missing, skipped = questions_dataset(questions, common, cfg, input_uri, listed, listed_rows)
         units = own if units is None else units.union(own)
     elif units is None:  # nothing to ask: only error rows stay
         skipped = listed_rows - errors.count()
