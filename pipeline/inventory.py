@@ -40,7 +40,8 @@ COLUMNS = ("bucket", "key", "size", "e_tag", "is_latest", "is_delete_marker")
 _CSV_NAMES = {"Bucket": "bucket", "Key": "key", "Size": "size", "ETag": "e_tag", "IsLatest": "is_latest",
               "IsDeleteMarker": "is_delete_marker", "LastModifiedDate": "last_modified_date",
               "VersionId": "version_id", "StorageClass": "storage_class"}
-ROWS = pa.schema([LISTED.field(n) for n in LISTED.names if n != "questions"])  # LISTED without the questions
+ROWS = pa.schema([*(LISTED.field(n) for n in ("video_uri", "video_version", "video_size")),
+                  *(LISTED.field(n) for n in ("error_stage", "error_type", "error"))])  # LISTED without the questions
 
 
 def is_inventory(uri: str) -> bool:
