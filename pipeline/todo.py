@@ -1,25 +1,26 @@
 """The plan as Ray Data stages: listing, questions and the incremental filter without a row per video in
-the driver.
+the driver (pipeline.run.plan picks it for inventories and input.list_on_workers).
 
     from pipeline.todo import plan_on_workers
-    todo, counts = plan_on_workers(cfg, input_uri)   # Ray Dataset of LISTED rows, and aggregate counts
+    todo, counts = plan_on_workers(cfg, input_uri, questions)   # questions: pipeline.run.questions_of (or None)
 
-    listing (inventory / manifest / folder, read on workers)          one row per video, errors included
-      -> units: one row per (video, question) asked                   common questions x videos, questions_file joined
-      -> left_anti join with answers/ (same settings_id)  on UNIT_KEY
-      -> left_anti join with permanent decode failures    on VIDEO_KEY
-      -> regroup the units left into one LISTED row per video (questions in asking order)
-      + listing error rows, questions_file entries the listing lacks (error rows)
+    listing (inventory / manifest / folder, read on workers)     one row per video, errors included
+      -> units: one row per (video, question, range) asked       common questions x videos; the QUESTIONS
+                                                                 table in one full_outer join on the canonical URI
+      -> left_anti join with answers/ (same settings_id)  on UNIT_KEY    } sampling.segments mode none; otherwise
+      -> left_anti join with permanent decode failures    on VIDEO_KEY   } the planner skips per segment
+      -> regroup the units left into one LISTED row per video (questions in asking order, ranges parallel)
+      + listing error rows, questions_file videos the listing lacks (error rows, questions.not_listed)
 
 Each join hash-partitions both sides over Ray's workers (Dataset.join runs polars per partition); the
-driver holds block references and the counts, never keys. The to-do set is materialised in the object
-store (a few percent of the listing on an incremental rerun) and the decode stage reads it from there.
+driver holds block references and the counts, never keys (the questions file is the exception: the driver
+reads it once, as on the driver path, since the writer joins its labels). The to-do set is materialised in
+the object store (a few percent of the listing on an incremental rerun); pipeline.run.plan_dataset reads it.
 
 The join key. UNIT_KEY is (video_uri, version_key, question) within one settings_id: the answers are read
 filtered to the run's settings_id, so the settings need no column in the key. version_key is
 video_version with null as "" (a store without versions), so nulls match each other as the driver path
-did. When answers carry `segment_index` (one row per time segment), it joins UNIT_KEY and the planning
-stage's rows carry it too: UNIT_KEY = (*VIDEO_KEY, "segment_index", "question"); nothing else changes.
+did. A question asked over several ranges is one key, as in the driver's drop_done.
 """
 
 from __future__ import annotations
