@@ -159,3 +159,23 @@ def test_anti_join_leaves_exactly_what_the_driver_filter_leaves(ray_local, tmp_p
     assert left["v02.mp4"][2:4] == (("When?",), ((1.0, 2.5),))  # the range carried into question_start_s / _end_s
     assert left["v15.mp4"][2] == ("What is happening?", "Who?")
     assert left["gone.mp4"][2:] == (("What is happening?", "Who?", "Lost?"), (), "FileNotFoundError")
+
+
+def test_plan_dataset_takes_the_planned_dataset_as_it_takes_the_drivers_table(ray_local, tmp_path):
+    """Mode none: whole_videos over a Ray dataset of LISTED rows (map_batches) gives the PLANNED rows it
+    gives over the driver's table, ranged questions asked once each."""
+    from pipeline.config import validate_config
+    from pipeline.run import plan_dataset
+    from pipeline.schema import LISTED
+
+    cfg = validate_config({"input": {"uri": str(tmp_path)}, "questions": ["Q?"], "model": {"name": "flashvlm-tiny/llava"},
+                           "output": {"uri": str(tmp_path / "out")}})
+    listed = pa.Table.from_pylist([
+        {"video_uri": "file:///v/a.mp4", "video_version": "1", "video_size": 3, "questions": ["Q?", "R?", "R?"],
+         "question_start_s": [None, 1.0, 4.0], "question_end_s": [None, 2.0, 9.0]},
+        {"video_uri": "file:///v/b.mp4", "video_version": "2", "video_size": 4, "questions": ["Q?"]},
+    ], schema=LISTED)
+    from_table = plan_dataset(cfg, listed).take_all()
+    from_dataset = plan_dataset(cfg, ray_local.data.from_arrow(listed)).take_all()
+    assert sorted(from_dataset, key=lambda r: r["video_uri"]) == sorted(from_table, key=lambda r: r["video_uri"])
+    assert [r["questions"] for r in sorted(from_dataset, key=lambda r: r["video_uri"])] == [["Q?", "R?"], ["Q?"]]
