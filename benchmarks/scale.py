@@ -4,6 +4,7 @@ and (--questions) a questions file of a million videos.
     python benchmarks/scale.py                        # local: 100,000 and 1,000,000 files
     python benchmarks/scale.py --sizes 100000         # one size only
     python benchmarks/scale.py --store s3             # a moto S3 server on 127.0.0.1: 2,000 and 20,000 objects
+    python benchmarks/scale.py --inventory            # an S3 Inventory of 10,000,000 objects, planned on Ray workers
     python benchmarks/scale.py --questions            # a questions file: 1,000,000 videos, 2 labelled questions each
 
 Setup (once, outside the timing, reused when present): under --root (default /tmp/flashvlm-scale) the
@@ -18,6 +19,16 @@ listing (psutil, sampled every 5 ms). JSON last line:
     {"videos": 1000000, "listing_s": ..., "filter_s": ..., "driver_peak_rss_mb": ..., "at_100k": {...}}
 Targets at 1,000,000: listing + filter <= 120 s, driver peak RSS growth <= 1 GB.
 
+--inventory (pipeline.todo.plan_on_workers): under --cache (default ~/.cache/flashvlm/scale-inventory), once,
+an S3 Inventory in its Parquet layout (data/ of 100 files of 100,000 objects; one manifest.json naming the
+first 10 files, 1,000,000 objects, and one naming all 100, 10,000,000), and for each size an answers table of
+2 prior rows per video, 5% of the videos at a stale ETag. Each size is planned in a fresh process (a local
+Ray of --cpus CPUs): inventory read and filter, the two left_anti joins, the regrouping, the counts. The RSS
+growth is the driver's above its RSS after ray.init (ray.init's own is reported as ray_init_rss_mb). JSON
+last line:
+    {"videos": 10000000, "plan_s": ..., "driver_peak_rss_mb": ..., "left_to_do": 500000, "at_1m": {...}}
+Targets at 10,000,000: driver peak RSS growth <= 300 MB and <= 1.3x the 1,000,000 figure, plan_s <= 600,
+left_to_do exactly the 5% changed.
 --questions: the questions-file path alone. Setup writes <root>/questions-1m.parquet (2 labelled questions
 per video, relative video_uri as users write them); the measurement, in a fresh process, builds the
 listing's table of those videos in Arrow (as ListVideos returns it; no files needed), then reads the file
@@ -263,6 +274,153 @@ def make_objects(options: dict, bucket: str, n: int, per_part: int) -> None:
     fs.pipe(keys, batch_size=256)  # s3fs sends these concurrently
 
 
+# ---- an S3 Inventory, planned on workers ------------------------------------------------------------------
+
+INVENTORY_FILES, PER_INVENTORY_FILE = 100, 100_000
+INVENTORY_BUCKET = "videos"
+
+
+def inventory_key(i):
+    """The object keys of rows i (numpy int array): videos/part-PP/dDDDD/vVVVVVVVV.mp4."""
+    return [f"videos/part-{k // PER_PART:03d}/d{k // PER_FOLDER:05d}/v{k:09d}.mp4" for k in i.tolist()]
+
+
+def inventory_etag(i, stale=None):
+    return [f"{k * 2654435761 % 2**64:016x}{k:016x}{'-old' if stale is not None and s else ''}"
+            for k, s in zip(i.tolist(), stale.tolist() if stale is not None else [False] * len(i))]
+
+
+def make_inventory(cache: Path) -> dict:
+    """The S3 Inventory (Parquet layout) and the two manifests; returns {videos: manifest path}."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    config_root = cache / "inventory" / INVENTORY_BUCKET / "daily"
+    data = config_root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for f in range(INVENTORY_FILES):
+        path = data / f"{f:04d}.parquet"
+        if path.exists():
+            continue
+        i = np.arange(f * PER_INVENTORY_FILE, (f + 1) * PER_INVENTORY_FILE)
+        n = len(i)
+        table = pa.table({
+            "bucket": pa.array([INVENTORY_BUCKET] * n), "key": pa.array(inventory_key(i)),
+            "version_id": pa.nulls(n, pa.string()), "is_latest": pa.array(np.ones(n, bool)),
+            "is_delete_marker": pa.array(np.zeros(n, bool)), "size": pa.array(1_000_000 + i % 997, pa.int64()),
+            "last_modified_date": pa.array(np.full(n, 1_767_225_600_000), pa.timestamp("ms", tz="UTC")),
+            "e_tag": pa.array(inventory_etag(i)), "storage_class": pa.array(["STANDARD"] * n),
+        })
+        pq.write_table(table, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)
+    if time.perf_counter() - t0 > 1:
+        print(f"wrote the inventory under {data} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    manifests = {}
+    for videos, stamp in ((100_000, "2026-01-01T00-00Z"), (1_000_000, "2026-01-01T01-00Z"), (10_000_000, "2026-01-02T01-00Z")):
+        folder = config_root / stamp
+        folder.mkdir(exist_ok=True)
+        files = [{"key": f"inventory/{INVENTORY_BUCKET}/daily/data/{f:04d}.parquet", "size": (data / f"{f:04d}.parquet").stat().st_size,
+                  "MD5checksum": "0" * 32} for f in range(videos // PER_INVENTORY_FILE)]
+        (folder / "manifest.json").write_text(json.dumps({
+            "sourceBucket": INVENTORY_BUCKET, "destinationBucket": "arn:aws:s3:::inventory", "version": "2016-11-30",
+            "creationTimestamp": "1767229200000", "fileFormat": "Parquet",
+            "fileSchema": "message s3.inventory { required binary bucket (STRING); required binary key (STRING); "
+                          "optional binary version_id (STRING); optional boolean is_latest; optional boolean is_delete_marker; "
+                          "optional int64 size; optional int64 last_modified_date (TIMESTAMP(MILLIS,true)); "
+                          "optional binary e_tag (STRING); optional binary storage_class (STRING);}",
+            "files": files}))
+        manifests[videos] = folder / "manifest.json"
+    return manifests
+
+
+def make_inventory_answers(output: Path, videos: int) -> None:
+    """2 prior answers per video of the inventory's first `videos`, 5% at a stale ETag; skipped when present."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import ANSWERS
+
+    folder = output / "answers" / "date=2026-01-01"
+    if (output / "answers" / "complete").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = config(str(output), str(output))
+    t0 = time.perf_counter()
+    for start in range(0, videos, PER_INVENTORY_FILE):
+        i = np.arange(start, start + PER_INVENTORY_FILE)
+        stale = i % STALE_EVERY == 0
+        rows = np.repeat(np.arange(len(i)), 2)  # (2 n,) two questions per video
+        m = len(rows)
+        q = np.tile([0, 1], len(i))
+        cols = {
+            "video_uri": pa.array([f"s3://{INVENTORY_BUCKET}/{k}" for k in inventory_key(i)]).take(rows),
+            "video_version": pa.array(inventory_etag(i, stale)).take(rows),
+            "video_size": pa.array(1_000_000 + i % 997, pa.int64()).take(rows), "question_index": pa.array(q, pa.int16()),
+            "question": pa.array(QUESTIONS).take(q), "answer": pa.array(["a short answer"] * m),
+            "model": pa.array([cfg.model.name] * m), "budget": pa.array([64] * m, pa.int32()),
+            "frames": pa.array([8] * m, pa.int16()), "frame_size": pa.array([336] * m, pa.int16()),
+            "tokens_kept": pa.array([512] * m, pa.int32()), "tokens_total": pa.array([4608] * m, pa.int32()),
+            "settings_id": pa.array([cfg.settings_id()] * m), "run_id": pa.array([f"prior-{start}"] * m),
+        }
+        table = pa.table({f.name: cols.get(f.name, pa.nulls(m, f.type)) for f in ANSWERS}, schema=ANSWERS)
+        pq.write_table(table, folder / f"prior-{start:09d}.parquet")
+    (output / "answers" / "complete").write_text("")
+    print(f"wrote {2 * videos} prior answers under {output} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def question_counts(batch):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pa.table({"n": pc.list_value_length(batch.column("questions"))})
+
+
+def measure_inventory(manifest: str, output_uri: str, cpus: int) -> dict:
+    import ray
+
+    from pipeline.todo import plan_on_workers
+
+    cfg = config(manifest, output_uri)
+    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"inventory_prefix": "videos/"})})
+    before = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
+    init_s = time.perf_counter() - t0
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    rss = PeakRSS()
+    t0 = time.perf_counter()
+    todo, counts = plan_on_workers(cfg, manifest)
+    plan_s = time.perf_counter() - t0
+    grew_mb = rss.stop()
+    questions_left = todo.map_batches(question_counts, batch_format="pyarrow").sum("n")  # an aggregate, after the timing
+    return {"videos": counts["videos_listed"], "plan_s": round(plan_s, 1), "driver_peak_rss_mb": round(grew_mb, 1),
+            "left_to_do": counts["videos_to_do"], "already_done": counts["videos_already_done"], "questions_left": questions_left,
+            "ray_init_s": round(init_s, 1), "ray_init_rss_mb": round((rss.start - before) / 2**20, 1)}
+
+
+def main_inventory(args) -> None:
+    cache = Path(args.cache).expanduser()
+    manifests = make_inventory(cache)
+    sizes = sorted(args.sizes or [1_000_000, 10_000_000])
+    if set(sizes) - set(manifests):
+        raise SystemExit(f"--inventory --sizes: each of {sorted(manifests)}")
+    results = {}
+    for n in sizes:
+        output = cache / f"out-{label(n)}"
+        make_inventory_answers(output, n)
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure-inventory", str(manifests[n]), str(output), str(args.cpus)],
+            check=True, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        ).stdout
+        results[n] = json.loads(out.strip().splitlines()[-1])
+        print(f"{label(n):>5}: {json.dumps(results[n])}", flush=True)
+    big = results[sizes[-1]]
+    print(json.dumps({**big, **{f"at_{label(n)}": results[n] for n in sizes[:-1]}}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", choices=["local", "s3"], default="local")
@@ -270,8 +428,19 @@ def main() -> None:
     parser.add_argument("--root", default="/tmp/flashvlm-scale")
     parser.add_argument("--questions", action="store_true", help="measure the questions-file path instead")
     parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--inventory", action="store_true", help="plan from an S3 Inventory on Ray workers (1M and 10M)")
+    parser.add_argument("--cache", default="~/.cache/flashvlm/scale-inventory", help="--inventory: where its inputs are kept")
+    parser.add_argument("--cpus", type=int, default=2, help="--inventory: CPUs of the local Ray")
+    parser.add_argument("--measure-inventory", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--measure-questions", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_inventory:
+        manifest, output, cpus = args.measure_inventory
+        print(json.dumps(measure_inventory(manifest, output, int(cpus))))
+        return
+    if args.inventory:
+        main_inventory(args)
+        return
     if args.measure:
         print(json.dumps(measure(args.measure[0], args.measure[1], json.loads(args.measure[2]) or None)))
         return

@@ -133,6 +133,20 @@ class InputConfig(StrictModel):
         default_factory=list,
         description="other locations manifest / questions_file entries may point to (besides the input location)",
     )
+    inventory: bool = Field(
+        default=False,
+        description="uri is a folder of S3 Inventory files (Parquet, ORC, or CSV with a header row); a uri naming a "
+        "manifest.json is read as an inventory without this",
+    )
+    inventory_prefix: str = Field(
+        default="", description="with an inventory input: only keys under this prefix (e.g. videos/2026/)"
+    )
+    list_on_workers: bool = Field(
+        default=False,
+        description="plan on Ray workers (pipeline/todo.py): list the folder, prefix or manifest in Ray tasks, and join the "
+        "questions_file and the done answers as Ray Data joins, so the driver holds no row per video; inventory inputs "
+        "always plan this way",
+    )
     generate_if_missing: int = Field(
         default=0,
         ge=0,

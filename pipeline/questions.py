@@ -193,6 +193,16 @@ def lists_by_row(rows: np.ndarray, values: pa.Array, n: int) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
+def own_questions(questions: pa.Table, common: Sequence[str]) -> pa.Table:
+    """The QUESTIONS rows a video is asked after the common ones: (video_uri, question, start_s, end_s,
+    position), file order, the common questions left out, positions after theirs."""
+    own = questions.select(["video_uri", "question", "start_s", "end_s"])
+    if common:
+        own = own.filter(pc.invert(pc.is_in(own.column("question"), pa.array(list(common), pa.string()))))
+    k = len(common)
+    return own.append_column("position", pa.array(np.arange(k, k + own.num_rows, dtype=np.int64)))
+
+
 def attach_questions(
     listed: pa.Table, common: Sequence[str], questions: Optional[pa.Table],
     input_uri: Optional[str] = None, allowed_prefixes: Sequence[str] = (),
@@ -213,10 +223,7 @@ def attach_questions(
         return kept, listed.num_rows - kept.num_rows
     listed = listed.combine_chunks()
     n, k = listed.num_rows, len(common)
-    own = questions.select(["video_uri", "question", "start_s", "end_s"])
-    if common:
-        own = own.filter(pc.invert(pc.is_in(own.column("question"), pa.array(common, pa.string()))))
-    own = own.append_column("position", pa.array(np.arange(k, k + own.num_rows, dtype=np.int64)))
+    own = own_questions(questions, common)
     videos = pa.table({"video_uri": canonical_uris(listed.column("video_uri")), "row": pa.array(np.arange(n, dtype=np.int64))})
     # One join: rows with a `row` belong to listed videos, the others name videos the listing did not find.
     joined = own.join(videos, "video_uri", join_type="left outer", use_threads=False)

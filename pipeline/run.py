@@ -41,6 +41,7 @@ from pipeline.questions import attach_questions, labels_of, read_questions, whol
 from pipeline.schema import LISTED
 from pipeline.storage import arrow_filesystem, filesystem, is_local, join
 from pipeline.tables import done_scans
+from pipeline.todo import plan_on_workers, plans_on_workers
 from pipeline.write import WriteTables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,22 @@ def list_inputs(cfg: JobConfig, input_uri: str, questions: Optional[pa.Table]) -
     return attach_questions(listed, cfg.questions, questions, input_uri, cfg.input.allowed_prefixes)
 
 
+def plan(cfg: JobConfig, input_uri: str, questions: Optional[pa.Table]) -> tuple[Any, int, int, int]:
+    """What the run answers: (LISTED rows to do, how many, videos skipped for want of questions, videos
+    already done). questions: the questions file (questions_of), or None. On the driver as a LISTED table,
+    or, for an inventory or input.list_on_workers, as a Ray dataset of LISTED rows planned on workers
+    (pipeline.todo) with counts from aggregates. With sampling.segments, incremental runs skip per segment
+    in the planner (plan_dataset), not here."""
+    if plans_on_workers(cfg, input_uri):
+        todo, counts = plan_on_workers(cfg, input_uri, questions)
+        return todo, counts["videos_to_do"], counts["videos_skipped"], counts["videos_already_done"]
+    listed, skipped = list_inputs(cfg, input_uri, questions)
+    already = 0
+    if cfg.incremental and cfg.sampling.segments.mode == "none":
+        listed, already = drop_done(cfg, listed)
+    return listed, listed.num_rows, skipped, already
+
+
 def drop_done(cfg: JobConfig, listed: pa.Table) -> tuple[pa.Table, int]:
     """Incremental runs: remove the questions already answered under this settings_id (same video
     version); returns (what is left to do, videos with nothing left). Error rows are always kept.
@@ -242,21 +259,26 @@ def left_to_do(listed: pa.Table, answered: Iterable, failed: Iterable) -> tuple[
     return pa.concat_tables([todo, errors]).sort_by("video_uri"), ok.num_rows - todo.num_rows
 
 
-def plan_dataset(cfg: JobConfig, listed: pa.Table):
-    """list -> plan, as a lazy Ray dataset of PLANNED rows, one per time segment. Whole videos
-    (sampling.segments.mode none) are one segment each, made here in Arrow; otherwise pipeline.plan runs
-    on Ray workers, and its rows are cut into blocks of decode_batch_size so one video's segments spread
-    over every decode actor. Planning runs to the end before decoding starts (see below)."""
+def plan_dataset(cfg: JobConfig, listed):
+    """list -> plan, as a lazy Ray dataset of PLANNED rows, one per time segment. `listed` is the driver's
+    LISTED table, or a Ray dataset of LISTED rows (planned on workers, pipeline.todo). Whole videos
+    (sampling.segments.mode none) are one segment each, made in Arrow; otherwise pipeline.plan runs on Ray
+    workers, and its rows are cut into blocks of decode_batch_size so one video's segments spread over
+    every decode actor. Planning runs to the end before decoding starts (see below)."""
     import ray
 
     segmented = cfg.sampling.segments.mode != "none"
-    if not segmented:
-        listed = whole_videos(listed)
-    # Small blocks, so every actor gets work early; at most MAX_BLOCKS of them, so a million videos
-    # are not a million object refs in the driver.
-    per_block = max(1 if segmented else cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
-    blocks = [listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)]
-    ds = ray.data.from_arrow(blocks)
+    if isinstance(listed, pa.Table):
+        if not segmented:
+            listed = whole_videos(listed)
+        # Small blocks, so every actor gets work early; at most MAX_BLOCKS of them, so a million videos
+        # are not a million object refs in the driver.
+        per_block = max(1 if segmented else cfg.ray.decode_batch_size, -(-listed.num_rows // MAX_BLOCKS))
+        ds = ray.data.from_arrow([listed.slice(i, per_block) for i in range(0, listed.num_rows, per_block)])
+    elif not segmented:
+        ds = listed.map_batches(whole_videos, batch_format="pyarrow")
+    else:
+        ds = listed
     if not segmented:
         return ds
     done = None
@@ -276,9 +298,9 @@ def plan_dataset(cfg: JobConfig, listed: pa.Table):
     return planned.materialize()
 
 
-def decode_dataset(cfg: JobConfig, listed: pa.Table, planned=None):
-    """list -> plan -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half);
-    `planned`: plan_dataset(cfg, listed) already made (benchmarks time the decode alone)."""
+def decode_dataset(cfg: JobConfig, listed, planned=None):
+    """list -> plan -> decode, as a lazy Ray dataset of DECODED rows (the pipeline's first half); `listed` as
+    plan_dataset takes it; `planned`: plan_dataset(cfg, listed) already made (benchmarks time the decode alone)."""
     return (plan_dataset(cfg, listed) if planned is None else planned).map_batches(
         DecodeVideos,
         fn_constructor_kwargs=dict(
@@ -292,7 +314,7 @@ def decode_dataset(cfg: JobConfig, listed: pa.Table, planned=None):
     )
 
 
-def build_dataset(cfg: JobConfig, listed: pa.Table, stage_uri: str, record: RunRecord, labels: Optional[pa.Table] = None):
+def build_dataset(cfg: JobConfig, listed, stage_uri: str, record: RunRecord, labels: Optional[pa.Table] = None):
     """list -> decode -> answer -> write, as one lazy Ray dataset of WRITE_SUMMARY rows; the tables are
     written under stage_uri (the run's staging folder) for the commit to publish, the labels joined by the writer."""
     ds = decode_dataset(cfg, listed)
@@ -361,16 +383,17 @@ def run(cfg: JobConfig) -> RunRecord:
         record.ray_init_s = ray_init_s
         input_uri = resolve_input(cfg)
         questions = questions_of(cfg, input_uri)
-        listed, skipped = list_inputs(cfg, input_uri, questions)
-        already = 0
-        if cfg.incremental and cfg.sampling.segments.mode == "none":  # segments: the planner skips per segment
-            listed, already = drop_done(cfg, listed)
-        record.videos_listed, record.videos_skipped, record.videos_already_done = listed.num_rows + skipped + already, skipped, already
+        if plans_on_workers(cfg, input_uri):
+            t1 = time.perf_counter()
+            init_ray(cfg)
+            record.ray_init_s = record.ray_init_s or time.perf_counter() - t1
+        listed, to_do, skipped, already = plan(cfg, input_uri, questions)
+        record.videos_listed, record.videos_skipped, record.videos_already_done = to_do + skipped + already, skipped, already
         record.listing_s = staged.elapsed()
-        print(f"run {record.run_id}: {listed.num_rows} videos to answer ({skipped} without questions skipped, "
+        print(f"run {record.run_id}: {to_do} videos to answer ({skipped} without questions skipped, "
               f"{already} already done)", flush=True)
         summaries: list[dict[str, Any]] = []
-        if listed.num_rows:
+        if to_do:
             t1 = time.perf_counter()
             init_ray(cfg)
             record.ray_init_s = record.ray_init_s or time.perf_counter() - t1

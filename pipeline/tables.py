@@ -132,21 +132,33 @@ def scan_columns(
     return dataset.to_batches(columns=columns, filter=filter, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
 
 
+def answered_filter(settings_id: str):
+    """The answers rows an incremental run may skip: those written under settings_id."""
+    import pyarrow.compute as pc
+
+    return pc.field("settings_id") == settings_id
+
+
+def permanent_failure_filter(settings_id: str):
+    """The errors rows an incremental run may skip: decode failures under settings_id that the same object
+    version will hit again (not a timeout or a crashed decoder)."""
+    import pyarrow.compute as pc
+
+    return ((pc.field("settings_id") == settings_id) & (pc.field("stage") == "decode")
+            & pc.field("video_version").is_valid() & ~pc.field("error_type").isin(list(_TRANSIENT_DECODE_ERRORS)))
+
+
 def done_scans(
     output_uri: str, settings_id: str, storage_options: Optional[Mapping[str, Any]] = None, retry: str = "transient"
 ) -> tuple[Iterator[pa.RecordBatch], Iterator[pa.RecordBatch]]:
     """What an incremental run may skip, as streams of key columns: (video_uri, video_version, question)
     answered under settings_id, and (video_uri, video_version) whose decode failed for good under
     settings_id (nothing when retry='all'). Keys may repeat; video_version may be null."""
-    import pyarrow.compute as pc
-
     keys = ["video_uri", "video_version", "question"]
-    answered = scan_columns(output_uri, "answers", keys, storage_options, pc.field("settings_id") == settings_id)
+    answered = scan_columns(output_uri, "answers", keys, storage_options, answered_filter(settings_id))
     if retry == "all":
         return answered, iter(())
-    permanent = ((pc.field("settings_id") == settings_id) & (pc.field("stage") == "decode")
-                 & pc.field("video_version").is_valid() & ~pc.field("error_type").isin(list(_TRANSIENT_DECODE_ERRORS)))
-    return answered, scan_columns(output_uri, "errors", keys[:2], storage_options, permanent)
+    return answered, scan_columns(output_uri, "errors", keys[:2], storage_options, permanent_failure_filter(settings_id))
 
 
 def segment_done_keys(
