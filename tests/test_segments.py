@@ -187,6 +187,8 @@ def test_the_demo_answers_a_generated_long_video_per_scene_in_a_second_run(tmp_p
     assert long_demo(long) is None
     own_videos = load_config(DEFAULT_CONFIG, [f"input.generate_long.uri={tmp_path}/long", "input.generate_shapes=null"])
     assert long_demo(own_videos) is None  # not a demo: no second run
-    line = long_demo_line(long, {"answers_correct": 3, "answers_labelled": 4},
-                          {"answers_correct": 1, "answers_labelled": 2, "videos_ok": 2})
+    from types import SimpleNamespace  # the two runs' records: only these fields are read
+
+    line = long_demo_line(long, SimpleNamespace(answers_correct=3, answers_labelled=4),
+                          SimpleNamespace(answers_correct=1, answers_labelled=2, videos_ok=2))
     assert line == "accuracy: clips 3 of 4 (75.0%); long videos in scenes mode, per segment (2 segments): 1 of 2 (50.0%)"
