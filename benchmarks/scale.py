@@ -96,6 +96,24 @@ def make_files(root: Path, n: int) -> None:
         print(f"created {made} folders of files under {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
+def prior_answers(cfg, uris: pa.Array, versions: pa.Array, sizes: pa.Array, q: np.ndarray, run_id: str) -> pa.Table:
+    """ANSWERS rows of a prior run: one per (video, question), `q` the question index of each row."""
+    import pyarrow as pa
+
+    from pipeline.schema import ANSWERS
+
+    m = len(q)
+    cols = {
+        "video_uri": uris, "video_version": versions, "video_size": sizes, "question_index": pa.array(q, pa.int16()),
+        "question": pa.array(QUESTIONS).take(q), "answer": pa.array(["a short answer"] * m),
+        "model": pa.array([cfg.model.name] * m), "budget": pa.array([64] * m, pa.int32()),
+        "frames": pa.array([8] * m, pa.int16()), "frame_size": pa.array([336] * m, pa.int16()),
+        "tokens_kept": pa.array([512] * m, pa.int32()), "tokens_total": pa.array([4608] * m, pa.int32()),
+        "settings_id": pa.array([cfg.settings_id()] * m), "run_id": pa.array([run_id] * m),
+    }
+    return pa.table({f.name: cols.get(f.name, pa.nulls(m, f.type)) for f in ANSWERS}, schema=ANSWERS)
+
+
 def make_answers(input_uri: str, output_uri: str, storage_options=None) -> None:
     """2 answers per listed video in the ANSWERS schema, 5% at a stale version; skipped when present."""
     import numpy as np
@@ -103,7 +121,6 @@ def make_answers(input_uri: str, output_uri: str, storage_options=None) -> None:
     import pyarrow.compute as pc
 
     from pipeline.listing import list_videos
-    from pipeline.schema import ANSWERS
     from pipeline.storage import filesystem, join
     from pipeline.write import ParquetWriter, partition_dir
 
@@ -121,18 +138,9 @@ def make_answers(input_uri: str, output_uri: str, storage_options=None) -> None:
     per_file = 200_000
     for start in range(0, n, per_file // 2):
         rows = np.repeat(np.arange(start, min(n, start + per_file // 2)), 2)  # (2 m,) two questions per video
-        m = len(rows)
-        q = np.tile([0, 1], m // 2)
-        cols = {
-            "video_uri": listed.column("video_uri").take(rows), "video_version": version.take(rows),
-            "video_size": listed.column("video_size").take(rows), "question_index": pa.array(q, pa.int16()),
-            "question": pa.array(QUESTIONS).take(q), "answer": pa.array(["a short answer"] * m),
-            "model": pa.array([cfg.model.name] * m), "budget": pa.array([64] * m, pa.int32()),
-            "frames": pa.array([8] * m, pa.int16()), "frame_size": pa.array([336] * m, pa.int16()),
-            "tokens_kept": pa.array([512] * m, pa.int32()), "tokens_total": pa.array([4608] * m, pa.int32()),
-            "settings_id": pa.array([cfg.settings_id()] * m), "run_id": pa.array([f"prior-{start}"] * m),
-        }
-        table = pa.table({f.name: cols.get(f.name, pa.nulls(m, f.type)) for f in ANSWERS}, schema=ANSWERS)
+        q = np.tile([0, 1], len(rows) // 2)
+        table = prior_answers(cfg, listed.column("video_uri").take(rows), version.take(rows),
+                              listed.column("video_size").take(rows), q, f"prior-{start}")
         writer.write(table, folder, f"prior-{start:08d}.parquet")
     print(f"wrote {2 * n} prior answers under {output_uri}", file=sys.stderr, flush=True)
 
@@ -341,7 +349,6 @@ def make_inventory_answers(output: Path, videos: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.schema import ANSWERS
 
     folder = output / "answers" / "date=2026-01-01"
     if (output / "answers" / "complete").exists():
@@ -353,19 +360,10 @@ def make_inventory_answers(output: Path, videos: int) -> None:
         i = np.arange(start, start + PER_INVENTORY_FILE)
         stale = i % STALE_EVERY == 0
         rows = np.repeat(np.arange(len(i)), 2)  # (2 n,) two questions per video
-        m = len(rows)
         q = np.tile([0, 1], len(i))
-        cols = {
-            "video_uri": pa.array([f"s3://{INVENTORY_BUCKET}/{k}" for k in inventory_key(i)]).take(rows),
-            "video_version": pa.array(inventory_etag(i, stale)).take(rows),
-            "video_size": pa.array(1_000_000 + i % 997, pa.int64()).take(rows), "question_index": pa.array(q, pa.int16()),
-            "question": pa.array(QUESTIONS).take(q), "answer": pa.array(["a short answer"] * m),
-            "model": pa.array([cfg.model.name] * m), "budget": pa.array([64] * m, pa.int32()),
-            "frames": pa.array([8] * m, pa.int16()), "frame_size": pa.array([336] * m, pa.int16()),
-            "tokens_kept": pa.array([512] * m, pa.int32()), "tokens_total": pa.array([4608] * m, pa.int32()),
-            "settings_id": pa.array([cfg.settings_id()] * m), "run_id": pa.array([f"prior-{start}"] * m),
-        }
-        table = pa.table({f.name: cols.get(f.name, pa.nulls(m, f.type)) for f in ANSWERS}, schema=ANSWERS)
+        table = prior_answers(cfg, pa.array([f"s3://{INVENTORY_BUCKET}/{k}" for k in inventory_key(i)]).take(rows),
+                              pa.array(inventory_etag(i, stale)).take(rows),
+                              pa.array(1_000_000 + i % 997, pa.int64()).take(rows), q, f"prior-{start}")
         pq.write_table(table, folder / f"prior-{start:09d}.parquet")
     (output / "answers" / "complete").write_text("")
     print(f"wrote {2 * videos} prior answers under {output} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
