@@ -55,10 +55,14 @@ def read_questions_file(uri: str, storage_options: Optional[Mapping[str, Any]] =
     if ranged:
         table = table.set_column(table.schema.get_field_index("start_s"), "start_s", pc.cast(table.column("start_s"), pa.float64()))
         table = table.set_column(table.schema.get_field_index("end_s"), "end_s", pc.cast(table.column("end_s"), pa.float64()))
-        for n, (start, end) in enumerate(zip(table.column("start_s").to_pylist(), table.column("end_s").to_pylist()), 1):
-            if (start is None) != (end is None) or (start is not None and not 0 <= start < end):
-                raise ValueError(f"questions_file {uri}, row {n}: start_s and end_s must both be set with "
-                                 f"0 <= start_s < end_s, or both empty; got {start!r}, {end!r}")
+        start, end = table.column("start_s"), table.column("end_s")
+        one_set = pc.not_equal(pc.is_valid(start), pc.is_valid(end))
+        ordered = pc.and_(pc.greater_equal(start, 0.0), pc.less(start, end))  # null where either is null
+        bad = pc.or_(one_set, pc.invert(pc.fill_null(ordered, True)))
+        if pc.any(bad).as_py():  # checked in Arrow: a questions file may hold millions of rows
+            n = int(pc.index(bad, True).as_py())
+            raise ValueError(f"questions_file {uri}, row {n + 1}: start_s and end_s must both be set with "
+                             f"0 <= start_s < end_s, or both empty; got {start[n].as_py()!r}, {end[n].as_py()!r}")
     return table.select(["video_uri", "question", *ranged, *(["answer"] if "answer" in table.column_names else [])])
 
 
