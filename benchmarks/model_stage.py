@@ -104,14 +104,15 @@ def prefill(adapter, batch) -> None:
                   logits_to_keep=1)
 
 
-def batch_selection(adapter, features, prompts, questions, budget: int) -> None:
+def batch_selection(adapter, features, prompts, budget: int) -> None:
     """The selections of every (video, question) of the batch as one `select_video` call."""
     texts, masks, rows = [], [], []
-    for f, (ids, mask), q in zip(features, prompts, questions):
-        text, text_mask = adapter.guide_embeddings(ids.to(adapter.model.device), mask.to(adapter.model.device), q, [adapter.image_token_id])
+    device = adapter.model.device
+    for p in prompts:
+        text, text_mask = adapter.guide_embeddings(p.input_ids.to(device), p.attention_mask.to(device), p.questions, [adapter.image_token_id])
         texts.append(text)
         masks.append(text_mask)
-        rows.append(len(q))
+        rows.append(len(p.questions))
     width = max(t.shape[1] for t in texts)  # guide texts padded to one length; the mask hides the padding
     text = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in texts])  # (sum Q, L, D)
     mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks])  # (sum Q, L)
@@ -131,8 +132,8 @@ def run_budget(adapter, videos, questions, budget, new_tokens: int, device: torc
     for frames in videos:
         f, ms = timed(lambda: adapter.encode_video(frames), device)
         totals["vision_ms"] += ms
-        ids, mask = adapter.feature_prompts(questions, f)
-        batch, ms = timed(lambda: adapter.feature_batch(f, ids, mask, questions, budget, "flashvlm", None), device)
+        prompt = adapter.feature_prompts(questions, f)
+        batch, ms = timed(lambda: adapter.feature_batch(f, prompt, budget, "flashvlm", None), device)
         totals["selection_ms"] += ms
         with torch.no_grad():
             _, ms_prefill = timed(lambda: prefill(adapter, batch), device)
@@ -140,11 +141,11 @@ def run_budget(adapter, videos, questions, budget, new_tokens: int, device: torc
         totals["prefill_ms"] += ms_prefill
         totals["decode_ms"] += max(0.0, ms_generate - ms_prefill)
         features.append(f)
-        prompts.append((ids, mask))
+        prompts.append(prompt)
     out = {k: round(v / len(videos), 1) for k, v in totals.items()}
     if budget is not None:
         with torch.no_grad():
-            _, ms = timed(lambda: batch_selection(adapter, features, prompts, [questions] * len(videos), budget), device)
+            _, ms = timed(lambda: batch_selection(adapter, features, prompts, budget), device)
         out["selection_batch_ms"] = round(ms / len(videos), 1)
     out["videos_per_hour"] = round(3.6e6 / sum(totals[k] / len(videos) for k in totals), 1)
     return {"budget": budget, **out}

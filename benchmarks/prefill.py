@@ -29,10 +29,12 @@ Prints a table, then one JSON line with `speedup_<K>` for every budget (target: 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -62,25 +64,29 @@ class DecoderShape:
 # --------------------------------------------------------------------------------------------------
 
 
+def hub_config(name: str):
+    """The stored `config.json` of a hub checkpoint (model_configs/<name>/, see its README), read by the
+    same `AutoConfig.from_pretrained` as the hub id itself."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(Path(__file__).resolve().parent / "model_configs" / name)
+
+
 def llava_1_5_7b() -> DecoderShape:
     """LLaVA-1.5-7B: Vicuna-7B decoder (Llama: hidden 4096, 32 heads, MLP 11008) fed by CLIP ViT-L/14-336."""
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
+
+    hub = hub_config("llava-1.5-7b")  # llava-hf/llava-1.5-7b-hf
 
     def build(layers: int) -> torch.nn.Module:
-        config = LlamaConfig(
-            vocab_size=32064,  # unused: the prompt comes in as embeddings
-            hidden_size=4096,
-            intermediate_size=11008,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            num_hidden_layers=layers,
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-5,
-        )
+        config = copy.deepcopy(hub.text_config)  # vocab unused: the prompt comes in as embeddings
+        config.num_hidden_layers = layers
         torch.manual_seed(0)
         return LlamaModel(config).eval()
 
-    return DecoderShape("llava-1.5-7b", build, tokens_per_image=576, vision_width=1024, width=4096)
+    vision = hub.vision_config
+    return DecoderShape("llava-1.5-7b", build, tokens_per_image=(vision.image_size // vision.patch_size) ** 2,
+                        vision_width=vision.hidden_size, width=hub.text_config.hidden_size)
 
 
 # ---- Qwen2.5-VL section (owned by the Qwen2.5-VL adapter) ----
@@ -102,33 +108,21 @@ def qwen2_5_vl_7b() -> DecoderShape:
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
+    hub = hub_config("qwen2.5-vl-7b")  # Qwen/Qwen2.5-VL-7B-Instruct
+
     def build(layers: int) -> torch.nn.Module:
-        config = Qwen2_5_VLConfig(
-            text_config=dict(
-                vocab_size=32000,
-                hidden_size=3584,
-                intermediate_size=18944,
-                num_attention_heads=28,
-                num_key_value_heads=4,
-                num_hidden_layers=layers,
-                max_position_embeddings=32768,
-                rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-                bos_token_id=None,  # the real ids lie outside the cut vocabulary; generation is not run
-                eos_token_id=None,
-            ),
-            vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=3584),
-            image_token_id=31990,
-            video_token_id=31991,
-            vision_start_token_id=31992,
-            vision_end_token_id=31993,
-        )
+        # The real ids lie outside the cut vocabulary (generation is not run): the placeholders move inside it.
+        text = {k: v for k, v in hub.text_config.to_dict().items() if k != "layer_types"}  # derived again from the layers
+        text |= dict(num_hidden_layers=layers, vocab_size=32000, bos_token_id=None, eos_token_id=None)
+        tower = dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=hub.vision_config.out_hidden_size)
+        ids = dict(image_token_id=31990, video_token_id=31991, vision_start_token_id=31992, vision_end_token_id=31993)
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=tower, **ids)
         torch.manual_seed(0)
         return Qwen2_5_VLModel(config).eval()  # no LM head; get_rope_index gives the real 3-D ids
 
     side = QWEN_SIDE // 28  # merged tokens a side: 16
     return DecoderShape(
-        "qwen2.5-vl-7b", build, tokens_per_image=side * side, vision_width=1280, width=3584,
+        "qwen2.5-vl-7b", build, tokens_per_image=side * side, vision_width=hub.vision_config.hidden_size, width=hub.text_config.hidden_size,
         budgets=(64, 128, 256), frames=(QWEN_FRAMES + 1) // 2, runner=run_qwen2_5_vl_video, target=None,
     )
 

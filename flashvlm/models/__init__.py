@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from flashvlm.models.base import KeptTokens, TokenSelectionAdapter, VideoAnswer, load_processor
-from flashvlm.selection import SelectionConfig
 
 # Model class name -> "module:adapter class".
 ADAPTERS = {
@@ -93,27 +92,11 @@ def load(
     return model.eval(), processor
 
 
-def wrap(
-    model: Any,
-    budget: int | None = None,
-    *,
-    config: SelectionConfig | None = None,
-    guide: str = "question",
-    processor: Any = None,
-    split: str | None = None,
-    min_per_frame: int | None = None,
-    method: str = "flashvlm",
-    method_options: dict | None = None,
-) -> TokenSelectionAdapter:
+def wrap(model: Any, budget: int | None = None, **settings: Any) -> TokenSelectionAdapter:
     """FlashVLM around `model`: `budget` visual tokens per image reach its language model (None: all).
 
-    guide: "question" (the `guide_text` given to generate, else the prompt text) or "prompt" (every
-    non-image prompt token but BOS and padding, as the authors' LLaVA code guides). processor: the model's
-    processor, needed only for guide_text strings and answer_video; when not given it is loaded from the
-    model's own directory on first need, and a model built in memory raises a ValueError there. split /
-    min_per_frame: how a video's budget spreads over its frames (`select_video_tokens`; None: its default).
-    method / method_options: the selector (`flashvlm.selectors.METHODS`, default "flashvlm") and its
-    own keywords (e.g. {"seed": 3} for random). The rule's constants, text_weighting among them, are `config`.
+    settings: the adapter's keywords (config, guide, processor, split, min_per_frame, method, method_options),
+    as `TokenSelectionAdapter` describes them.
     """
     name = type(model).__name__
     if name not in ADAPTERS:
@@ -126,5 +109,4 @@ def wrap(
             raise
         raise ValueError(f"model {name} is not supported yet ({module_name} is missing)") from err
     adapter = getattr(module, class_name)
-    return adapter(model, budget, config=config, guide=guide, processor=processor, split=split, min_per_frame=min_per_frame,
-                   method=method, method_options=method_options)
+    return adapter(model, budget, **settings)

@@ -97,6 +97,16 @@ class VideoFeatures:
         return int(self.vision.shape[1])
 
 
+@dataclass
+class Prompts:
+    """One video prompt per question about a clip: (Q, S) `input_ids` and `attention_mask`, left-padded
+    (`score_choices` also right-pads them with its options), and the `questions` that guide selection."""
+
+    questions: list[str]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
 # --------------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------------
@@ -374,6 +384,32 @@ class VideoBatch:
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+class SaliencyHooks(ABC):
+    """A context manager that hooks one vision attention layer while the tower runs and leaves `saliency`:
+    a family registers its hooks in `register` and drops its per-call state in `clear`."""
+
+    saliency: torch.Tensor | None = None
+
+    @abstractmethod
+    def register(self) -> list[Any]:
+        """Register the hooks; return their handles."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Drop what the hooks kept between calls (the saliency stays)."""
+
+    def __enter__(self) -> "SaliencyHooks":
+        self.saliency = None
+        self._handles = self.register()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.clear()
+
+
 # --------------------------------------------------------------------------------------------------
 # Processors
 # --------------------------------------------------------------------------------------------------
@@ -411,6 +447,16 @@ class TokenSelectionAdapter(ABC):
     (`answer_video`) or about a clip's features computed once (`answer_features`, `score_choices`). A family
     (one subclass per model family) implements `generate` on its processor's outputs, `video_batch` (a clip
     and its questions, selected and pruned), `encode_video`, `feature_prompts` and `feature_batch`.
+
+    Settings (`flashvlm.wrap` passes them on): budget, visual tokens per image that reach the language
+    model (None: all). config: the rule's constants (`SelectionConfig`), text_weighting among them. guide:
+    "question" (the `guide_text` given to generate, else the prompt text) or "prompt" (every non-image prompt
+    token but BOS and padding, as the authors' LLaVA code guides). processor: the model's processor, needed
+    only for guide_text strings and answer_video; when not given it is loaded from the model's own directory
+    on first need, and a model built in memory raises a ValueError there. split / min_per_frame: how a
+    video's budget spreads over its frames (`select_video_tokens`; None: its default). method /
+    method_options: the selector (`flashvlm.selectors.METHODS`, default "flashvlm") and its own keywords
+    (e.g. {"seed": 3} for random).
     """
 
     def __init__(
@@ -568,20 +614,11 @@ class TokenSelectionAdapter(ABC):
         """The clip's vision side, one vision-tower pass for uint8 (T, H, W, 3) frames, saliency included."""
 
     @abstractmethod
-    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded (Q, S) input_ids and attention_mask of one video prompt per question about the clip."""
+    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> Prompts:
+        """One left-padded video prompt per question about the clip."""
 
     @abstractmethod
-    def feature_batch(
-        self,
-        features: VideoFeatures,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        questions: list[str],
-        budget: int | None,
-        method: str,
-        options: dict[str, Any] | None,
-    ) -> VideoBatch:
+    def feature_batch(self, features: VideoFeatures, prompts: Prompts, budget: int | None, method: str, options: dict | None) -> VideoBatch:
         """Select with `method` (`flashvlm.selectors.METHODS`) and its `options` at `budget` tokens per frame
         (None: all) and prune the (Q, S) prompts (rows may be right-padded) over one clip's features."""
 
@@ -660,8 +697,7 @@ class TokenSelectionAdapter(ABC):
         features = self.check_features(features)
         questions = check_questions(questions)
         max_new_tokens = check_max_new_tokens(max_new_tokens)
-        input_ids, attention_mask = self.feature_prompts(questions, features)  # (Q, S)
-        batch = self.feature_batch(features, input_ids, attention_mask, questions, budget, method, options)
+        batch = self.feature_batch(features, self.feature_prompts(questions, features), budget, method, options)
         return self.answer_batch(batch, max_new_tokens)
 
     @torch.no_grad()
@@ -689,7 +725,8 @@ class TokenSelectionAdapter(ABC):
                 or not all(isinstance(c, str) and c.strip() for c in choices):
             raise ValueError(f"choices must be a non-empty list of non-empty str, got {choices!r}")
         T, N, C = features.frames, features.tokens_per_frame, len(choices)
-        prompt_ids, prompt_mask = self.feature_prompts([question], features)  # (1, S)
+        prompt = self.feature_prompts([question], features)
+        prompt_ids, prompt_mask = prompt.input_ids, prompt.attention_mask  # (1, S)
         option_ids = [self.tokenizer(self.CHOICE_PREFIX + c, add_special_tokens=False)["input_ids"] for c in choices]
         if any(not ids for ids in option_ids):
             raise ValueError(f"choices: an option tokenizes to nothing: {choices!r}")
@@ -701,7 +738,7 @@ class TokenSelectionAdapter(ABC):
         tail_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in option_ids], dtype=prompt_mask.dtype)
         input_ids = torch.cat([prompt_ids.expand(C, -1), tail], dim=1)  # (C, S + W)
         attention_mask = torch.cat([prompt_mask.expand(C, -1), tail_mask], dim=1)
-        batch = self.feature_batch(features, input_ids, attention_mask, [question] * C, budget, method, options)
+        batch = self.feature_batch(features, Prompts([question] * C, input_ids, attention_mask), budget, method, options)
         pruned = batch.pruned
         # The family's own positions (Qwen2.5-VL: the kept tokens' original MRoPE ids), else positions that
         # count real tokens only, as generate does for a left-padded prompt.

@@ -31,6 +31,8 @@ from torch import nn
 
 from flashvlm.models.base import (
     KeptTokens,
+    Prompts,
+    SaliencyHooks,
     TokenSelectionAdapter,
     VideoBatch,
     VideoFeatures,
@@ -48,7 +50,7 @@ from flashvlm.selectors import select, select_video
 VIDEO_PROMPT = "USER: {images}\n{question} ASSISTANT:"  # LLaVA-1.5 chat format, one <image> per frame
 
 
-class ClsAttentionSaliency:
+class ClsAttentionSaliency(SaliencyHooks):
     """Context manager that records the head-averaged [CLS] -> patch attention of one CLIP attention layer.
 
     Hooks the layer's q_proj and k_proj and reuses their outputs (already computed by the layer): from the
@@ -70,18 +72,13 @@ class ClsAttentionSaliency:
         self._keys: torch.Tensor | None = None
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "ClsAttentionSaliency":
-        self.saliency = None
-        self._handles = [
+    def register(self) -> list[Any]:
+        return [
             self.attention.q_proj.register_forward_hook(self._on_query),
             self.attention.k_proj.register_forward_hook(self._on_keys),
         ]
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def clear(self) -> None:
         self._cls_query = self._keys = None
 
     def _on_query(self, module: nn.Module, args: Any, queries: torch.Tensor) -> None:
@@ -380,8 +377,7 @@ class LlavaAdapter(TokenSelectionAdapter):
         the clip, and each question chooses its own `budget * T` visual tokens across it with the adapter's
         method (`flashvlm.selectors.select_video`; flashvlm by default). (fps: unused.)"""
         features = self.encode_video(frames)
-        input_ids, attention_mask = self.feature_prompts(questions, features)  # (Q, S)
-        return self.feature_batch(features, input_ids, attention_mask, questions, self.budget, self.method, self.method_options)
+        return self.feature_batch(features, self.feature_prompts(questions, features), self.budget, self.method, self.method_options)
 
     # ----------------------------------------------------------------------------------------------
     # Features computed once per clip, reused across selection settings (the evaluation's sweep)
@@ -401,22 +397,13 @@ class LlavaAdapter(TokenSelectionAdapter):
             raise ValueError(f"features must be this adapter's encode_video(frames) result ({self.tokens_per_image} tokens per frame)")
         return features
 
-    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.video_prompts(questions, features.frames)
+    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> Prompts:
+        return Prompts(questions, *self.video_prompts(questions, features.frames))
 
-    def feature_batch(
-        self,
-        features: VideoFeatures,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        questions: list[str],
-        budget: int | None,
-        method: str,
-        options: dict[str, Any] | None,
-    ) -> VideoBatch:
+    def feature_batch(self, features: VideoFeatures, prompts: Prompts, budget: int | None, method: str, options: dict | None) -> VideoBatch:
         """Select with `method` at `budget` tokens per frame (None: all) and prune the (Q, S) prompts over one clip."""
-
         budget = check_budget(budget)
+        input_ids, attention_mask, questions = prompts.input_ids, prompts.attention_mask, prompts.questions
         T, N, Q = features.frames, self.tokens_per_image, input_ids.shape[0]
         device = self.model.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)

@@ -41,7 +41,9 @@ from torch import nn
 from flashvlm import selectors
 from flashvlm.models.base import (
     KeptTokens,
+    Prompts,
     PrunedPrompt,
+    SaliencyHooks,
     TokenSelectionAdapter,
     VideoBatch,
     VideoFeatures,
@@ -111,7 +113,7 @@ def received_attention(
     return out
 
 
-class ReceivedAttentionSaliency:
+class ReceivedAttentionSaliency(SaliencyHooks):
     """Context manager recording the received attention of one Qwen2.5-VL vision block, per tower row.
 
         with ReceivedAttentionSaliency(visual.blocks[-1].attn) as probe:
@@ -133,18 +135,13 @@ class ReceivedAttentionSaliency:
         self._block_kwargs: dict[str, Any] = {}
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "ReceivedAttentionSaliency":
-        self.saliency = None
-        self._handles = [
+    def register(self) -> list[Any]:
+        return [
             self.attention.register_forward_pre_hook(self._on_attention, with_kwargs=True),
             self.attention.qkv.register_forward_hook(self._on_qkv),
         ]
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def clear(self) -> None:
         self._block_kwargs = {}
 
     def _on_attention(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -555,8 +552,7 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
         """The clip goes through the vision tower ONCE; each question then selects its own `budget * t` tokens
         (t = ceil(T / 2) temporal patches) from the shared features. A "frame" of the answer is a temporal patch."""
         features = self._clip_features(frames, fps, saliency=None)
-        input_ids, attention_mask = self.feature_prompts(questions, features)  # (Q, S)
-        return self.feature_batch(features, input_ids, attention_mask, questions, self.budget, self.method, self.method_options)
+        return self.feature_batch(features, self.feature_prompts(questions, features), self.budget, self.method, self.method_options)
 
     def check_features(self, features: object) -> VideoFeatures:
         features = super().check_features(features)
@@ -564,22 +560,13 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
             raise ValueError("features must be this adapter's encode_video(frames) result (they have no seconds_per_frame)")
         return features
 
-    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def feature_prompts(self, questions: list[str], features: VideoFeatures) -> Prompts:
         n = features.frames * features.tokens_per_frame
         text = self.frame_processor().tokenize_prompts([video_prompt(q) for q in questions], image_counts=[], video_counts=[n] * len(questions))
-        return text["input_ids"], text["attention_mask"]
+        return Prompts(questions, text["input_ids"], text["attention_mask"])
 
     @torch.no_grad()
-    def feature_batch(
-        self,
-        features: VideoFeatures,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        questions: list[str],
-        budget: int | None,
-        method: str,
-        options: dict[str, Any] | None,
-    ) -> VideoBatch:
+    def feature_batch(self, features: VideoFeatures, prompts: Prompts, budget: int | None, method: str, options: dict | None) -> VideoBatch:
         """Select with `method` at `budget` tokens per temporal patch (None: all) and prune the (Q, S) prompts
         over one clip; the kept tokens keep the MRoPE ids of the full prompt (`prepare`)."""
         budget = check_budget(budget)
@@ -592,19 +579,19 @@ class Qwen2_5_VLAdapter(TokenSelectionAdapter):
             saliency=None if features.saliency is None else features.saliency.reshape(T * N),
             grid=(T, rows * m, cols * m),
         )
-        Q = input_ids.shape[0]
+        Q = prompts.input_ids.shape[0]
         device = self.embed_tokens.weight.device
-        input_ids = input_ids.to(device)
+        input_ids = prompts.input_ids.to(device)
         prepared = self.prepare(
             input_ids,
-            attention_mask.to(device),
+            prompts.attention_mask.to(device),
             self._mm_token_types(input_ids),
             [],
             [clip] * Q,  # the same features for every question: no second pass through the tower
             None,
             torch.tensor([clip.grid] * Q, device=device),  # (Q, 3)
             torch.full((Q,), float(features.seconds_per_frame)),
-            questions if self.guide == "question" else None,
+            prompts.questions if self.guide == "question" else None,
             budget=budget,
             method=method,
             options=options,
