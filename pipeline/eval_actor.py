@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from pipeline.answer import ModelLoadError, load_adapter
 from pipeline.eval_config import FULL
+from pipeline.questions import overlap_s
 from pipeline.schema import EVALUATIONS, error_text, frames_of
 from pipeline.scoring import agrees, is_correct, normalize_answer, object_recall
 from pipeline.storage import normalize_uri
@@ -81,6 +82,7 @@ class EvaluateVideos:
         out = dict.fromkeys(EVALUATIONS.names)
         out.update(
             video_uri=row["video_uri"], video_version=row.get("video_version"), decode_ms=row.get("decode_ms"),
+            segment_index=row.get("segment_index"), start_s=row.get("start_s"), end_s=row.get("end_s"),
             item=item["item"], question=item["question"], question_type=item["question_type"], choices=item["choices"],
             expected=item["expected"], method=setting["method"], options=json.dumps(setting["options"], sort_keys=True),
             budget=setting["budget"], model=self.model_name, settings_id=setting["settings_id"], run_id=self.run_id,
@@ -130,7 +132,10 @@ class EvaluateVideos:
         )
 
     def evaluate_one(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
-        items = self.items.get(normalize_uri(row["video_uri"]), [])
+        # A time-ranged item is asked of the segments its range overlaps; the others of every segment.
+        start_s, end_s = row.get("start_s") or 0.0, row.get("end_s")
+        items = [item for item in self.items.get(normalize_uri(row["video_uri"]), [])
+                 if overlap_s(start_s, end_s, item.get("start_s"), item.get("end_s")) > 0]
         full_setting, others = self.grid[0], self.grid[1:]
         if row.get("error") is not None:
             return [self._row(row, item, full_setting, error_stage=row["error_stage"], error_type=row["error_type"],

@@ -1,5 +1,6 @@
 """The evaluation's labels file: one row per item (video_uri, question, answer, choices, question_type,
-object_patches), checked row by row, and the items each listed video gets.
+object_patches, and optionally start_s / end_s: the time range it asks about), checked row by row, and the
+items each listed video gets.
 
     from pipeline.eval_labels import LabelsFileError, items_by_video, read_labels
     labelled = read_labels("shapes-eval/test/questions.jsonl")   # LabelsFileError names the file and the row
@@ -49,8 +50,13 @@ def check_item(uri: str, n: int, row: Any) -> dict[str, Any]:
         )
     ):
         raise bad(f"object_patches must be null or a list of [frame, index] pairs of ints >= 0, got {patches!r}")
+    start_s, end_s = row.get("start_s"), row.get("end_s")
+    numbers = [v for v in (start_s, end_s) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if (start_s, end_s) != (None, None) and (len(numbers) != 2 or not 0 <= start_s < end_s):
+        raise bad(f"start_s and end_s must both be set with 0 <= start_s < end_s, or both null; got {start_s!r}, {end_s!r}")
     return {
         "video_uri": row["video_uri"], "question": row["question"],
+        "start_s": None if start_s is None else float(start_s), "end_s": None if end_s is None else float(end_s),
         "expected": None if answer is None or str(answer).strip() == "" else str(answer),
         "choices": None if choices is None else list(choices),
         "question_type": question_type,
@@ -96,7 +102,8 @@ def items_by_video(
             out[key].append({**item, "video_uri": key})
     for key in out:
         out[key] += [
-            {"video_uri": key, "question": q, "expected": None, "choices": None, "question_type": None, "object_patches": None}
+            {"video_uri": key, "question": q, "start_s": None, "end_s": None, "expected": None, "choices": None,
+             "question_type": None, "object_patches": None}
             for q in questions
         ]
     number = 0

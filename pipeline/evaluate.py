@@ -11,7 +11,11 @@ The sample is a labels file (`questions_file`: JSONL, Parquet or CSV) with one r
     choices                             a list of options: multiple choice, scored by log-likelihood
     question_type                       any grouping label (shapes: colour, shape, count, motion, exists)
     object_patches                      [[frame, index], ...]: the patches the question's object covers
-plus `questions` from the config, asked of every video, unlabelled.
+    start_s, end_s                      the time range it asks about (null: the whole video)
+plus `questions` from the config, asked of every video, unlabelled. With `sampling.segments` a video is
+planned into segments as by the main job, and each segment is a clip of its own: an item with a time range
+is asked of the segments that range overlaps, the others of every segment; an evaluated item is then
+(item, segment_index), and the paired intervals resample segments.
 
 The grid: `evaluation.budgets` (tokens per frame; null = all) x `evaluation.settings` (method + its
 options). The full budget is run once (method "full"): every method keeps everything there, and it is
@@ -54,7 +58,7 @@ from pipeline.lifecycle import RunRecord, check_answer_failures, staged_run
 from pipeline.run import decode_dataset, init_ray, list_inputs, model_gpus, pool, questions_of, resolve_input
 from pipeline.report import machine
 from pipeline.schema import EVALUATIONS
-from pipeline.statistics import group_options, markdown_table, paired_summary
+from pipeline.statistics import group_options, item_key, markdown_table, paired_summary
 from pipeline.storage import filesystem, join
 from pipeline.write import ParquetWriter, partition_dir
 
@@ -88,7 +92,7 @@ def summarize(rows: list[dict[str, Any]], by_type: bool = False) -> list[dict[st
         out.append({
             "method": key[0], "budget": key[2], "options": json.loads(key[1]),
             **({"question_type": key[3]} if by_type else {}),
-            "items": len({r["item"] for r in members}), "accuracy": accuracy,
+            "items": len({item_key(r) for r in members}), "accuracy": accuracy,
             "retention": accuracy / reference if accuracy is not None and reference else None,
             "agreement": _mean([r["agrees_with_full"] for r in members]),
             "object_recall": _mean([r["object_recall"] for r in members]),
@@ -178,7 +182,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             t1 = time.perf_counter()
             table = evaluated_rows(cfg, listed, items, record)
             record.pipeline_s = time.perf_counter() - t1
-        table = table.sort_by([("item", "ascending")])
+        table = table.sort_by([("item", "ascending"), ("segment_index", "ascending")])
         rows = table.to_pylist()
         check_answer_failures(record.videos_ok, add_totals(record, rows), cfg.run.max_answer_failure_share)
         if table.num_rows:
@@ -203,7 +207,7 @@ def report(cfg: EvalConfig, record: RunRecord, rows: list[dict[str, Any]]) -> di
     tokens_per_frame = max((r["tokens_total"] // r["frames"] for r in scored), default=576)
     folder = join(cfg.output.uri.rstrip("/"), "reports", record.run_id)
     tables = "\n\n".join([
-        f"per method x budget ({cfg.model.name}, {len({r['item'] for r in rows})} items):",
+        f"per method x budget ({cfg.model.name}, {len({item_key(r) for r in rows})} items):",
         format_table(results),
         "per question type (chance: 1 / the distinct answers of the type in the labels; near chance: the full "
         "budget within 0.05 of it):",
@@ -211,7 +215,7 @@ def report(cfg: EvalConfig, record: RunRecord, rows: list[dict[str, Any]]) -> di
         format_table(sorted(by_type, key=lambda r: (str(r["question_type"]),)), by_type=True),
     ])
     summary = {
-        "model": cfg.model.name, "items": len({r["item"] for r in rows}), "run_id": record.run_id,
+        "model": cfg.model.name, "items": len({item_key(r) for r in rows}), "run_id": record.run_id,
         "machine": machine(), "wall_s": record.wall_s,
         "near_chance_types": near, "chance_by_type": paired["chance_by_type"],
         "results": [{k: r[k] for k in ("method", "budget", "options", "accuracy", "accuracy_without_near_chance",

@@ -66,6 +66,14 @@ def read_questions_file(uri: str, storage_options: Optional[Mapping[str, Any]] =
     return table.select(["video_uri", "question", *ranged, *(["answer"] if "answer" in table.column_names else [])])
 
 
+def overlap_s(start_s: float, end_s: Optional[float], range_start: Optional[float], range_end: Optional[float]) -> float:
+    """Seconds a question's range [range_start, range_end) shares with the segment [start_s, end_s) (end None: to
+    the end of the video); an unranged question (range_start None) covers every segment: inf."""
+    if range_start is None:
+        return float("inf")
+    return min(float("inf") if end_s is None else end_s, range_end) - max(start_s, range_start)
+
+
 def segment_questions(
     questions: Sequence[str], starts: Optional[Sequence], ends: Optional[Sequence], start_s: float, end_s: Optional[float]
 ) -> tuple[list[str], list, list]:
@@ -73,12 +81,11 @@ def segment_questions(
     (questions, starts, ends): unranged questions, and ranged ones whose range overlaps the segment. A
     question asked over several ranges is asked once, under the range that overlaps the segment most (its
     label then labels the answer)."""
-    end = float("inf") if end_s is None else end_s
     starts = starts or [None] * len(questions)
     ends = ends or [None] * len(questions)
     best: dict[str, tuple[float, Optional[float], Optional[float]]] = {}
     for question, qs, qe in zip(questions, starts, ends):
-        overlap = float("inf") if qs is None else min(end, qe) - max(start_s, qs)
+        overlap = overlap_s(start_s, end_s, qs, qe)
         if overlap > 0 and (question not in best or overlap > best[question][0]):
             best[question] = (overlap, qs, qe)
     kept = [q for q in dict.fromkeys(questions) if q in best]

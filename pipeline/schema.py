@@ -199,7 +199,9 @@ WRITE_SUMMARY = pa.schema(
 EVALUATIONS = pa.schema(
     [
         *_VIDEO_FIELDS[:2],
-        _f("item", pa.int32(), "the item's number in this run (labels file order, then config questions)"),
+        *_SEGMENT_FIELDS,
+        _f("item", pa.int32(), "the item's number in this run (labels file order, then config questions); with segments, "
+           "asked of every segment its range overlaps: an evaluated item is (item, segment_index)"),
         _f("question", pa.string(), "the question"),
         _f("question_type", pa.string(), "the labels file's question_type (null if none)"),
         _f("choices", pa.list_(pa.string()), "multiple-choice options (null: open question)"),

@@ -95,14 +95,24 @@ def group_options(method: str, options: str) -> str:
     return json.dumps({k: v for k, v in json.loads(options).items() if k != "seed"}, sort_keys=True)
 
 
-def item_scores(rows: Iterable[Mapping[str, Any]]) -> dict[Key, dict[int, tuple[str, Optional[str], float]]]:
+def item_key(row: Mapping[str, Any]) -> tuple[int, int]:
+    """What one evaluated item is: (item, segment_index), a labels row or question asked of one segment."""
+    return row["item"], row.get("segment_index") or 0
+
+
+def clip_of(row: Mapping[str, Any]) -> tuple[str, int]:
+    """The clip an item's frames come from: (video_uri, segment_index); items of one clip are not independent."""
+    return row["video_uri"], row.get("segment_index") or 0
+
+
+def item_scores(rows: Iterable[Mapping[str, Any]]) -> dict[Key, dict[tuple[int, int], tuple[tuple[str, int], Optional[str], float]]]:
     """{(method, group options, budget): {item: (its clip, its question type, its score)}} over the scored,
     labelled rows; the score is `correct` as 0/1, or its mean over the rows of one item (random's seeds)."""
-    sums: dict[Key, dict[int, list]] = {}
+    sums: dict[Key, dict[tuple[int, int], list]] = {}
     for r in rows:
         if r["error"] is None and r["correct"] is not None:
             key = (r["method"], group_options(r["method"], r["options"]), r["budget"])
-            entry = sums.setdefault(key, {}).setdefault(r["item"], [r["video_uri"], r["question_type"], 0.0, 0])
+            entry = sums.setdefault(key, {}).setdefault(item_key(r), [clip_of(r), r["question_type"], 0.0, 0])
             entry[2] += float(r["correct"])
             entry[3] += 1
     return {key: {item: (clip, kind, total / n) for item, (clip, kind, total, n) in items.items()}
@@ -117,11 +127,11 @@ def compare_with(
     reference at their budget (the full budget, the reference itself) are left out."""
     rows = list(rows)
     scores = item_scores(rows)
-    runs: dict[Key, dict[str, dict[int, float]]] = {}  # each seed's own 0/1 scores (one run for most methods)
+    runs: dict[Key, dict[str, dict[tuple[int, int], float]]] = {}  # each seed's own 0/1 scores (one run for most methods)
     for r in rows:
         if r["error"] is None and r["correct"] is not None:
             key = (r["method"], group_options(r["method"], r["options"]), r["budget"])
-            runs.setdefault(key, {}).setdefault(r["options"], {})[r["item"]] = float(r["correct"])
+            runs.setdefault(key, {}).setdefault(r["options"], {})[item_key(r)] = float(r["correct"])
     out = {}
     for key, theirs in scores.items():
         ours = scores.get((*reference, key[2]))

@@ -105,8 +105,13 @@ def test_labels_file_errors_name_the_file_and_the_row(tmp_path):
     path.write_text(json.dumps({"video_uri": "a.mp4"}) + "\n")
     with pytest.raises(LabelsFileError, match=r"row 1: question must be a non-empty string"):
         read_labels(str(path))
-    path.write_text(json.dumps({**good, "answer": 3}) + "\n")
-    assert read_labels(str(path))[0]["expected"] == "3"  # a count label written as a number
+    for bad in ({"start_s": 4.0}, {"start_s": 4.0, "end_s": 2.0}, {"start_s": -1, "end_s": 2}, {"start_s": "0", "end_s": 2}):
+        path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **bad}) + "\n")
+        with pytest.raises(LabelsFileError, match=r"row 2: start_s and end_s must both be set"):
+            read_labels(str(path))
+    path.write_text(json.dumps({**good, "answer": 3, "start_s": 2, "end_s": 4.5}) + "\n")
+    item = read_labels(str(path))[0]
+    assert item["expected"] == "3" and (item["start_s"], item["end_s"]) == (2.0, 4.5)  # a count label written as a number
 
 
 def test_evaluate_job_refuses_a_malformed_labels_file_before_it_runs(tmp_path):

@@ -148,6 +148,28 @@ def test_long_video_segments_are_answered_with_their_labels(ray_local, long_dir,
         assert again.answers == 0 and again.videos_failed == 0
 
 
+def test_the_evaluation_asks_each_segment_the_items_its_range_overlaps(ray_local, long_dir, tmp_path):
+    from pipeline.eval_config import EvalConfig
+    from pipeline.evaluate import evaluate
+
+    windows = [(0.0, 3.0), (3.0, 6.0)]  # fixed 3 s windows: the middle scene (2-4 s) is in both
+    job = long_config(long_dir, tmp_path / "out", {"mode": "fixed", "length_s": 3.0})
+    cfg = EvalConfig.model_validate({**job.model_dump(), "evaluation": {"budgets": [None, 16], "settings": [{"method": "flashvlm"}]}})
+    summary = evaluate(cfg)["summary"]
+    rows = read_table(str(tmp_path / "out"), "evaluations").to_pylist()
+    labels = [json.loads(line) for line in (long_dir / "long_questions.jsonl").read_text().splitlines()]
+    expected = {(i, k) for i, label in enumerate(labels) for k, (a, b) in enumerate(windows)
+                if label["start_s"] < b and label["end_s"] > a}
+    assert len(expected) > len(labels)  # the middle scene's items are asked twice
+    assert all(r["error"] is None for r in rows)
+    for method in ("full", "flashvlm"):
+        assert sorted((r["item"], r["segment_index"]) for r in rows if r["method"] == method) == sorted(expected)
+    for r in rows:
+        assert (r["start_s"], r["end_s"]) == windows[r["segment_index"]]
+        assert r["expected"] == labels[r["item"]]["answer"] and r["correct"] is not None
+    assert summary["items"] == len(expected)
+
+
 def test_a_file_broken_in_the_middle_fails_only_its_segments(ray_local, long_dir, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
