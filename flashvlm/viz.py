@@ -1,7 +1,9 @@
 """Pictures of what FlashVLM kept: sampled frames with kept tokens bright, pruned tokens dimmed.
 
     python -m flashvlm.viz VIDEO --question "What is the man holding?" [--model NAME_OR_PATH]
-                           [--budget 64] [--frames 8] [--out kept.png]
+                           [--budget 64] [--frames 8] [--start S --end S] [--out kept.png]
+
+--start / --end draw one time segment of a long video (its frames sampled as the pipeline samples a segment).
 
 Important tokens are outlined in orange, diverse (background) tokens in cyan. `draw_kept` is the pure
 drawing function; `draw_answer` draws a `VideoAnswer` (or anything with its kept, important, tokens_kept
@@ -114,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     import flashvlm
-    from flashvlm.decode import Sampling, decode_file
+    from flashvlm.decode import Sampling, decode_file, decode_range
 
     parser = argparse.ArgumentParser(prog="python -m flashvlm.viz", description=__doc__.split("\n")[0])
     parser.add_argument("video", help="a local video file")
@@ -123,14 +125,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, default=64, help="visual tokens kept per frame")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=336, help="frame size the model reads")
+    parser.add_argument("--start", type=float, default=None, help="a segment's start, seconds (with --end)")
+    parser.add_argument("--end", type=float, default=None, help="a segment's end, seconds")
     parser.add_argument("--out", default="kept.png")
     args = parser.parse_args(argv)
+    if (args.start is None) != (args.end is None):
+        parser.error("--start and --end go together")
 
-    frames, _ = decode_file(args.video, Sampling(frames=args.frames, size=args.size))
+    sampling = Sampling(frames=args.frames, size=args.size)
+    if args.start is None:
+        frames, _ = decode_file(args.video, sampling)
+    else:
+        with open(args.video, "rb") as f:
+            frames, _ = decode_range(f, args.start, args.end, sampling)
     model, processor = flashvlm.load(args.model)
     vlm = flashvlm.wrap(model, budget=args.budget)
     answer = vlm.answer_video(frames, [args.question], max_new_tokens=1)[0]
-    draw_answer(frames, answer, question=args.question, budget=args.budget).save(args.out)
+    when = "" if args.start is None else f"{args.start:g}-{args.end:g} s   "
+    draw_answer(frames, answer, question=when + args.question, budget=args.budget).save(args.out)
     print(f"wrote {args.out}: kept {answer.tokens_kept}/{answer.tokens_total} tokens over {len(frames)} frames")
 
 

@@ -58,3 +58,24 @@ def test_cli_draws_a_real_clip(shared_videos, flashvlm_cache, tmp_path):
             r, c = divmod(index, 24)
             expected = np.mean((original[r * 14 + 1 : r * 14 + 13, c * 14 + 1 : c * 14 + 13] * PRUNED_BRIGHTNESS).astype(np.uint8))
             assert abs(cell_mean(image, t, index, (24, 24), 336, 4) - expected) < 1e-9
+
+
+def test_cli_draws_one_time_segment(shared_videos, flashvlm_cache, tmp_path):
+    import pytest
+
+    from flashvlm.decode import Sampling, decode_file, decode_range
+
+    video, out = shared_videos / "chaplin.mp4", tmp_path / "segment.png"
+    with pytest.raises(SystemExit):  # --start without --end
+        main([str(video), "--question", "Q?", "--start", "1", "--model", LLAVA_PATH, "--out", str(out)])
+    main([str(video), "--question", "What is the man holding?", "--frames", "2", "--budget", "576",
+          "--start", "1", "--end", "3", "--model", LLAVA_PATH, "--out", str(out)])
+    drawn = np.asarray(Image.open(out).convert("RGB")).astype(np.float64)[CAPTION_HEIGHT:].reshape(336, 2, 336, 3)
+    with open(video, "rb") as f:
+        segment, _ = decode_range(f, 1.0, 3.0, Sampling(frames=2, size=336))
+    whole, _ = decode_file(video, Sampling(frames=2, size=336))
+    inside = (np.arange(336) % 14 > 0) & (np.arange(336) % 14 < 13)  # every 14 px token cell, its outline left out
+    cells = np.ix_(inside, inside)
+    for t in range(2):  # nothing pruned at 576 a frame: each frame is the segment's, not the whole video's
+        here = np.abs(drawn[:, t][cells] - segment[t][cells]).mean()
+        assert here < 1.0 < np.abs(drawn[:, t][cells] - whole[t][cells]).mean()
