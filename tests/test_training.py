@@ -257,3 +257,19 @@ def test_the_committed_checkpoint_answers_pinned_test_clips():
         assert {q: labels[q] for q in asked} == asked, "the generator's labels for these clips"
         answers = adapter.answer_video(decoded_clip(spec), list(asked), max_new_tokens=4)
         assert [a.text.strip() for a in answers] == list(asked.values()), clip
+
+
+def test_curves_draw_one_panel_a_trained_stage(tmp_path):
+    from PIL import Image
+
+    from shapes.curves import plot_record, validation_value
+
+    record = {"model": "m", "seed": 0, "minutes": 1.0, "stages": [
+        {"kind": "text", "minutes": 0.5, "loss_curve": [[25, 2.0], [50, 1.0]], "validation": {"text_token_accuracy": 0.7}},
+        {"kind": "vision", "resumed_from": "/x"},  # not trained in this run: no panel
+        {"kind": "qa", "minutes": 0.5, "loss_curve": [[25, 1.0], [50, 0.5]],
+         "validation_curve": [[25, {"accuracy": {"colour": 1.0}, "overall": 0.4, "items": 3}], [50, {"overall": 0.6}]]},
+    ]}
+    out = plot_record(record, tmp_path / "curves.png")
+    assert Image.open(out).size == (2 * 320, 300)
+    assert validation_value({"caption_token_accuracy": 0.48}) == 0.48 and validation_value({"overall": 0.6, "items": 3}) == 0.6
