@@ -260,14 +260,15 @@ def questions_dataset(questions: pa.Table, common: Sequence[str], cfg: JobConfig
 
 def left_to_do(units, answered, failed, rows: int):
     """The units of `units` not answered and not of a video that failed for good: two left_anti joins,
-    each hash-partitioned over the workers. `rows` sizes the partitions. Each join's output (what is left)
-    is materialised before the next shuffle starts: two shuffles in one execution each reserve aggregator
+    each hash-partitioned over the workers. `rows` (about the units' count) sizes the first join's partitions,
+    what it leaves the second's. Each join's output (what is left), and so the result, is materialised before
+    the next shuffle starts: two shuffles in one execution each reserve aggregator
     memory and CPU, and on a small cluster they can starve the map tasks that feed them."""
     if answered is not None:
         units = materialized(units.join(answered, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(UNIT_KEY)), UNITS)
     if failed is not None and failed.count():  # usually no permanent failures: no second shuffle then
-        units = materialized(units.join(failed, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(VIDEO_KEY)), UNITS)
-    return units
+        units = materialized(units.join(failed, join_type="left_anti", num_partitions=partitions_for(units.count()), on=tuple(VIDEO_KEY)), UNITS)
+    return units if answered is not None else materialized(units, UNITS)
 
 
 def to_listed(units, rows: int):
@@ -299,11 +300,13 @@ def plan_on_workers(cfg: JobConfig, input_uri: str, questions: Optional[pa.Table
     if units is None:
         todo = errors
     else:
+        rows = listed_rows * max(1, len(cfg.questions))  # about the units asked
         if cfg.incremental and cfg.sampling.segments.mode == "none":
             answered = answered_units(cfg.output.uri, cfg.settings_id(), cfg.storage_options)
             failed = failed_videos(cfg.output.uri, cfg.settings_id(), cfg.storage_options, cfg.incremental_retry)
-            units = left_to_do(units, answered, failed, listed_rows * max(1, len(cfg.questions)))
-        todo = to_listed(units, listed_rows).union(errors)
+            units = left_to_do(units, answered, failed, rows)
+            rows = units.count()  # what is left (materialised: read off its blocks' metadata)
+        todo = to_listed(units, rows).union(errors)
     if missing is not None:
         todo = todo.union(missing)
     todo = materialized(todo, LISTED)
