@@ -20,6 +20,9 @@ script starts and stops, in a process of its own) in `fixed` mode with windows o
 - stage_speedup: the same through the whole decode stage (pipeline.run.decode_dataset, decode_batch_size 1),
   cold: Ray Data starting the actor pool (~2-4 s an actor here) is inside each wall
 
+- server_busy (S3): the moto server's CPU seconds per second of the warm decode with 1 and with 2 actors; near
+  1.0 the server, a single Python process on the same 2 cores, is what the actors wait on
+
 The JSON last line holds these keys for the S3 read, and the same under "local"; with the load average.
 Targets: last / first <= 1.5, bytes_read_ratio <= 1.5, parallel_speedup >= 1.5.
 """
@@ -34,8 +37,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import psutil
 import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +148,16 @@ def warm_decode_s(cfg, planned: "pyarrow.Table", actors: int) -> float:
     return seconds
 
 
-def measure(uri: str, folder: str, size: int, storage_options: dict, length_s: float, sampling: Sampling) -> dict:
+def cpu_s(pid: Optional[int]) -> float:
+    """CPU seconds (user + system) process `pid` has used so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def measure(uri: str, folder: str, size: int, storage_options: dict, length_s: float, sampling: Sampling,
+            server_pid: Optional[int] = None) -> dict:
     """plan_s, first/last segment decode, bytes_read_ratio, parallel_speedup and stage_speedup for the video at `uri`."""
     import ray
 
@@ -155,7 +169,7 @@ def measure(uri: str, folder: str, size: int, storage_options: dict, length_s: f
         read.append((meta["bytes_read"], seconds))
     first = statistics.median(timed(lambda: read_and_decode(uri, sampling, storage_options, *bounds[0]))[1] for _ in range(3))
     last = statistics.median(timed(lambda: read_and_decode(uri, sampling, storage_options, *bounds[-1]))[1] for _ in range(3))
-    walls, warm = {}, {}
+    walls, warm, server = {}, {}, {}
     for actors in (1, 2):
         cfg = load_config(DEFAULT_CONFIG, [
             f"input.uri={folder}", "input.generate_shapes=null", "input.extra_uris=[]", "questions_file=null",
@@ -171,7 +185,9 @@ def measure(uri: str, folder: str, size: int, storage_options: dict, length_s: f
         failed = [r["error"] for r in rows if r["error"]]
         if failed or len(rows) != len(bounds):
             raise RuntimeError(f"{actors} decode actors: {len(rows)} rows for {len(bounds)} segments, errors {failed[:3]}")
+        server_before = cpu_s(server_pid)
         warm[actors] = warm_decode_s(cfg, pa.concat_tables(ray.get(list(planned.to_arrow_refs()))), actors)
+        server[actors] = cpu_s(server_pid) - server_before
         print(f"  {actors} decode actor(s): {len(rows)} segments in {walls[actors]:.2f} s through the stage, "
               f"{warm[actors]:.2f} s on started actors", flush=True)
     ratio = sum(b for b, _ in read) / size
@@ -182,7 +198,8 @@ def measure(uri: str, folder: str, size: int, storage_options: dict, length_s: f
             "bytes_read_ratio": round(ratio, 3), "decode_1_actor_s": round(warm[1], 2),
             "decode_2_actors_s": round(warm[2], 2), "parallel_speedup": round(warm[1] / warm[2], 2),
             "stage_1_actor_s": round(walls[1], 2), "stage_2_actors_s": round(walls[2], 2),
-            "stage_speedup": round(walls[1] / walls[2], 2)}
+            "stage_speedup": round(walls[1] / walls[2], 2),
+            **({"server_busy": [round(server[a] / warm[a], 2) for a in (1, 2)]} if server_pid else {})}
 
 
 def main() -> None:
@@ -225,7 +242,7 @@ def main() -> None:
                 fs.put_file(str(path), f"{BUCKET}/videos/{path.name}")
                 print("S3 (moto on 127.0.0.1):", flush=True)
                 results["s3"] = measure(f"s3://{BUCKET}/videos/{path.name}", f"s3://{BUCKET}/videos/", size, options,
-                                        args.length_s, sampling)
+                                        args.length_s, sampling, server_pid=server.pid)
             finally:
                 stop.set()
                 server.join(30)
