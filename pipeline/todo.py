@@ -44,19 +44,13 @@ VIDEO_KEY = ["video_uri", "version_key"]
 UNIT_KEY = [*VIDEO_KEY, "question"]
 UNITS = pa.schema([("video_uri", pa.string()), ("version_key", pa.string()), ("video_size", pa.int64()),
                    ("question", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("position", pa.int64())])
-# Join partition sizes: a partition is joined in one polars call, by one aggregator actor.
-MIN_ROWS_PER_PARTITION = 1_000_000  # below this an aggregator's start costs more than its join
-MAX_ROWS_PER_PARTITION = 10_000_000  # ~1 GB of keys on the reduce side
+ROWS_PER_PARTITION = 1_000_000  # join partition size: a partition is joined in one polars call
 
 
 def partitions_for(rows: int) -> int:
-    """How many hash partitions a join of `rows` rows gets: one a CPU of the cluster, so that every core joins,
-    each of at least MIN_ROWS_PER_PARTITION rows and at most MAX_ROWS_PER_PARTITION. More partitions than
-    cores only add aggregator actors, and the driver keeps state for each (docs/scale.md)."""
-    import ray
-
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
-    return max(1, math.ceil(rows / MAX_ROWS_PER_PARTITION), min(cpus, math.ceil(rows / MIN_ROWS_PER_PARTITION)))
+    """How many hash partitions a join of `rows` rows gets: about ROWS_PER_PARTITION each. Each partition is
+    one aggregator actor, whose start costs more than joining a million rows."""
+    return max(1, math.ceil(rows / ROWS_PER_PARTITION))
 
 
 # ---- per-batch steps (run inside map_batches on workers) -----------------------------------------------------

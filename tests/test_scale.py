@@ -179,14 +179,3 @@ def test_plan_dataset_takes_the_planned_dataset_as_it_takes_the_drivers_table(ra
     from_dataset = plan_dataset(cfg, ray_local.data.from_arrow(listed)).take_all()
     assert sorted(from_dataset, key=lambda r: r["video_uri"]) == sorted(from_table, key=lambda r: r["video_uri"])
     assert [r["questions"] for r in sorted(from_dataset, key=lambda r: r["video_uri"])] == [["Q?", "R?"], ["Q?"]]
-
-
-def test_join_partitions_are_one_a_cpu_within_their_row_bounds(ray_local):
-    import ray
-
-    from pipeline.todo import MAX_ROWS_PER_PARTITION, MIN_ROWS_PER_PARTITION, partitions_for
-
-    assert ray.cluster_resources()["CPU"] == 2
-    assert partitions_for(0) == 1 and partitions_for(MIN_ROWS_PER_PARTITION) == 1  # too few rows for a second
-    assert partitions_for(2 * MIN_ROWS_PER_PARTITION) == 2 == partitions_for(2 * MAX_ROWS_PER_PARTITION)  # a CPU each
-    assert partitions_for(5 * MAX_ROWS_PER_PARTITION) == 5  # more than the CPUs only when a partition would be too large
