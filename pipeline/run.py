@@ -445,7 +445,8 @@ def summary_text(cfg: JobConfig, record: RunRecord) -> str:
     lines = [
         "",
         f"run {record.run_id} {record.status} in {record.wall_s:.1f} s",
-        f"  videos: {record.videos_ok} ok, {record.videos_failed} failed, {record.videos_skipped} skipped,"
+        f"  {'videos' if cfg.sampling.segments.mode == 'none' else 'segments'}: {record.videos_ok} ok,"
+        f" {record.videos_failed} failed, {record.videos_skipped} skipped,"
         f" {record.videos_already_done or 0} already done (of {record.videos_listed} listed);"
         f" frames decoded: {record.frames_decoded}",
         f"  answers: {record.answers} rows; visual tokens kept {kept} of {total}{share}",
