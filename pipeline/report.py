@@ -1,6 +1,7 @@
 """An evaluation run's results as markdown, generated from its summary.json (never copied by hand).
 
     python -m pipeline.report output/reports/<run_id>/summary.json [--command "python jobs/evaluate.py"]
+    python -m pipeline.report docs/evaluation_summary.json --compact     # the README's table
 
 Prints the run (model, items, machine, wall time, the command), the table per budget (each method's
 accuracy, without the near-chance question types when there are any, and its paired difference from
@@ -75,6 +76,28 @@ def verdicts(summary: Mapping[str, Any]) -> str:
             "Every other difference in the table is within what the clips' sampling allows.")
 
 
+def compact_table(summary: Mapping[str, Any]) -> str:
+    """The paired table in one row a budget (the README's): flashvlm's accuracy, then each other method's
+    accuracy and its difference from flashvlm with the 95% interval (`*`: the interval excludes 0)."""
+    methods = list(dict.fromkeys(_label(r) for r in summary["results"] if r["budget"] is not None))
+    cells: dict[tuple, str] = {}
+    for r in summary["results"]:
+        vs, acc = r.get("vs_flashvlm"), "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        if vs is not None:
+            mark = " *" if vs["ci_low"] > 0 or vs["ci_high"] < 0 else ""
+            acc += f" ({vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]{mark})"
+        cells[(r["budget"], _label(r))] = acc
+    budgets = list(dict.fromkeys(r["budget"] for r in summary["results"]))
+    lines = ["| tokens a frame | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for b in budgets:
+        if b is None:
+            full = next(r for r in summary["results"] if r["budget"] is None)
+            lines.append(f"| all (full) | " + " | ".join([f"{full['accuracy']:.3f}"] * len(methods)) + " |")
+        else:
+            lines.append(f"| {b} | " + " | ".join(cells.get((b, m), "-") for m in methods) + " |")
+    return "\n".join(lines)
+
+
 def render(summary: Mapping[str, Any], command: Optional[str] = None) -> str:
     """The markdown of one run: what ran, where, the paired table and the table per question type."""
     near = summary.get("near_chance_types") or []
@@ -105,8 +128,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="An evaluation's summary.json as markdown (pipeline/report.py)")
     parser.add_argument("summary", help="a run's summary.json (<output.uri>/reports/<run_id>/summary.json)")
     parser.add_argument("--command", default=None, help="the command that ran it, shown with the table")
+    parser.add_argument("--compact", action="store_true", help="only the paired table in one row a budget (the README's)")
     args = parser.parse_args(argv)
-    print(render(json.loads(Path(args.summary).read_text()), args.command), end="")
+    summary = json.loads(Path(args.summary).read_text())
+    print(compact_table(summary) if args.compact else render(summary, args.command), end="\n" if args.compact else "")
     return 0
 
 

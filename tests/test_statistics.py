@@ -109,12 +109,14 @@ def test_markdown_table_marks_only_intervals_that_exclude_zero():
 
 
 def test_docs_evaluation_table_is_generated_from_its_summary():
-    """docs/evaluation.md carries `python -m pipeline.report docs/evaluation_summary.json`'s output verbatim."""
+    """docs/evaluation.md carries `python -m pipeline.report docs/evaluation_summary.json`'s output verbatim,
+    and the README its --compact table."""
     from pathlib import Path
 
-    from pipeline.report import render
+    from pipeline.report import compact_table, render
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     summary = json.loads((docs / "evaluation_summary.json").read_text())
     assert markdown_table(summary) in (docs / "evaluation.md").read_text()
+    assert compact_table(summary) in (docs.parent / "README.md").read_text()  # the README's, generated the same way
     assert render(summary).split("\n\n", 1)[1] in (docs / "evaluation.md").read_text()
