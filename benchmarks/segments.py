@@ -22,6 +22,8 @@ script starts and stops, in a process of its own) in `fixed` mode with windows o
 
 - server_busy (S3): the moto server's CPU seconds per second of the warm decode with 1 and with 2 actors; near
   1.0 the server, a single Python process on the same 2 cores, is what the actors wait on
+- server_ms_per_mib_get (S3): the server's CPU milliseconds per 1 MiB range GET of the video and of a 4 MiB
+  object: what one range read costs it, and whether that grows with the object
 
 The JSON last line holds these keys for the S3 read, and the same under "local"; with the load average.
 Targets: last / first <= 1.5, bytes_read_ratio <= 1.5, parallel_speedup >= 1.5.
@@ -156,6 +158,14 @@ def cpu_s(pid: Optional[int]) -> float:
     return times.user + times.system
 
 
+def ranged_get_ms(fs, key: str, server_pid: int, gets: int = 10) -> float:
+    """The S3 server's CPU milliseconds per 1 MiB range GET of `key` (the first 3 MiB, in turn)."""
+    before = cpu_s(server_pid)
+    for i in range(gets):
+        fs.cat_file(key, start=(i % 3) << 20, end=((i % 3) + 1) << 20)
+    return round((cpu_s(server_pid) - before) / gets * 1000, 1)
+
+
 def measure(uri: str, folder: str, size: int, storage_options: dict, length_s: float, sampling: Sampling,
             server_pid: Optional[int] = None) -> dict:
     """plan_s, first/last segment decode, bytes_read_ratio, parallel_speedup and stage_speedup for the video at `uri`."""
@@ -240,9 +250,13 @@ def main() -> None:
                 boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id=S3_KEY,
                              aws_secret_access_key=S3_SECRET, region_name=S3_REGION).create_bucket(Bucket=BUCKET)
                 fs.put_file(str(path), f"{BUCKET}/videos/{path.name}")
-                print("S3 (moto on 127.0.0.1):", flush=True)
+                fs.pipe_file(f"{BUCKET}/small/4mib.bin", path.read_bytes()[: 4 << 20])
+                server_ms = {name: ranged_get_ms(fs, f"{BUCKET}/{key}", server.pid)
+                             for name, key in (("video", f"videos/{path.name}"), ("4mib_object", "small/4mib.bin"))}
+                print(f"S3 (moto on 127.0.0.1): server CPU per 1 MiB range GET {server_ms}", flush=True)
                 results["s3"] = measure(f"s3://{BUCKET}/videos/{path.name}", f"s3://{BUCKET}/videos/", size, options,
                                         args.length_s, sampling, server_pid=server.pid)
+                results["s3"]["server_ms_per_mib_get"] = server_ms
             finally:
                 stop.set()
                 server.join(30)
