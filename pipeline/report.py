@@ -18,7 +18,7 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from pipeline.statistics import NEAR_CHANCE, markdown_table
+from pipeline.statistics import NEAR_CHANCE, excludes_zero, markdown_table, method_label, paired_text
 
 
 def machine() -> str:
@@ -32,11 +32,6 @@ def machine() -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} CPUs"
-
-
-def _label(result: Mapping[str, Any]) -> str:
-    options = result.get("options") or {}
-    return result["method"] + ("" if not options else " " + ", ".join(f"{k}: {v}" for k, v in sorted(options.items())))
 
 
 def type_table(summary: Mapping[str, Any]) -> str:
@@ -57,7 +52,7 @@ def type_table(summary: Mapping[str, Any]) -> str:
     for r in summary["results"]:
         key = (r["method"], json.dumps(r["options"], sort_keys=True), r["budget"])
         values = [cell.get((*key, t), {}).get("accuracy") for t in types]
-        lines.append("| " + " | ".join(["all" if r["budget"] is None else str(r["budget"]), _label(r)]
+        lines.append("| " + " | ".join(["all" if r["budget"] is None else str(r["budget"]), method_label(r)]
                                        + ["-" if v is None else f"{v:.2f}" for v in values]) + " |")
     return "\n".join(lines)
 
@@ -67,9 +62,9 @@ def verdicts(summary: Mapping[str, Any]) -> str:
     wins, losses = [], []
     for r in summary["results"]:
         vs = r.get("vs_flashvlm")
-        if vs is None or vs["ci_low"] <= 0 <= vs["ci_high"]:
+        if vs is None or not excludes_zero(vs):
             continue
-        text = f"{_label(r)} at {r['budget']} ({vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}])"
+        text = f"{method_label(r)} at {r['budget']} ({paired_text(vs, mark=False)})"
         (wins if vs["ci_high"] < 0 else losses).append(text)
     line = lambda items: "; ".join(items) if items else "none"  # noqa: E731
     return (f"Where the interval excludes 0: flashvlm is ahead of {line(wins)}. Flashvlm is behind {line(losses)}. "
@@ -79,22 +74,19 @@ def verdicts(summary: Mapping[str, Any]) -> str:
 def compact_table(summary: Mapping[str, Any]) -> str:
     """The paired table in one row a budget (the README's): flashvlm's accuracy, then each other method's
     accuracy and its difference from flashvlm with the 95% interval (`*`: the interval excludes 0)."""
-    methods = list(dict.fromkeys(_label(r) for r in summary["results"] if r["budget"] is not None))
+    results = summary["results"]
+    methods = list(dict.fromkeys(method_label(r) for r in results if r["budget"] is not None))
     cells: dict[tuple, str] = {}
-    for r in summary["results"]:
-        vs, acc = r.get("vs_flashvlm"), "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
-        if vs is not None:
-            mark = " *" if vs["ci_low"] > 0 or vs["ci_high"] < 0 else ""
-            acc += f" ({vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]{mark})"
-        cells[(r["budget"], _label(r))] = acc
-    budgets = list(dict.fromkeys(r["budget"] for r in summary["results"]))
+    for r in results:
+        cell = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        if r.get("vs_flashvlm") is not None:
+            cell += f" ({paired_text(r['vs_flashvlm'])})"
+        cells[(r["budget"], method_label(r))] = cell
     lines = ["| tokens a frame | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for b in budgets:
-        if b is None:
-            full = next(r for r in summary["results"] if r["budget"] is None)
-            lines.append(f"| all (full) | " + " | ".join([f"{full['accuracy']:.3f}"] * len(methods)) + " |")
-        else:
-            lines.append(f"| {b} | " + " | ".join(cells.get((b, m), "-") for m in methods) + " |")
+    full = next((cell for (budget, _), cell in cells.items() if budget is None), "-")  # every method keeps every token
+    for budget in dict.fromkeys(r["budget"] for r in results):
+        row = [full] * len(methods) if budget is None else [cells.get((budget, m), "-") for m in methods]
+        lines.append(f"| {'all (full)' if budget is None else budget} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

@@ -203,9 +203,21 @@ def near_chance_types(full_accuracy: Mapping[str, Optional[float]], chance: Mapp
 # --------------------------------------------------------------------------------------------------
 
 
-def _method_label(result: Mapping[str, Any]) -> str:
+def method_label(result: Mapping[str, Any]) -> str:
+    """A result's method and options as a table shows them, e.g. "flashvlm text_weighting: norm"."""
     options = result.get("options") or {}
     return result["method"] + ("" if not options else " " + ", ".join(f"{k}: {v}" for k, v in sorted(options.items())))
+
+
+def excludes_zero(vs: Mapping[str, float]) -> bool:
+    return vs["ci_low"] > 0 or vs["ci_high"] < 0
+
+
+def paired_text(vs: Mapping[str, float], mark: bool = True) -> str:
+    """A paired difference as the tables print it: "-0.207 [-0.279, -0.138]", with " *" (mark) when its
+    interval excludes 0."""
+    star = " *" if mark and excludes_zero(vs) else ""
+    return f"{vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]{star}"
 
 
 def markdown_table(summary: Mapping[str, Any]) -> str:
@@ -219,14 +231,13 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["results"]:
         vs = r.get("vs_flashvlm")
-        cells = ["all" if r["budget"] is None else str(r["budget"]), _method_label(r),
+        cells = ["all" if r["budget"] is None else str(r["budget"]), method_label(r),
                  "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"]
         if without:
             cells.append("-" if r.get("accuracy_without_near_chance") is None else f"{r['accuracy_without_near_chance']:.3f}")
         if vs is None:
             cells += ["-", "-"]
         else:
-            mark = " *" if vs["ci_low"] > 0 or vs["ci_high"] < 0 else ""
-            cells += [f"{vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]{mark}", f"{vs['p']:.3g}"]
+            cells += [paired_text(vs), f"{vs['p']:.3g}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
