@@ -261,14 +261,15 @@ def questions_dataset(questions: pa.Table, common: Sequence[str], cfg: JobConfig
 def left_to_do(units, answered, failed, rows: int):
     """The units of `units` not answered and not of a video that failed for good: two left_anti joins,
     each hash-partitioned over the workers. `rows` (about the units' count) sizes the first join's partitions,
-    what it leaves the second's. Each join's output (what is left), and so the result, is materialised before
-    the next shuffle starts: two shuffles in one execution each reserve aggregator
-    memory and CPU, and on a small cluster they can starve the map tasks that feed them."""
+    what it leaves the second's. What the first join leaves is materialised before the second shuffle starts
+    (two shuffles in one execution each reserve aggregator memory and CPU, and on a small cluster they can
+    starve the map tasks that feed them), and so is the result, once."""
     if answered is not None:
-        units = materialized(units.join(answered, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(UNIT_KEY)), UNITS)
+        units = units.join(answered, join_type="left_anti", num_partitions=partitions_for(rows), on=tuple(UNIT_KEY))
+    units = materialized(units, UNITS)
     if failed is not None and failed.count():  # usually no permanent failures: no second shuffle then
         units = materialized(units.join(failed, join_type="left_anti", num_partitions=partitions_for(units.count()), on=tuple(VIDEO_KEY)), UNITS)
-    return units if answered is not None else materialized(units, UNITS)
+    return units
 
 
 def to_listed(units, rows: int):
