@@ -79,49 +79,37 @@ def plan_video(uri: str, segments: Mapping[str, Any], storage_options: Optional[
     return scene_windows(cuts, duration, segments.get("length_s"), segments["min_s"])
 
 
-class PlanSegments:
-    """Callable for `Dataset.map_batches(batch_format="pyarrow")`: LISTED rows in, PLANNED rows out.
-
-    done: for incremental runs, dict(output_uri, settings_id, storage_options, retry) of the answers to skip.
-    """
-
-    def __init__(self, segments: Mapping[str, Any], storage_options: Optional[Mapping[str, Any]] = None,
-                 done: Optional[Mapping[str, Any]] = None):
-        self.segments, self.storage_options, self.done = dict(segments), dict(storage_options or {}), done
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        answered, failed = set(), set()
-        if self.done:
-            uris = [r["video_uri"] for r in rows if r["error"] is None]
-            answered, failed = segment_done_keys(uris=uris, **self.done)
-        out = []
-        for row in rows:
-            if row["error"] is not None:
-                out.append({**row, "segment_index": None, "start_s": None, "end_s": None})
-                continue
-            try:
-                bounds = plan_video(row["video_uri"], self.segments, self.storage_options)
-            except Exception as exc:
-                out.append({**row, "segment_index": None, "start_s": None, "end_s": None, "error_stage": "plan",
-                            "error_type": type(exc).__name__, "error": error_text(exc)})
-                continue
-            version = row["video_version"]
-            for k, (start, end) in enumerate(bounds):
-                if (row["video_uri"], version, k) in failed:
-                    continue
-                asked = segment_questions(row["questions"] or [], row["question_start_s"], row["question_end_s"], start, end)
-                keep = [i for i, q in enumerate(asked[0]) if (row["video_uri"], version, k, q) not in answered]
-                if not keep:
-                    continue
-                questions, starts, ends = ([part[i] for i in keep] for part in asked)
-                ranged = any(s is not None for s in starts)
-                out.append({**row, "questions": questions, "question_start_s": starts if ranged else None,
-                            "question_end_s": ends if ranged else None, "segment_index": k, "start_s": start, "end_s": end})
-        return pa.Table.from_pylist(out, schema=PLANNED)
-
-
 def plan_segments(batch: pa.Table, segments: Mapping[str, Any], storage_options: Optional[Mapping[str, Any]] = None,
                   done: Optional[Mapping[str, Any]] = None) -> pa.Table:
-    """PlanSegments as a function, for `map_batches` on Ray tasks (planning holds no state worth an actor)."""
-    return PlanSegments(segments, storage_options, done)(batch)
+    """For `map_batches(batch_format="pyarrow")` on Ray tasks (planning holds no state worth an actor): LISTED
+    rows in, PLANNED rows out. done: for incremental runs, dict(output_uri, settings_id, storage_options, retry)
+    of the answers to skip."""
+    rows = batch.to_pylist()
+    answered, failed = set(), set()
+    if done:
+        uris = [r["video_uri"] for r in rows if r["error"] is None]
+        answered, failed = segment_done_keys(uris=uris, **done)
+    out = []
+    for row in rows:
+        if row["error"] is not None:
+            out.append({**row, "segment_index": None, "start_s": None, "end_s": None})
+            continue
+        try:
+            bounds = plan_video(row["video_uri"], segments, storage_options)
+        except Exception as exc:
+            out.append({**row, "segment_index": None, "start_s": None, "end_s": None, "error_stage": "plan",
+                        "error_type": type(exc).__name__, "error": error_text(exc)})
+            continue
+        version = row["video_version"]
+        for k, (start, end) in enumerate(bounds):
+            if (row["video_uri"], version, k) in failed:
+                continue
+            asked = segment_questions(row["questions"] or [], row["question_start_s"], row["question_end_s"], start, end)
+            keep = [i for i, q in enumerate(asked[0]) if (row["video_uri"], version, k, q) not in answered]
+            if not keep:
+                continue
+            questions, starts, ends = ([part[i] for i in keep] for part in asked)
+            ranged = any(s is not None for s in starts)
+            out.append({**row, "questions": questions, "question_start_s": starts if ranged else None,
+                        "question_end_s": ends if ranged else None, "segment_index": k, "start_s": start, "end_s": end})
+    return pa.Table.from_pylist(out, schema=PLANNED)
