@@ -172,14 +172,13 @@ def segment_done_keys(
 
     if not uris:
         return set(), set()
-    mine = (pc.field("settings_id") == settings_id) & pc.field("video_uri").isin(uris)
+    these = pc.field("video_uri").isin(uris)
     keys = ["video_uri", "video_version", "segment_index"]
-    answered = read_columns(output_uri, "answers", [*keys, "question"], storage_options, mine).to_pylist()
+    answered = read_columns(output_uri, "answers", [*keys, "question"], storage_options,
+                            answered_filter(settings_id) & these).to_pylist()
     failed = []
     if retry != "all":
-        permanent = (mine & (pc.field("stage") == "decode") & pc.field("video_version").is_valid()
-                     & ~pc.field("error_type").isin(list(_TRANSIENT_DECODE_ERRORS)))
-        failed = read_columns(output_uri, "errors", keys, storage_options, permanent).to_pylist()
+        failed = read_columns(output_uri, "errors", keys, storage_options, permanent_failure_filter(settings_id) & these).to_pylist()
     return ({(r["video_uri"], r["video_version"], r["segment_index"] or 0, r["question"]) for r in answered},
             {(r["video_uri"], r["video_version"], r["segment_index"] or 0) for r in failed})
 
