@@ -79,25 +79,16 @@ def score_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def check_finite(name: str, x: torch.Tensor | None, summary: torch.Tensor | None = None) -> None:
+def check_finite(name: str, x: torch.Tensor | None) -> None:
     """ValueError if x holds NaN or Inf.
 
-    A finite reduction of x proves every element finite (NaN and Inf propagate into it), so only a
-    non-finite one, which large finite values can also cause, pays for the exact elementwise check.
-    `summary` is such a reduction the caller computes anyway (e.g. row norms); without it, x's sum.
+    A finite sum of x proves every element finite (NaN and Inf propagate into it), so only a non-finite
+    one, which large finite values can also cause, pays for the exact elementwise check.
     """
     if x is None or not x.is_floating_point():
         return
-    summary = x.sum() if summary is None else summary
-    if not bool(torch.isfinite(summary).all()) and not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf")
-
-
-def row_norms(name: str, x: torch.Tensor) -> torch.Tensor:
-    """L2 norm of every row (last dim) of x, which also serves as x's NaN/Inf check (one read, not two)."""
-    norms = torch.linalg.vector_norm(x, dim=-1)
-    check_finite(name, x, norms)
-    return norms
 
 
 def check_inputs(
