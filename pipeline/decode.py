@@ -4,8 +4,9 @@ DECODED row per PLANNED row.
 Decoding itself (decord, the PyAV fallback, uniform sampling, resizing to the model's input size at decode
 time, rotation, seeking to a time range) is the library's (flashvlm/decode.py); this stage adds storage, a
 per-row timeout and error rows. A whole video (end_s null: sampling.segments.mode none) is read whole and
-decoded as before; a segment [start_s, end_s) is decoded from an fsspec file object, so PyAV's seek turns
-into byte-range reads (S3: HTTP ranges of RANGE_BLOCK bytes) and a segment never reads the whole object.
+decoded as before; a segment [start_s, end_s) is decoded from a RangeReader (pipeline/storage.py), so
+PyAV's seek turns into byte-range reads (S3: HTTP range GETs): the container index, held for the next
+segment of the same object, then the segment's frames in one request. A segment never reads the whole object.
 
 decord can hang forever on some files, and a hung C call cannot be interrupted in-thread, so with a
 timeout (the default) each actor reads and decodes in a helper process that is killed and restarted
@@ -15,7 +16,6 @@ bounds decord's memory leak on long files.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import select
@@ -29,13 +29,13 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pyarrow as pa
 
-from flashvlm.decode import Sampling, decode_bytes, decode_range
+from flashvlm.decode import Sampling, decode_bytes, decode_range, probe
 from pipeline.cluster import current_node
 from pipeline.schema import DECODED, error_text
-from pipeline.storage import filesystem
+from pipeline.storage import RANGE_BLOCK, RangeReader, filesystem
 
 _RECYCLE_AFTER = 200  # videos per helper process
-RANGE_BLOCK = 1 << 20  # bytes an fsspec read fetches at least (s3fs's default, 50 MiB, would read whole segments many times over)
+RANGE_SEGMENT_MAX = 32 << 20  # bytes one request for a segment's frames fetches at most
 _STARTUP_TIMEOUT_S = 120.0  # the helper imports numpy, decord, av, s3fs: slow on a busy machine
 
 
@@ -51,47 +51,38 @@ class StageError(Exception):
         self.stage, self.error_type, self.message = stage, error_type, message
 
 
-class CountingReader(io.RawIOBase):
-    """A read-only file object over another that counts the bytes read through it."""
+_held: Optional[tuple[tuple[str, Optional[str]], RangeReader]] = None  # this process's last object
 
-    def __init__(self, file: Any):
-        self.file, self.bytes_read = file, 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.file.read(size)
-        self.bytes_read += len(data)
-        return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.file.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.file.tell()
+def _reader(uri: str, version: Optional[str], size: Optional[int], storage_options) -> RangeReader:
+    """A RangeReader of (uri, version), the same one as for this process's last segment when that was of
+    the same object: its container index is then held already (a decode actor takes several segments of
+    one video), so the segment's frames are its only request."""
+    global _held
+    if _held is None or _held[0] != (uri, version):
+        fs, path = filesystem(uri, storage_options)
+        _held = ((uri, version), RangeReader(fs, path, size if size is not None else fs.size(path)))
+    return _held[1]
 
 
 def read_and_decode(
     uri: str, sampling: Sampling, storage_options: Optional[Mapping[str, Any]] = None,
     start_s: Optional[float] = None, end_s: Optional[float] = None,
+    version: Optional[str] = None, size: Optional[int] = None,
 ) -> tuple[np.ndarray, dict]:
     """Read one object and decode it (only [start_s, end_s) when end_s is given); StageError carries
-    'read' or 'decode' for the error row. meta["bytes_read"]: bytes fetched from storage."""
+    'read' or 'decode' for the error row. meta["bytes_read"]: bytes fetched from storage.
+
+    A segment is read through a RangeReader: the container index first (probe: small reads, held for the
+    next segment of this object), then the segment's frames in one request of the segment's share of the
+    file at its mean bitrate (`version` and `size`, the listing's, name the object and spare a HEAD)."""
     try:
-        fs, path = filesystem(uri, storage_options)
         if end_s is None:
+            fs, path = filesystem(uri, storage_options)
             data = fs.cat_file(path)
         else:
-            file = fs.open(path, "rb", block_size=RANGE_BLOCK)
+            reader = _reader(uri, version, size, storage_options)
+            before = reader.bytes_read
     except Exception as exc:
         raise StageError("read", type(exc).__name__, error_text(exc)) from None
     try:
@@ -99,12 +90,16 @@ def read_and_decode(
             frames, meta = decode_bytes(data, sampling)
             meta["bytes_read"] = len(data)
             return frames, meta
-        with file:
-            counted = CountingReader(file)
-            frames, meta = decode_range(counted, start_s or 0.0, end_s, sampling)
-            fetched = getattr(getattr(file, "cache", None), "total_requested_bytes", 0)  # s3fs: whole blocks
-            meta["bytes_read"] = max(counted.bytes_read, fetched)
-            return frames, meta
+        start_s = start_s or 0.0
+        reader.seek(0)
+        reader.fetch = RANGE_BLOCK
+        duration_s = probe(reader)["duration_s"]
+        share = reader.size * (end_s - start_s) / duration_s
+        reader.fetch = int(min(max(share, RANGE_BLOCK), RANGE_SEGMENT_MAX))
+        reader.seek(0)
+        frames, meta = decode_range(reader, start_s, end_s, sampling)
+        meta["bytes_read"] = reader.bytes_read - before
+        return frames, meta
     except Exception as exc:
         raise StageError("decode", type(exc).__name__, error_text(exc)) from None
 
@@ -145,9 +140,9 @@ def _serve() -> None:
         if request is None:
             _send(out, "ready")
             continue
-        uri, sampling, options, start_s, end_s = request
+        uri, sampling, options, segment = request
         try:
-            _send(out, ("ok", read_and_decode(uri, Sampling(**sampling), options, start_s, end_s)))
+            _send(out, ("ok", read_and_decode(uri, Sampling(**sampling), options, **segment)))
         except StageError as exc:
             _send(out, ("error", exc.stage, exc.error_type, exc.message))
         except Exception as exc:
@@ -184,14 +179,14 @@ class _Helper:
             self.proc = None
             raise StageError("decode", "DecoderCrashed", f"the decoder process died (exit code {code})") from None
 
-    def run(self, uri: str, sampling: Sampling, options: Mapping[str, Any], timeout_s: float,
-            start_s: Optional[float] = None, end_s: Optional[float] = None):
+    def run(self, uri: str, sampling: Sampling, options: Mapping[str, Any], timeout_s: float, **segment):
+        """read_and_decode(uri, sampling, options, **segment) in the helper process, within timeout_s."""
         if self.proc is None or self.proc.poll() is not None or self.served >= _RECYCLE_AFTER:
             self.stop()
             self._start()
         self.served += 1
         try:
-            reply = self._call((uri, asdict(sampling), dict(options), start_s, end_s), timeout_s)
+            reply = self._call((uri, asdict(sampling), dict(options), segment), timeout_s)
         except DecodeTimeout as exc:
             raise StageError("decode", "TimeoutError", str(exc)) from None
         if reply[0] == "error":
@@ -233,10 +228,13 @@ class DecodeVideos:
         self.helper = _Helper() if timeout_s else None
         self.node = current_node()
 
-    def _decode(self, uri: str, start_s: Optional[float], end_s: Optional[float]) -> tuple[np.ndarray, dict]:
+    def _decode(self, row: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
+        segment = {k: row.get(k) for k in ("start_s", "end_s")}
+        if segment["end_s"] is not None:  # the object's identity for the reader held between segments
+            segment.update(version=row.get("video_version"), size=row.get("video_size"))
         if self.helper is None:
-            return read_and_decode(uri, self.sampling, self.storage_options, start_s, end_s)
-        return self.helper.run(uri, self.sampling, self.storage_options, self.timeout_s, start_s, end_s)
+            return read_and_decode(row["video_uri"], self.sampling, self.storage_options, **segment)
+        return self.helper.run(row["video_uri"], self.sampling, self.storage_options, self.timeout_s, **segment)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
@@ -247,7 +245,7 @@ class DecodeVideos:
             if row.get("error") is None:
                 start = time.perf_counter()
                 try:
-                    frames, meta = self._decode(row["video_uri"], row.get("start_s"), row.get("end_s"))
+                    frames, meta = self._decode(row)
                     if out.get("end_s") is None:  # a whole video: segment 0 is [0, duration]
                         out.update(segment_index=0, start_s=0.0, end_s=meta["duration_s"])
                     out.update(

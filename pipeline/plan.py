@@ -21,8 +21,10 @@ import pyarrow as pa
 from flashvlm.decode import iter_frames, probe
 from pipeline.questions import segment_questions
 from pipeline.schema import PLANNED, error_text
-from pipeline.storage import filesystem
+from pipeline.storage import RangeReader, filesystem
 from pipeline.tables import segment_done_keys
+
+SCAN_FETCH = 16 << 20  # bytes a range read fetches while shot detection decodes a whole video
 
 Bounds = list[tuple[float, float]]
 
@@ -70,12 +72,13 @@ def detect_cuts(file, rate: float = 8.0, threshold: float = 27.0, min_shot_s: fl
 def plan_video(uri: str, segments: Mapping[str, Any], storage_options: Optional[Mapping[str, Any]] = None) -> Bounds:
     """The [start_s, end_s) of each segment of one video under the config's `sampling.segments`."""
     fs, path = filesystem(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        duration = probe(f)["duration_s"]
-        if segments["mode"] == "fixed":
-            return fixed_windows(0.0, duration, segments["length_s"], segments["min_s"])
-        f.seek(0)
-        cuts = detect_cuts(f, segments["detect_fps"], segments["threshold"])
+    reader = RangeReader(fs, path, fs.size(path))  # the index: a few small range reads
+    duration = probe(reader)["duration_s"]
+    if segments["mode"] == "fixed":
+        return fixed_windows(0.0, duration, segments["length_s"], segments["min_s"])
+    reader.seek(0)
+    reader.fetch = SCAN_FETCH  # shot detection decodes the whole video: large sequential reads
+    cuts = detect_cuts(reader, segments["detect_fps"], segments["threshold"])
     return scene_windows(cuts, duration, segments.get("length_s"), segments["min_s"])
 
 

@@ -4,12 +4,14 @@ Local paths, file:// and s3:// (s3fs) go through the same calls. s3fs reads the 
 itself (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION);
 `storage_options` from the config are passed to remote filesystems only (a local folder needs none).
 Nothing here logs an option's value: `redact_options` is what callers print or store.
-Also here, as every module reads and writes through it: `read_table_file` (manifests, questions files)
-and `write_atomic` (every file the pipeline writes).
+Also here, as every module reads and writes through it: `read_table_file` (manifests, questions files),
+`write_atomic` (every file the pipeline writes) and `RangeReader` (a file object over byte-range reads,
+for the time segments of long videos).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import re
@@ -92,6 +94,74 @@ def filesystem(uri: str, storage_options: Optional[Mapping[str, Any]] = None) ->
         fs, path = fsspec.core.url_to_fs(uri)
         return fs, os.path.abspath(path)  # '/a/../b' -> '/b', so one file has one URI (symlinks kept)
     return fsspec.core.url_to_fs(uri, **with_retries(protocol_of(uri), storage_options or {}))
+
+
+RANGE_BLOCK = 1 << 20  # bytes a read that misses fetches at least: a container index's reads
+RANGE_KEEP = 64 << 20  # fetched bytes a RangeReader holds on to for later reads
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable, read-only file object over byte-range reads of one object (`fs.cat_file(path, start, end)`).
+
+    A read that misses the bytes held fetches at least `fetch` bytes from its position in one request: set
+    `fetch` to the bytes a time range spans and its frames cost one request (an S3 GET is ~100x a
+    buffered read), where a fixed small block would cost one per block. Fetched ranges stay, up to `keep`
+    bytes (least recently read dropped first), so reading the same object again, e.g. the next time range
+    with its container index, does not fetch the index again. bytes_read: bytes fetched so far.
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, size: int, fetch: int = RANGE_BLOCK,
+                 keep: int = RANGE_KEEP):
+        self.fs, self.path, self.size = fs, path, size
+        self.fetch, self.keep = fetch, keep
+        self.held: list[tuple[int, bytes]] = []  # (offset, bytes), least recently read first
+        self.position = 0
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def _range_at(self, position: int, wanted: int) -> tuple[int, bytes]:
+        """The held range that holds `position` (if none does, max(fetch, wanted) bytes fetched from there),
+        made the most recent."""
+        for i, (offset, data) in enumerate(self.held):
+            if offset <= position < offset + len(data):
+                self.held.append(self.held.pop(i))
+                return offset, data
+        data = self.fs.cat_file(self.path, start=position, end=min(self.size, position + max(self.fetch, wanted)))
+        if not data:
+            raise OSError(f"{self.path}: no bytes at offset {position} of {self.size}")
+        self.bytes_read += len(data)
+        self.held.append((position, data))
+        while sum(len(d) for _, d in self.held) > self.keep and len(self.held) > 1:
+            self.held.pop(0)
+        return position, data
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.size if size is None or size < 0 else min(self.size, self.position + size)
+        parts = []
+        while self.position < end:
+            offset, data = self._range_at(self.position, end - self.position)
+            part = data[self.position - offset : end - offset]
+            parts.append(part)
+            self.position += len(part)
+        return b"".join(parts)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:

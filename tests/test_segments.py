@@ -5,16 +5,18 @@ import json
 import os
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pyarrow.compute as pc
 import pytest
 
 from flashvlm.decode import DecodeError, Sampling, decode_range, probe
 from pipeline.config import ConfigError, validate_config
-from pipeline.decode import CountingReader, read_and_decode
+from pipeline.decode import read_and_decode
 from pipeline.plan import detect_cuts, fixed_windows, plan_video, scene_windows
 from pipeline.questions import segment_questions
 from pipeline.run import run
+from pipeline.storage import RangeReader
 from pipeline.tables import read_table
 from pipeline_fixtures import tiny_job_config
 from shapes.clips import encode_long_mp4, long_video_specs, render, write_long_videos
@@ -83,9 +85,8 @@ def test_decode_range_seeks_and_reads_only_part_of_the_file(tmp_path):
     specs = long_video_specs("test", 7, scenes=24, frames=FRAMES)
     path = encode_long_mp4(tmp_path / "l.mp4", specs, scene_s=SCENE_S, fps=FPS)
     size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        reader = CountingReader(f)
-        frames, meta = decode_range(reader, 20.0, 22.0, Sampling(frames=FRAMES, size=336))
+    reader = RangeReader(fsspec.filesystem("file"), str(path), size, fetch=32 << 10)
+    frames, meta = decode_range(reader, 20.0, 22.0, Sampling(frames=FRAMES, size=336))
     assert meta["duration_s"] == pytest.approx(24 * SCENE_S) and list(meta["times"]) == [20.5, 21.5]
     # one scene of 24, PyAV's first 32 KiB buffer (the MP4 index is at the front) and the keyframe's GOP
     assert reader.bytes_read < size / 2
@@ -93,6 +94,51 @@ def test_decode_range_seeks_and_reads_only_part_of_the_file(tmp_path):
     assert np.abs(frames.astype(int) - render(specs[10]).astype(int)).mean() < 4
     whole, _ = read_and_decode(str(path), Sampling(frames=FRAMES), None, 20.0, 22.0)
     assert np.array_equal(whole, frames)
+
+
+def test_range_reader_reads_like_the_file_and_fetches_only_what_it_does_not_hold(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    (tmp_path / "blob").write_bytes(data)
+    reader = RangeReader(fsspec.filesystem("file"), str(tmp_path / "blob"), len(data), fetch=4096, keep=16384)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        offset, n = int(rng.integers(0, len(data) + 10)), int(rng.integers(0, 9000))
+        reader.seek(offset)
+        assert reader.read(n) == data[offset : offset + n] and reader.tell() == min(offset + n, max(offset, len(data)))
+        assert sum(len(d) for _, d in reader.held) <= 16384 + 9000 + 4096  # oldest dropped past keep
+    reader.seek(-10, os.SEEK_END)
+    assert reader.read() == data[-10:] and reader.read(5) == b""
+    reader = RangeReader(fsspec.filesystem("file"), str(tmp_path / "blob"), len(data), fetch=4096)
+    reader.seek(50_000)
+    assert reader.read(100) == data[50_000:50_100] and reader.bytes_read == 4096  # a miss: one fetch
+    reader.seek(50_010)
+    assert reader.read(1000) == data[50_010:51_010] and reader.bytes_read == 4096  # held: no request
+
+
+def test_segments_from_s3_are_range_reads_and_the_next_one_does_not_fetch_the_index_again(
+    tmp_path, s3_options, s3_bucket, monkeypatch
+):
+    import s3fs
+
+    import pipeline.decode
+
+    specs = long_video_specs("test", 7, scenes=24, frames=FRAMES)
+    path = encode_long_mp4(tmp_path / "l.mp4", specs, scene_s=SCENE_S, fps=FPS)
+    size = os.path.getsize(path)
+    s3fs.S3FileSystem(**s3_options).put_file(str(path), f"{s3_bucket}/l.mp4")
+    monkeypatch.setattr(pipeline.decode, "RANGE_BLOCK", 4096)  # the index in small reads, as in a large file
+    index = RangeReader(fsspec.filesystem("file"), str(path), size, fetch=4096)
+    probe(index)
+    uri, sampling = f"s3://{s3_bucket}/l.mp4", Sampling(frames=FRAMES, size=336)
+
+    first, m1 = read_and_decode(uri, sampling, s3_options, 20.0, 22.0, version="1", size=size)
+    second, m2 = read_and_decode(uri, sampling, s3_options, 22.0, 24.0, version="1", size=size)
+    changed, m3 = read_and_decode(uri, sampling, s3_options, 22.0, 24.0, version="2", size=size)
+    assert np.array_equal(first, read_and_decode(str(path), sampling, None, 20.0, 22.0)[0])
+    assert np.array_equal(second, changed)
+    assert index.bytes_read + 1000 < m1["bytes_read"] < size / 2  # the index and one segment's range
+    assert m2["bytes_read"] <= m1["bytes_read"] - index.bytes_read  # the index was held: only the frames
+    assert m3["bytes_read"] >= m2["bytes_read"] + index.bytes_read  # another version is another object
 
 
 def test_a_range_past_a_truncation_is_an_error(tmp_path, long_dir):
