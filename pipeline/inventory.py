@@ -170,15 +170,16 @@ def read_inventory_files(
 
 
 def read_inventory(
-    uri: str, extensions: Sequence[str], prefix: str = "", storage_options: Optional[Mapping[str, Any]] = None
+    uri: str, extensions: Sequence[str], prefix: str = "", storage_options: Optional[Mapping[str, Any]] = None,
+    tasks: Optional[int] = None,
 ):
-    """The inventory's objects under `prefix` with these extensions as a lazy Ray dataset of ROWS, one read
-    task per data file."""
+    """The inventory's objects under `prefix` with these extensions as a lazy Ray dataset of ROWS, read by
+    `tasks` Ray tasks (default: one per data file), each reading its share of the files one batch at a time."""
     import ray
 
     files = inventory_files(uri, storage_options)
     specs = [{**f, "columns": json.dumps(f["columns"]) if f["columns"] else ""} for f in files]
-    return ray.data.from_items(specs, override_num_blocks=len(specs)).map_batches(
+    return ray.data.from_items(specs, override_num_blocks=min(len(specs), tasks or len(specs))).map_batches(
         read_inventory_files, fn_kwargs=dict(prefix=prefix, extensions=list(extensions), storage_options=storage_options),
         batch_size=1, batch_format="pyarrow",
     )

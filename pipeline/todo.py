@@ -45,6 +45,17 @@ UNIT_KEY = [*VIDEO_KEY, "question"]
 UNITS = pa.schema([("video_uri", pa.string()), ("version_key", pa.string()), ("video_size", pa.int64()),
                    ("question", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("position", pa.int64())])
 ROWS_PER_PARTITION = 1_000_000  # join partition size: a partition is joined in one polars call
+READ_TASKS_PER_CPU = 2  # read tasks of a listing input or an output table, per CPU of the cluster
+
+
+def read_tasks() -> int:
+    """How many tasks read a listing input or an output table: READ_TASKS_PER_CPU per CPU of the cluster, not
+    one per file. Ray Data keeps ~30 KB in the driver for every task and block it runs (measured on Ray
+    2.60, not freed with the dataset), so a task count that follows the cluster, with blocks that grow
+    with the collection up to Ray's target block size, keeps the driver flat where one task per file grows."""
+    import ray
+
+    return max(1, READ_TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
 
 
 def partitions_for(rows: int) -> int:
@@ -136,8 +147,8 @@ def materialized(ds, schema: pa.Schema):
 
 
 def table_dataset(output_uri: str, name: str, columns: list[str], storage_options: Optional[Mapping[str, Any]] = None):
-    """One output table (answers, errors) as a lazy Ray dataset of `columns`; None when it has no files.
-    The driver lists the table's files (one per run and writer, not per video)."""
+    """One output table (answers, errors) as a lazy Ray dataset of `columns`, read by read_tasks() tasks; None
+    when it has no files. The driver lists the table's files (one per run and writer, not per video)."""
     import ray
 
     fs, root = filesystem(output_uri, storage_options)
@@ -146,7 +157,8 @@ def table_dataset(output_uri: str, name: str, columns: list[str], storage_option
     files = sorted(p for p in fs.find(path) if p.endswith(".parquet")) if fs.exists(path) else []
     if not files:
         return None
-    return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), columns=columns, partitioning=None)
+    return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), columns=columns, partitioning=None,
+                                 override_num_blocks=min(len(files), read_tasks()))
 
 
 def answered_units(output_uri: str, settings_id: str, storage_options=None):
@@ -183,7 +195,8 @@ def _one_listing(cfg: JobConfig, uri: str):
 
     options, extensions = cfg.storage_options, cfg.input.extensions
     if cfg.input.inventory or is_inventory(uri):
-        return read_inventory(uri, extensions, cfg.input.inventory_prefix, options).map_batches(with_questions, batch_format="pyarrow")
+        return read_inventory(uri, extensions, cfg.input.inventory_prefix, options, tasks=read_tasks()).map_batches(
+            with_questions, batch_format="pyarrow")
     fs, path = filesystem(uri, options)
     if not (GLOB_CHARS & set(path)):
         if fs.isdir(path):

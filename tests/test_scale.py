@@ -77,6 +77,15 @@ def test_inventory_parquet_and_csv_give_the_rows_listing_gives(ray_local, s3_opt
     # A folder of inventory Parquet files (input.inventory) reads the same way.
     folder = read_inventory(f"s3://{s3_bucket}/inv/{s3_bucket}/daily/data/", EXTS, prefix="videos/", storage_options=s3_options)
     assert rows(folder.take_all()) == rows(listed)
+    # Its rows split over 3 files, read by one task: the same rows, in one block (tasks follow the cluster, not the files).
+    table = pq.read_table(fs.open(f"{s3_bucket}/inv/{s3_bucket}/daily/data/part-0.parquet"))
+    for i, start in enumerate(range(0, table.num_rows, 3)):
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.slice(start, 3), sink)
+        fs.pipe(f"{s3_bucket}/inv3/data/part-{i}.parquet", sink.getvalue().to_pybytes())
+    assert len(fs.ls(f"{s3_bucket}/inv3/data/")) == 3
+    one_task = read_inventory(f"s3://{s3_bucket}/inv3/data/", EXTS, prefix="videos/", storage_options=s3_options, tasks=1).materialize()
+    assert rows(one_task.take_all()) == rows(listed) and one_task.num_blocks() == 1
 
 
 @pytest.mark.parametrize("wanted", [1, 64])
