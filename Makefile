@@ -38,6 +38,7 @@ bench: venv  # every script in benchmarks/ (docs/benchmarks.md)
 	$(PY) benchmarks/video_redundancy.py
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/driver_blocks.py
 	$(PY) benchmarks/model_stage.py
 	$(PY) benchmarks/scenes.py --videos 20 --threshold 10
 	$(PY) benchmarks/segments.py
