@@ -50,9 +50,10 @@ READ_TASKS_PER_CPU = 2  # read tasks of a listing input or an output table, per 
 
 def read_tasks() -> int:
     """How many tasks read a listing input or an output table: READ_TASKS_PER_CPU per CPU of the cluster, not
-    one per file. Ray Data keeps ~30 KB in the driver for every task and block it runs (measured on Ray
-    2.60, not freed with the dataset), so a task count that follows the cluster, with blocks that grow
-    with the collection up to Ray's target block size, keeps the driver flat where one task per file grows."""
+    one per file. Ray Data keeps 20-90 KB in the driver for every task and block it runs, not freed with the
+    dataset (Ray 2.60; benchmarks/driver_blocks.py), so a task count that follows the cluster, with blocks
+    that grow with the collection up to Ray's target block size, keeps the driver flat where one task per
+    file grows with the collection."""
     import ray
 
     return max(1, READ_TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
