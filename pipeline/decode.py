@@ -61,7 +61,7 @@ def _reader(uri: str, version: Optional[str], size: Optional[int], storage_optio
     global _held
     if _held is None or _held[0] != (uri, version):
         fs, path = filesystem(uri, storage_options)
-        _held = ((uri, version), RangeReader(fs, path, size if size is not None else fs.size(path)))
+        _held = ((uri, version), RangeReader(fs, path, size))
     return _held[1]
 
 

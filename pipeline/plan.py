@@ -69,10 +69,12 @@ def detect_cuts(file, rate: float = 8.0, threshold: float = 27.0, min_shot_s: fl
     return cuts
 
 
-def plan_video(uri: str, segments: Mapping[str, Any], storage_options: Optional[Mapping[str, Any]] = None) -> Bounds:
-    """The [start_s, end_s) of each segment of one video under the config's `sampling.segments`."""
+def plan_video(uri: str, segments: Mapping[str, Any], storage_options: Optional[Mapping[str, Any]] = None,
+               size: Optional[int] = None) -> Bounds:
+    """The [start_s, end_s) of each segment of one video under the config's `sampling.segments` (size: the
+    listing's, if known)."""
     fs, path = filesystem(uri, storage_options)
-    reader = RangeReader(fs, path, fs.size(path))  # the index: a few small range reads
+    reader = RangeReader(fs, path, size)  # the index: a few small range reads
     duration = probe(reader)["duration_s"]
     if segments["mode"] == "fixed":
         return fixed_windows(0.0, duration, segments["length_s"], segments["min_s"])
@@ -98,7 +100,7 @@ def plan_segments(batch: pa.Table, segments: Mapping[str, Any], storage_options:
             out.append({**row, "segment_index": None, "start_s": None, "end_s": None})
             continue
         try:
-            bounds = plan_video(row["video_uri"], segments, storage_options)
+            bounds = plan_video(row["video_uri"], segments, storage_options, row["video_size"])
         except Exception as exc:
             out.append({**row, "segment_index": None, "start_s": None, "end_s": None, "error_stage": "plan",
                         "error_type": type(exc).__name__, "error": error_text(exc)})

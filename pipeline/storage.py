@@ -107,12 +107,13 @@ class RangeReader(io.RawIOBase):
     `fetch` to the bytes a time range spans and its frames cost one request (an S3 GET is ~100x a
     buffered read), where a fixed small block would cost one per block. Fetched ranges stay, up to `keep`
     bytes (least recently read dropped first), so reading the same object again, e.g. the next time range
-    with its container index, does not fetch the index again. bytes_read: bytes fetched so far.
+    with its container index, does not fetch the index again. bytes_read: bytes fetched so far. size: the
+    object's (the listing's, which spares a HEAD request; None: asked of the store).
     """
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, size: int, fetch: int = RANGE_BLOCK,
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, size: Optional[int] = None, fetch: int = RANGE_BLOCK,
                  keep: int = RANGE_KEEP):
-        self.fs, self.path, self.size = fs, path, size
+        self.fs, self.path, self.size = fs, path, fs.size(path) if size is None else size
         self.fetch, self.keep = fetch, keep
         self.held: list[tuple[int, bytes]] = []  # (offset, bytes), least recently read first
         self.position = 0
